@@ -1,0 +1,399 @@
+// Package proxy accepts PostgreSQL clients, routes each session to a
+// cluster member chosen by package router from the newest topology, and
+// relays the session. It speaks just enough of the protocol to do that:
+// the startup phase (TLS, GSSENC refusal, cancel requests, startup
+// parameters, authentication passed through) and message framing after it.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/topology"
+)
+
+// ListenerConfig is one client-facing port.
+type ListenerConfig struct {
+	// Name labels the listener in logs and metrics: "any", "rw" or "ro".
+	Name string
+	// Addr is host:port to listen on.
+	Addr string
+	// Kind decides where its sessions go.
+	Kind router.Listener
+	// MaxClientConns caps open client connections; 0 means no cap.
+	MaxClientConns int
+}
+
+// Config is the proxy's part of the configuration.
+type Config struct {
+	Listeners []ListenerConfig
+	// ClientTLS terminates TLS from clients; nil answers SSLRequest with N.
+	ClientTLS *tls.Config
+	// Server says how to reach members (timeout, sslmode).
+	Server pool.DialConfig
+	// Policy chooses among standbys.
+	Policy router.Policy
+	// StartupTimeout bounds each phase of a client's startup: sending its
+	// startup packet, and authenticating once routed. Default 15s.
+	StartupTimeout time.Duration
+	// PrimaryWait is how long a read-write session waits for a primary to
+	// appear before it is refused with 57P03. Default 15s; negative: no wait.
+	PrimaryWait time.Duration
+	// DrainTimeout is how long shutdown lets sessions end on their own
+	// before closing them with 57P01. Default 30s.
+	DrainTimeout time.Duration
+	// MaxStartupPacket caps the startup packet size. Default 10000 bytes,
+	// PostgreSQL's own limit.
+	MaxStartupPacket int
+}
+
+func (c *Config) setDefaults() {
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = 15 * time.Second
+	}
+	if c.PrimaryWait == 0 {
+		c.PrimaryWait = 15 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.MaxStartupPacket <= 0 {
+		c.MaxStartupPacket = 10000
+	}
+}
+
+// Server is a running proxy: its listeners and its sessions.
+type Server struct {
+	cfg     atomic.Pointer[Config]
+	feed    *topology.Feed
+	log     *zap.Logger
+	metrics *Metrics
+	cancels *cancelRegistry
+
+	listeners []*listener
+	seq       atomic.Uint64
+	nextID    atomic.Uint64
+
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	perMember map[string]int
+	drained   chan struct{} // closed when sessions becomes empty while draining
+	draining  bool
+	wg        sync.WaitGroup
+}
+
+type listener struct {
+	cfg   ListenerConfig
+	ln    net.Listener
+	open  atomic.Int64
+	conns prometheus.Gauge
+}
+
+// New returns a proxy serving feed's topology. Call Listen, then Serve.
+func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server, error) {
+	if len(cfg.Listeners) == 0 {
+		return nil, errors.New("proxy: no listener configured")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	cfg.setDefaults()
+	s := &Server{
+		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(),
+		sessions: make(map[*session]struct{}), perMember: make(map[string]int),
+	}
+	s.cfg.Store(&cfg)
+	return s, nil
+}
+
+// Listen binds every listener; an address in use fails here, before Serve.
+func (s *Server) Listen() error {
+	cfg := s.cfg.Load()
+	for _, lc := range cfg.Listeners {
+		ln, err := net.Listen("tcp", lc.Addr)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen %s (%s): %w", lc.Addr, lc.Name, err)
+		}
+		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln, conns: s.metrics.clientConns.WithLabelValues(lc.Name)})
+	}
+	return nil
+}
+
+// Addr returns the bound address of the named listener, nil if none.
+func (s *Server) Addr(name string) net.Addr {
+	for _, l := range s.listeners {
+		if l.cfg.Name == name {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Reload applies a new configuration to new sessions: policy, timeouts,
+// TLS and server settings. Listener addresses change only on restart;
+// per-listener connection caps are taken from cfg for listeners it names.
+func (s *Server) Reload(cfg Config) {
+	cfg.setDefaults()
+	old := s.cfg.Load()
+	cfg.Listeners = old.Listeners
+	s.cfg.Store(&cfg)
+}
+
+// Serve accepts clients until ctx ends, then stops accepting, lets
+// sessions drain for DrainTimeout, closes the rest with 57P01 and returns.
+func (s *Server) Serve(ctx context.Context) error {
+	if len(s.listeners) == 0 {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	var loops sync.WaitGroup
+	for _, l := range s.listeners {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			s.acceptLoop(ctx, l)
+		}()
+	}
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		s.watchTopology(watchCtx)
+	}()
+
+	<-ctx.Done()
+	s.closeListeners()
+	loops.Wait()
+	s.drain()
+	stopWatch()
+	<-watchDone
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.ln.Close()
+	}
+}
+
+func (s *Server) acceptLoop(ctx context.Context, l *listener) {
+	var backoff time.Duration
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors and the like: back off instead of spinning.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff < time.Second {
+				backoff *= 2
+			}
+			s.log.Warn("accept failed", zap.String("listener", l.cfg.Name), zap.Error(err))
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.metrics.clientConnsTotal.WithLabelValues(l.cfg.Name).Inc()
+		max := l.cfg.MaxClientConns
+		if n := l.open.Add(1); max > 0 && n > int64(max) {
+			l.open.Add(-1)
+			s.metrics.refused.WithLabelValues(l.cfg.Name, codeTooManyConnections).Inc()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+				writeClientError(nc, fatalf(codeTooManyConnections, "sorry, too many clients already"))
+				nc.Close()
+			}()
+			continue
+		}
+		l.conns.Inc()
+		sess := s.newSession(l, nc)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() {
+				l.open.Add(-1)
+				l.conns.Dec()
+			}()
+			sess.serve(ctx)
+		}()
+	}
+}
+
+func (s *Server) track(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	if sess.member != "" && sess.relaying {
+		s.perMember[sess.member]--
+		if s.perMember[sess.member] <= 0 {
+			delete(s.perMember, sess.member)
+		}
+	}
+	if s.draining && len(s.sessions) == 0 && s.drained != nil {
+		close(s.drained)
+		s.drained = nil
+	}
+	s.mu.Unlock()
+}
+
+// sessionsOn is the router's view of load for least-connections.
+func (s *Server) sessionsOn(member string) int {
+	s.mu.Lock()
+	n := s.perMember[member]
+	s.mu.Unlock()
+	return n
+}
+
+func (s *Server) drain() {
+	cfg := s.cfg.Load()
+	s.mu.Lock()
+	s.draining = true
+	var done chan struct{}
+	if len(s.sessions) > 0 {
+		done = make(chan struct{})
+		s.drained = done
+	}
+	n := len(s.sessions)
+	s.mu.Unlock()
+	if done == nil {
+		return
+	}
+	s.log.Info("draining sessions", zap.Int("sessions", n), zap.Duration("deadline", cfg.DrainTimeout))
+	t := time.NewTimer(cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	s.mu.Lock()
+	left := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		left = append(left, sess)
+	}
+	s.mu.Unlock()
+	s.log.Info("closing sessions left after drain deadline", zap.Int("sessions", len(left)))
+	for _, sess := range left {
+		if sess.kill(&clientError{Severity: "FATAL", Code: codeAdminShutdown,
+			Message: "terminating connection because pgrouter is shutting down"}) {
+			s.metrics.terminated.WithLabelValues("shutdown").Inc()
+		}
+	}
+}
+
+// watchTopology closes sessions whose member no longer has the role they
+// were routed for, so that clients reconnect to the right place.
+func (s *Server) watchTopology(ctx context.Context) {
+	for {
+		snap, changed := s.feed.Load()
+		s.enforceRoles(snap)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) enforceRoles(snap *topology.Snapshot) {
+	s.mu.Lock()
+	var stale []*session
+	var reasons []string
+	for sess := range s.sessions {
+		if !sess.relaying {
+			continue
+		}
+		if why, ok := staleReason(sess.member, sess.role, snap); ok {
+			stale = append(stale, sess)
+			reasons = append(reasons, why)
+		}
+	}
+	s.mu.Unlock()
+	for i, sess := range stale {
+		s.terminateStale(sess, reasons[i])
+	}
+}
+
+func (s *Server) terminateStale(sess *session, why string) {
+	if sess.kill(&clientError{Severity: "FATAL", Code: codeAdminShutdown,
+		Message: "terminating connection because of a role change: " + why,
+		Hint:    "Reconnect: pgrouter routes new sessions to the current " + sess.role.String() + "."}) {
+		s.metrics.terminated.WithLabelValues("role_change").Inc()
+		sess.log.Info("closing session after role change", zap.String("reason", why))
+	}
+}
+
+// staleReason says why a session routed to member as role must end, given
+// the newest topology. A member that is merely unreachable keeps its
+// sessions (they fail on their own if it is really gone); a member seen in
+// another role, replaced as primary, or removed loses them.
+func staleReason(member string, role topology.Role, snap *topology.Snapshot) (string, bool) {
+	m, ok := snap.Member(member)
+	if !ok {
+		return fmt.Sprintf("member %s was removed from the cluster", member), true
+	}
+	switch role {
+	case topology.RolePrimary:
+		if m.Health.Up && m.Health.Role == topology.RoleStandby {
+			return fmt.Sprintf("member %s is no longer the primary (now in recovery)", member), true
+		}
+		if p, ok := router.Primary(snap); ok && p.Name != member {
+			return fmt.Sprintf("member %s is no longer the primary (the primary is now %s)", member, p.Name), true
+		}
+	case topology.RoleStandby:
+		if m.Health.Up && m.Health.Role == topology.RolePrimary {
+			return fmt.Sprintf("member %s is no longer a standby (it was promoted)", member), true
+		}
+	}
+	return "", false
+}
+
+// Stats is a point-in-time count of sessions for the admin API.
+type Stats struct {
+	Listeners map[string]int `json:"listeners"` // open client connections
+	Members   map[string]int `json:"members"`   // sessions relaying to each member
+}
+
+// Stats counts open sessions.
+func (s *Server) Stats() Stats {
+	st := Stats{Listeners: map[string]int{}, Members: map[string]int{}}
+	for _, l := range s.listeners {
+		st.Listeners[l.cfg.Name] = int(l.open.Load())
+	}
+	s.mu.Lock()
+	for m, n := range s.perMember {
+		st.Members[m] = n
+	}
+	s.mu.Unlock()
+	return st
+}

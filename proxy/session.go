@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/topology"
+)
+
+// session is one client connection, from accept to close. The goroutine
+// that runs serve owns client and server; after the startup a second
+// goroutine copies client bytes to the server. Only the serve goroutine
+// writes to the client, so an ErrorResponse the proxy injects can never
+// interleave with a server message.
+type session struct {
+	id  uint64
+	srv *Server
+	ln  *listener
+	log *zap.Logger
+
+	client net.Conn
+
+	// Set once routed; read by the topology watcher under srv.mu.
+	member   string
+	role     topology.Role
+	relaying bool
+
+	mu       sync.Mutex // guards server and killed against kill
+	server   *pool.ServerConn
+	killed   atomic.Pointer[clientError]
+	clientPK []byte // the proxy's cancel key handed to the client
+}
+
+func (s *Server) newSession(l *listener, nc net.Conn) *session {
+	id := s.nextID.Add(1)
+	return &session{id: id, srv: s, ln: l, client: nc,
+		log: s.log.With(zap.Uint64("session", id), zap.String("listener", l.cfg.Name))}
+}
+
+// kill ends the session with e as the reason the client is told. It
+// reports whether this call was the one that killed it.
+func (sess *session) kill(e *clientError) bool {
+	if !sess.killed.CompareAndSwap(nil, e) {
+		return false
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.server != nil {
+		// Unblocks the serve goroutine's read; it tells the client why.
+		sess.server.Close()
+	} else {
+		sess.client.Close()
+	}
+	return true
+}
+
+func (sess *session) serve(ctx context.Context) {
+	defer sess.client.Close()
+	if !sess.srv.track(sess) {
+		return
+	}
+	defer sess.srv.untrack(sess)
+	err := sess.run(ctx)
+	if err == nil {
+		return
+	}
+	if ce, ok := asClientError(err); ok {
+		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
+		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
+		writeClientError(sess.client, ce)
+		sess.log.Debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
+		return
+	}
+	sess.log.Debug("session ended", zap.Error(err))
+}
+
+// run goes through the startup and relays until either side ends.
+func (sess *session) run(ctx context.Context) error {
+	cfg := sess.srv.cfg.Load()
+	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
+	p, err := sess.negotiate(cfg)
+	if err != nil || p == nil {
+		return err
+	}
+	intent, params, err := prepareStartup(p)
+	if err != nil {
+		return err
+	}
+	dec, err := sess.route(ctx, cfg, intent)
+	if err != nil {
+		return err
+	}
+	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
+	sc, err := pool.Dial(ctx, dec.Member.Name, dec.Member.Addr, cfg.Server)
+	if err != nil {
+		sess.log.Warn("cannot reach member", zap.String("member", dec.Member.Name), zap.Error(err))
+		return &clientError{Severity: "FATAL", Code: codeConnectionFailure,
+			Message: "pgrouter could not connect to " + dec.Member.Role.String() + " " + dec.Member.Name,
+			Detail:  err.Error()}
+	}
+	_ = sc.SetDeadline(time.Now().Add(cfg.StartupTimeout))
+	sess.mu.Lock()
+	sess.server = sc
+	sess.mu.Unlock()
+	if sess.killed.Load() != nil {
+		sc.Close()
+		return nil
+	}
+	defer sc.Close()
+	serverConns := sess.srv.metrics.serverConns.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name)
+	serverConns.Inc()
+	defer serverConns.Dec()
+
+	if err := sess.startServer(sc, p.version, params); err != nil {
+		return err
+	}
+	if sess.clientPK != nil {
+		defer sess.srv.cancels.remove(sc.PID, sess.clientPK)
+	}
+	_ = sess.client.SetDeadline(time.Time{})
+	_ = sc.SetDeadline(time.Time{})
+
+	sess.srv.mu.Lock()
+	sess.member, sess.role, sess.relaying = dec.Member.Name, dec.Role, true
+	sess.srv.perMember[dec.Member.Name]++
+	sess.srv.mu.Unlock()
+	sess.srv.metrics.routes.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name, dec.Role.String()).Inc()
+	sess.log = sess.log.With(zap.String("member", dec.Member.Name))
+	sess.log.Debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
+		zap.Stringer("role", dec.Role), zap.Bool("fallback", dec.Fallback))
+
+	// The topology may have changed between routing and now; the watcher
+	// only looks at relaying sessions, so check once here.
+	if snap, _ := sess.srv.feed.Load(); snap != nil {
+		if why, stale := staleReason(sess.member, sess.role, snap); stale {
+			sess.srv.terminateStale(sess, why)
+		}
+	}
+	return sess.relay()
+}
+
+// negotiate handles encryption and cancel requests until the client sends
+// its startup message. A nil packet with a nil error means the connection
+// was a cancel request and is done.
+func (sess *session) negotiate(cfg *Config) (*startupPacket, error) {
+	encrypted := false
+	for range 3 {
+		p, err := readStartupPacket(sess.client, cfg.MaxStartupPacket)
+		if err != nil {
+			return nil, err
+		}
+		switch p.kind {
+		case packetStartup:
+			return &p, nil
+		case packetCancel:
+			sess.srv.forwardCancel(p.cancelPID, p.cancelKey, cfg)
+			return nil, nil
+		case packetGSSENCRequest:
+			if encrypted {
+				return nil, fatalf(codeProtocolViolation, "GSSENCRequest after encryption was established")
+			}
+			if _, err := sess.client.Write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case packetSSLRequest:
+			if encrypted {
+				return nil, fatalf(codeProtocolViolation, "SSLRequest after encryption was established")
+			}
+			if cfg.ClientTLS == nil {
+				if _, err := sess.client.Write([]byte{'N'}); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			if _, err := sess.client.Write([]byte{'S'}); err != nil {
+				return nil, err
+			}
+			tc := tls.Server(sess.client, cfg.ClientTLS)
+			if err := tc.Handshake(); err != nil {
+				return nil, err
+			}
+			sess.client = tc
+			encrypted = true
+		}
+	}
+	return nil, fatalf(codeProtocolViolation, "too many encryption requests")
+}
+
+// route picks the member for the session, waiting up to PrimaryWait for a
+// primary to appear when the session needs one and there is none.
+func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (router.Decision, error) {
+	ri := router.Intent{
+		Listener: sess.ln.cfg.Kind,
+		ReadOnly: in.readOnly,
+		Seq:      sess.srv.seq.Add(1),
+		Sessions: sess.srv.sessionsOn,
+	}
+	if in.primaryOnly && ri.Listener == router.ListenerAny {
+		ri.ReadOnly = false
+	}
+	var timer *time.Timer
+	start := time.Now()
+	for {
+		snap, changed := sess.srv.feed.Load()
+		dec, err := router.Route(ri, snap, cfg.Policy)
+		if err == nil {
+			if in.standbyOnly && dec.Role != topology.RoleStandby {
+				return dec, fatalf(codeCannotConnectNow, "no standby is available for target_session_attrs=standby")
+			}
+			if timer != nil {
+				sess.srv.metrics.primaryWait.Observe(time.Since(start).Seconds())
+			}
+			return dec, nil
+		}
+		if !errors.Is(err, router.ErrNoPrimary) || cfg.PrimaryWait < 0 {
+			return dec, routeError(err)
+		}
+		if timer == nil {
+			timer = time.NewTimer(cfg.PrimaryWait)
+			defer timer.Stop()
+			sess.log.Debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			sess.srv.metrics.primaryWait.Observe(time.Since(start).Seconds())
+			return dec, &clientError{Severity: "FATAL", Code: codeCannotConnectNow,
+				Message: "no primary is available",
+				Detail:  "pgrouter waited " + cfg.PrimaryWait.String() + " for a primary; a failover may be under way or the cluster has no healthy primary.",
+				Hint:    "Retry the connection."}
+		case <-ctx.Done():
+			return dec, fatalf(codeAdminShutdown, "terminating connection because pgrouter is shutting down")
+		}
+	}
+}
+
+func routeError(err error) error {
+	switch {
+	case errors.Is(err, router.ErrNoPrimary):
+		return fatalf(codeCannotConnectNow, "no primary is available")
+	case errors.Is(err, router.ErrNoStandby):
+		return &clientError{Severity: "FATAL", Code: codeCannotConnectNow,
+			Message: "no standby is available", Detail: "Every standby is down, lagging beyond max-replica-lag, or not accepting connections, and fallback to the primary is off."}
+	}
+	return fatalf(codeCannotConnectNow, "cannot route session: %v", err)
+}
+
+// relay copies both directions until one side ends or the session is
+// killed. The client-to-server copy runs on its own goroutine; this one
+// copies server to client and is the only writer to the client.
+func (sess *session) relay() error {
+	name := sess.ln.cfg.Name
+	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
+	sc := sess.server
+	errc := make(chan error, 1)
+	go func() {
+		err := copyToServer(sc, sess.client, toServer)
+		// The client is gone or the server stopped reading: end the other
+		// direction too.
+		sc.Close()
+		errc <- err
+	}()
+	var scan frameScanner
+	scan.watch = serverWatch
+	err := copyToClient(sess.client, sc, &scan, toClient)
+	if e := sess.killed.Load(); e != nil && scan.atBoundary() {
+		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
+		writeClientError(sess.client, e)
+	}
+	sess.client.Close()
+	<-errc
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func copyToServer(dst net.Conn, src net.Conn, bytes prometheus.Counter) error {
+	bp := clientBufPool.Get().(*[]byte)
+	defer clientBufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			bytes.Add(float64(n))
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// copyToClient forwards server output in whole chunks, following message
+// boundaries so the session knows where it may inject a message.
+func copyToClient(dst net.Conn, src net.Conn, scan *frameScanner, bytes prometheus.Counter) error {
+	bp := serverBufPool.Get().(*[]byte)
+	defer serverBufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			for b := buf[:n]; len(b) > 0; {
+				k, _, serr := scan.next(b)
+				if serr != nil {
+					return serr
+				}
+				b = b[k:]
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			bytes.Add(float64(n))
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
