@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/admin"
+	"github.com/pgrouter/pgrouter/configs"
+	"github.com/pgrouter/pgrouter/discovery"
+	"github.com/pgrouter/pgrouter/health"
+	"github.com/pgrouter/pgrouter/proxy"
+	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/topology"
+)
+
+func proxyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Route PostgreSQL sessions to the current primary and hot standbys",
+		Args:  cobra.NoArgs,
+	}
+	flags := configs.BindProxyFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := flags.Resolve()
+		if err != nil {
+			return err
+		}
+		return runProxy(cmd.Context(), cfg, flags)
+	}
+	return cmd
+}
+
+// runProxy wires discovery → health → feed → proxy and the admin server,
+// and runs them until SIGINT/SIGTERM; SIGHUP reloads the configuration.
+func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	log, level, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	certs := &certReloader{}
+	pcfg, err := proxyConfig(cfg, certs)
+	if err != nil {
+		return err
+	}
+	feed := &topology.Feed{}
+	srv, err := proxy.New(pcfg, feed, log.Named("proxy"), proxy.NewMetrics(reg))
+	if err != nil {
+		return err
+	}
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	static, err := discovery.NewStatic(cfg.Discovery.Backends)
+	if err != nil {
+		return err
+	}
+	monitor := health.NewMonitor(cfg.Health.Config, feed, log.Named("health"), health.NewMetrics(reg))
+
+	var adminSrv *admin.Server
+	if cfg.Admin.Listen != "" {
+		adminSrv, err = admin.New(cfg.Admin.Listen, feed, func() (map[string]int, map[string]int) {
+			st := srv.Stats()
+			return st.Listeners, st.Members
+		}, reg, log.Named("admin"))
+		if err != nil {
+			return fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	fields := []zap.Field{zap.Strings("backends", cfg.Discovery.Backends)}
+	for _, lc := range pcfg.Listeners {
+		fields = append(fields, zap.String("listen_"+lc.Name, srv.Addr(lc.Name).String()))
+	}
+	if adminSrv != nil {
+		fields = append(fields, zap.String("admin", adminSrv.Addr().String()))
+	}
+	log.Info("pgrouter proxy started", fields...)
+
+	// The proxy drains after ctx ends; the feeders stop after it so that
+	// draining sessions still see role changes.
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	defer stopFeed()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	run := func(name string, f func(context.Context) error, c context.Context) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(c); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("health", monitor.Run, feedCtx)
+	run("discovery", func(c context.Context) error { return static.Run(c, monitor.SetMembers) }, feedCtx)
+	if adminSrv != nil {
+		run("admin", adminSrv.Run, feedCtx)
+	}
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- srv.Serve(ctx) }()
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-hup:
+			next, err := flags.Resolve()
+			if err != nil {
+				log.Error("reload refused: configuration invalid", zap.Error(err))
+				continue
+			}
+			if err := reloadProxy(srv, static, certs, level, next); err != nil {
+				log.Error("reload failed", zap.Error(err))
+				continue
+			}
+			log.Info("configuration reloaded", zap.Strings("backends", next.Discovery.Backends))
+		case err := <-errc:
+			runErr = err
+			log.Error("component failed; shutting down", zap.Error(err))
+			stop()
+		case err := <-proxyDone:
+			if runErr == nil {
+				runErr = err
+			}
+			break loop
+		}
+	}
+	stopFeed()
+	wg.Wait()
+	log.Info("pgrouter proxy stopped")
+	return runErr
+}
+
+func reloadProxy(srv *proxy.Server, static *discovery.Static, certs *certReloader, level zap.AtomicLevel, cfg configs.Config) error {
+	pcfg, err := proxyConfig(cfg, certs)
+	if err != nil {
+		return err
+	}
+	if err := static.Update(cfg.Discovery.Backends); err != nil {
+		return err
+	}
+	_ = level.UnmarshalText([]byte(cfg.Log.Level))
+	srv.Reload(pcfg)
+	return nil
+}
+
+// proxyConfig converts the file-and-flags configuration into the proxy's
+// own; it (re)loads the TLS certificate into certs.
+func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
+	p := c.Proxy
+	var ls []proxy.ListenerConfig
+	for _, l := range []struct {
+		name, addr string
+		kind       router.Listener
+	}{{"any", p.Listen, router.ListenerAny}, {"rw", p.ListenRW, router.ListenerReadWrite}, {"ro", p.ListenRO, router.ListenerReadOnly}} {
+		if l.addr != "" {
+			ls = append(ls, proxy.ListenerConfig{Name: l.name, Addr: l.addr, Kind: l.kind, MaxClientConns: p.MaxClientConns})
+		}
+	}
+	mode, err := pool.ParseSSLMode(p.ServerSSLMode)
+	if err != nil {
+		return proxy.Config{}, err
+	}
+	out := proxy.Config{
+		Listeners:        ls,
+		Server:           pool.DialConfig{Timeout: p.ServerConnectTimeout, SSLMode: mode},
+		StartupTimeout:   p.StartupTimeout,
+		PrimaryWait:      p.PrimaryWait,
+		DrainTimeout:     p.DrainTimeout,
+		MaxStartupPacket: p.MaxStartupPacket,
+		Policy: router.Policy{
+			MaxLagBytes:       c.Routing.MaxReplicaLagBytes,
+			MaxLag:            c.Routing.MaxReplicaLag,
+			FallbackToPrimary: c.Routing.FallbackToPrimary == nil || *c.Routing.FallbackToPrimary,
+		},
+	}
+	if p.PrimaryWait == 0 {
+		out.PrimaryWait = -1 // configured as zero: refuse at once
+	}
+	if c.Routing.Balance == "least-connections" {
+		out.Policy.Balance = router.LeastConnections
+	}
+	if p.ServerCAFile != "" {
+		pem, err := os.ReadFile(p.ServerCAFile)
+		if err != nil {
+			return out, fmt.Errorf("server-ca: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return out, fmt.Errorf("server-ca %s: no certificate found", p.ServerCAFile)
+		}
+		out.Server.TLS = &tls.Config{RootCAs: roots}
+	}
+	if p.TLSCertFile != "" {
+		if err := certs.load(p.TLSCertFile, p.TLSKeyFile); err != nil {
+			return out, err
+		}
+		out.ClientTLS = &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: certs.get,
+		}
+	}
+	return out, nil
+}
+
+// certReloader serves the newest client-facing certificate, so SIGHUP can
+// rotate it without dropping sessions.
+type certReloader struct{ cur atomic.Pointer[tls.Certificate] }
+
+func (r *certReloader) load(certFile, keyFile string) error {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("tls certificate: %w", err)
+	}
+	r.cur.Store(&c)
+	return nil
+}
+
+func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.cur.Load(), nil }

@@ -1,0 +1,105 @@
+package configs
+
+import (
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Flags maps command-line flags onto a Config. Flags win over the YAML
+// file, but only the flags the user actually gave: a flag left at its
+// default never overwrites a value from the file.
+type Flags struct {
+	fs    *pflag.FlagSet
+	apply map[string]func(*Config)
+	// ConfigFile is the value of --config.
+	ConfigFile string
+}
+
+// BindProxyFlags registers the flags of `pgrouter proxy` on fs. The flag
+// names are a public interface: other tooling calls them.
+func BindProxyFlags(fs *pflag.FlagSet) *Flags {
+	f := &Flags{fs: fs, apply: map[string]func(*Config){}}
+	d := Defaults()
+	fs.StringVar(&f.ConfigFile, "config", "", "YAML configuration file (flags override it)")
+
+	f.str("listen", d.Proxy.Listen, "single endpoint host:port: primary, or a standby for read-only sessions", func(c *Config) *string { return &c.Proxy.Listen })
+	f.str("listen-rw", d.Proxy.ListenRW, "read-write endpoint host:port: always the primary", func(c *Config) *string { return &c.Proxy.ListenRW })
+	f.str("listen-ro", d.Proxy.ListenRO, "read-only endpoint host:port: a hot standby", func(c *Config) *string { return &c.Proxy.ListenRO })
+	f.str("admin-listen", d.Admin.Listen, "admin HTTP host:port (/healthz, /readyz, /metrics, /api/v1/topology)", func(c *Config) *string { return &c.Admin.Listen })
+	f.integer("max-client-conns", d.Proxy.MaxClientConns, "max open client connections per listener (0: no cap)", func(c *Config) *int { return &c.Proxy.MaxClientConns })
+	f.dur("startup-timeout", d.Proxy.StartupTimeout, "deadline for a client's startup and authentication", func(c *Config) *time.Duration { return &c.Proxy.StartupTimeout })
+	f.dur("primary-wait", d.Proxy.PrimaryWait, "how long read-write sessions wait for a primary during a failover", func(c *Config) *time.Duration { return &c.Proxy.PrimaryWait })
+	f.dur("drain-timeout", d.Proxy.DrainTimeout, "how long SIGTERM lets sessions finish before closing them", func(c *Config) *time.Duration { return &c.Proxy.DrainTimeout })
+	f.integer("max-startup-packet", d.Proxy.MaxStartupPacket, "max startup packet size in bytes", func(c *Config) *int { return &c.Proxy.MaxStartupPacket })
+	f.str("tls-cert", d.Proxy.TLSCertFile, "certificate file for client TLS", func(c *Config) *string { return &c.Proxy.TLSCertFile })
+	f.str("tls-key", d.Proxy.TLSKeyFile, "key file for client TLS", func(c *Config) *string { return &c.Proxy.TLSKeyFile })
+	f.str("server-sslmode", d.Proxy.ServerSSLMode, "sslmode for links to PostgreSQL: disable, prefer, require, verify-ca, verify-full", func(c *Config) *string { return &c.Proxy.ServerSSLMode })
+	f.str("server-ca", d.Proxy.ServerCAFile, "CA file to verify PostgreSQL servers", func(c *Config) *string { return &c.Proxy.ServerCAFile })
+	f.dur("server-connect-timeout", d.Proxy.ServerConnectTimeout, "deadline for connecting to a member", func(c *Config) *time.Duration { return &c.Proxy.ServerConnectTimeout })
+
+	f.str("balance", d.Routing.Balance, "standby choice for read-only sessions: round-robin or least-connections", func(c *Config) *string { return &c.Routing.Balance })
+	f.uint64("max-replica-lag-bytes", d.Routing.MaxReplicaLagBytes, "skip standbys whose replay is further behind, in bytes (0: no limit)", func(c *Config) *uint64 { return &c.Routing.MaxReplicaLagBytes })
+	f.dur("max-replica-lag", d.Routing.MaxReplicaLag, "skip standbys whose replay is older than this (0: no limit)", func(c *Config) *time.Duration { return &c.Routing.MaxReplicaLag })
+	fb := fs.Bool("fallback-to-primary", *d.Routing.FallbackToPrimary, "send read-only sessions to the primary when no standby is usable")
+	f.apply["fallback-to-primary"] = func(c *Config) { v := *fb; c.Routing.FallbackToPrimary = &v }
+
+	f.str("discovery", d.Discovery.Kind, "member discovery: static", func(c *Config) *string { return &c.Discovery.Kind })
+	backends := fs.StringSlice("backends", nil, "static member list, host:port,host:port,...")
+	f.apply["backends"] = func(c *Config) { c.Discovery.Backends = append([]string(nil), *backends...) }
+
+	f.str("health-user", d.Health.User, "user for health probes (password: PGROUTER_HEALTH_PASSWORD or --health-password-file)", func(c *Config) *string { return &c.Health.User })
+	f.str("health-database", d.Health.Database, "database for health probes", func(c *Config) *string { return &c.Health.Database })
+	f.str("health-password-file", d.Health.PasswordFile, "file holding the health user's password", func(c *Config) *string { return &c.Health.PasswordFile })
+	f.str("health-sslmode", d.Health.SSLMode, "sslmode for health probes", func(c *Config) *string { return &c.Health.SSLMode })
+	f.dur("health-interval", d.Health.Interval, "time between probes of a member", func(c *Config) *time.Duration { return &c.Health.Interval })
+	f.dur("health-timeout", d.Health.Timeout, "deadline of one probe", func(c *Config) *time.Duration { return &c.Health.Timeout })
+	f.integer("health-failure-threshold", d.Health.FailureThreshold, "consecutive failed probes before a member is down", func(c *Config) *int { return &c.Health.FailureThreshold })
+
+	f.str("log-level", d.Log.Level, "debug, info, warn or error", func(c *Config) *string { return &c.Log.Level })
+	f.str("log-format", d.Log.Format, "console or json", func(c *Config) *string { return &c.Log.Format })
+	return f
+}
+
+// Apply copies the flags the user set onto c.
+func (f *Flags) Apply(c *Config) {
+	f.fs.Visit(func(fl *pflag.Flag) {
+		if a, ok := f.apply[fl.Name]; ok {
+			a(c)
+		}
+	})
+}
+
+// Resolve loads the file named by --config (or the defaults), applies the
+// flags given, reads secrets, and validates the result.
+func (f *Flags) Resolve() (Config, error) {
+	c, err := Load(f.ConfigFile)
+	if err != nil {
+		return c, err
+	}
+	f.Apply(&c)
+	if err := c.ResolveSecrets(); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+func (f *Flags) str(name, def, usage string, field func(*Config) *string) {
+	p := f.fs.String(name, def, usage)
+	f.apply[name] = func(c *Config) { *field(c) = *p }
+}
+
+func (f *Flags) integer(name string, def int, usage string, field func(*Config) *int) {
+	p := f.fs.Int(name, def, usage)
+	f.apply[name] = func(c *Config) { *field(c) = *p }
+}
+
+func (f *Flags) uint64(name string, def uint64, usage string, field func(*Config) *uint64) {
+	p := f.fs.Uint64(name, def, usage)
+	f.apply[name] = func(c *Config) { *field(c) = *p }
+}
+
+func (f *Flags) dur(name string, def time.Duration, usage string, field func(*Config) *time.Duration) {
+	p := f.fs.Duration(name, def, usage)
+	f.apply[name] = func(c *Config) { *field(c) = *p }
+}
