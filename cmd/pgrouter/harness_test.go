@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// binPath is the pgrouter binary built once for the package's tests; the
+// integration tests drive it as a user would.
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pgrouter-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "pgrouter")
+	build := exec.Command("go", "build", "-race", "-o", binPath, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build pgrouter:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	closeShared()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+var shared struct {
+	once sync.Once
+	c    *pgtest.Cluster
+	err  error
+}
+
+// sharedCluster is a primary, two hot standbys and a warm one, shared by
+// the tests that do not change roles.
+func sharedCluster(t *testing.T) *pgtest.Cluster {
+	t.Helper()
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		shared.c, shared.err = pgtest.Start(ctx, pgtest.Options{Standbys: 2, WarmStandbys: 1})
+	})
+	if shared.err != nil {
+		t.Fatalf("pgtest: %v", shared.err)
+	}
+	return shared.c
+}
+
+func closeShared() {
+	if shared.c != nil {
+		shared.c.Close()
+	}
+}
+
+// proxyProc is a running pgrouter proxy process.
+type proxyProc struct {
+	t           *testing.T
+	cmd         *exec.Cmd
+	Any, RW, RO string // listener addresses
+	Admin       string
+	logMu       sync.Mutex
+	log         strings.Builder
+	done        chan struct{}
+	exitErr     error
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func backends(nodes []*pgtest.Node) string {
+	var as []string
+	for _, n := range nodes {
+		as = append(as, n.Addr)
+	}
+	return strings.Join(as, ",")
+}
+
+// startProxy runs pgrouter proxy in front of c with all three listeners
+// and waits until it knows a primary. Extra flags come last and win.
+func startProxy(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
+	t.Helper()
+	p := &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
+	args := []string{"proxy", "--backends", backends(c.Nodes),
+		"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
+		"--health-user", c.SuperUser, "--health-database", "postgres",
+		"--health-interval", "200ms", "--log-level", "debug"}
+	args = append(args, extra...)
+	p.cmd = exec.Command(binPath, args...)
+	p.cmd.Env = append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword)
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stdout = p.cmd.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.logMu.Lock()
+			p.log.WriteString(sc.Text() + "\n")
+			p.logMu.Unlock()
+		}
+		p.exitErr = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("pgrouter log:\n%s", p.logs())
+		}
+	})
+	p.waitReady()
+	return p
+}
+
+func (p *proxyProc) logs() string {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	return p.log.String()
+}
+
+// stop sends SIGTERM and waits for the process to exit.
+func (p *proxyProc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(40 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proxyProc) waitReady() {
+	p.t.Helper()
+	eventually(p.t, 20*time.Second, "proxy ready", func() error {
+		select {
+		case <-p.done:
+			p.t.Fatalf("pgrouter exited: %v\n%s", p.exitErr, p.logs())
+		default:
+		}
+		resp, err := http.Get("http://" + p.Admin + "/readyz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("readyz %d: %s", resp.StatusCode, b)
+		}
+		return nil
+	})
+}
+
+// eventually polls f until it succeeds or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, d, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// connect opens a pgx connection to addr as the cluster's app user unless
+// user/password are given.
+func connect(t *testing.T, addr, user, password string, params map[string]string) (*pgx.Conn, error) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=20", host, port, user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Password = password
+	for k, v := range params {
+		cfg.RuntimeParams[k] = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func mustConnect(t *testing.T, c *pgtest.Cluster, addr string, params map[string]string) *pgx.Conn {
+	t.Helper()
+	conn, err := connect(t, addr, c.SuperUser, c.SuperPassword, params)
+	if err != nil {
+		t.Fatalf("connect %s: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// where returns the port of the server a connection landed on and whether
+// it is in recovery.
+func where(t *testing.T, conn *pgx.Conn) (port int, inRecovery bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := conn.QueryRow(ctx, "SELECT inet_server_port(), pg_is_in_recovery()").Scan(&port, &inRecovery); err != nil {
+		t.Fatal(err)
+	}
+	return port, inRecovery
+}
+
+func sqlState(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
