@@ -1,0 +1,292 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+func TestAuthenticationPassesThrough(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c)
+	for _, tc := range []struct {
+		name, user, password, wantState string
+	}{
+		{"scram", c.AppUser, c.AppPassword, ""},
+		{"scram other password", c.Scram2User, c.Scram2Password, ""},
+		{"md5", c.MD5User, c.MD5Password, ""},
+		{"trust", c.TrustUser, "", ""},
+		{"wrong password", c.AppUser, "nope", "28P01"},
+		{"unknown user", "nosuchuser", "x", "28P01"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, addr := range []string{p.RW, p.RO} {
+				conn, err := connect(t, addr, tc.user, tc.password, nil)
+				if tc.wantState != "" {
+					if got := sqlState(err); got != tc.wantState {
+						t.Fatalf("%s: err = %v (SQLSTATE %q), want %s", addr, err, got, tc.wantState)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", addr, err)
+				}
+				var u string
+				if err := conn.QueryRow(context.Background(), "SELECT current_user").Scan(&u); err != nil || u != tc.user {
+					t.Fatalf("current_user = %q, %v", u, err)
+				}
+				conn.Close(context.Background())
+			}
+		})
+	}
+}
+
+func TestCancelThroughEveryPort(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c)
+	for _, addr := range []string{p.Any, p.RW, p.RO} {
+		conn := mustConnect(t, c, addr, nil)
+		var pid uint32
+		if err := conn.QueryRow(context.Background(), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		if pid != conn.PgConn().PID() {
+			t.Fatalf("BackendKeyData pid %d != pg_backend_pid() %d", conn.PgConn().PID(), pid)
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(context.Background(), "SELECT pg_sleep(30)")
+			errc <- err
+		}()
+		// Cancel until the sleep is running; an early cancel is a no-op.
+		start := time.Now()
+		var err error
+	wait:
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if cerr := conn.PgConn().CancelRequest(ctx); cerr != nil {
+				t.Fatal(cerr)
+			}
+			cancel()
+			select {
+			case err = <-errc:
+				break wait
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+		if sqlState(err) != "57014" {
+			t.Fatalf("%s: err = %v, want 57014 query_canceled", addr, err)
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("cancel took %v", time.Since(start))
+		}
+	}
+}
+
+func TestForgedCancelKeyReachesNobody(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c)
+	conn := mustConnect(t, c, p.RW, nil)
+	pid := conn.PgConn().PID()
+	key := conn.PgConn().SecretKey()
+	// The backend's real key would be another; any wrong key must fail.
+	forged := append([]byte(nil), key...)
+	forged[0] ^= 0xff
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(context.Background(), "SELECT pg_sleep(1.5)")
+		done <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let the query start; correctness does not depend on it
+	for range 3 {
+		sendCancel(t, p.RW, pid, forged)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("query with forged cancel: %v", err)
+	}
+}
+
+func sendCancel(t *testing.T, addr string, pid uint32, key []byte) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b, _ := (&pgproto3.CancelRequest{ProcessID: pid, SecretKey: key}).Encode(nil)
+	if _, err := nc.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.ReadAll(nc) // the proxy closes without an answer
+}
+
+// rawStartup sends b as the first bytes of a connection and returns the
+// first message the proxy answers with.
+func rawStartup(t *testing.T, addr string, b []byte) (pgproto3.BackendMessage, error) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := nc.Write(b); err != nil {
+		return nil, err
+	}
+	fe := pgproto3.NewFrontend(nc, nc)
+	return fe.Receive()
+}
+
+func TestMalformedInputIsRefusedCleanly(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c, "--max-startup-packet", "2048", "--startup-timeout", "2s")
+	version := func(v uint32, rest ...byte) []byte {
+		b := make([]byte, 8)
+		binary.BigEndian.PutUint32(b, uint32(8+len(rest)))
+		binary.BigEndian.PutUint32(b[4:], v)
+		return append(b, rest...)
+	}
+	huge := make([]byte, 8)
+	binary.BigEndian.PutUint32(huge, 1<<20)
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		code string
+	}{
+		{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01"},
+		{"length beyond the cap", huge, "08P01"},
+		{"length below minimum", []byte{0, 0, 0, 2, 0, 0, 0, 0}, "08P01"},
+		{"protocol 2.0", version(2<<16, 'u', 's', 'e', 'r', 0, 'x', 0, 0), "0A000"},
+		{"no user", version(3<<16, 0), "28000"},
+		{"unterminated parameters", version(3<<16, 'u', 's', 'e', 'r', 0, 'x'), "08P01"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			msg, err := rawStartup(t, p.RW, tc.in)
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			er, ok := msg.(*pgproto3.ErrorResponse)
+			if !ok || er.Code != tc.code || er.Severity != "FATAL" {
+				t.Fatalf("got %#v, want FATAL %s", msg, tc.code)
+			}
+		})
+	}
+	t.Run("silent client times out", func(t *testing.T) {
+		nc, err := net.Dial("tcp", p.RW)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = nc.Read(make([]byte, 1))
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("proxy kept a silent client open: %v", err)
+		}
+	})
+	// Everyone else is still served.
+	conn := mustConnect(t, c, p.RW, nil)
+	if _, rec := where(t, conn); rec {
+		t.Fatal("rw landed on a standby")
+	}
+}
+
+func TestMaxClientConns(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c, "--max-client-conns", "2")
+	mustConnect(t, c, p.RW, nil)
+	mustConnect(t, c, p.RW, nil)
+	_, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil)
+	if sqlState(err) != "53300" {
+		t.Fatalf("third connection: %v, want 53300", err)
+	}
+	// Other listeners have their own cap.
+	mustConnect(t, c, p.RO, nil)
+}
+
+func TestTLSTerminatedAtProxy(t *testing.T) {
+	c := sharedCluster(t)
+	dir := t.TempDir()
+	cert, key := writeSelfSigned(t, dir)
+	p := startProxy(t, c, "--tls-cert", cert, "--tls-key", key)
+
+	host, port, _ := net.SplitHostPort(p.RW)
+	cfg, err := pgx.ParseConfig("host=" + host + " port=" + port + " user=app dbname=app sslmode=require")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Password = c.AppPassword
+	conn, err := pgx.ConnectConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("pgx over TLS: %v", err)
+	}
+	defer conn.Close(context.Background())
+	if _, ok := conn.PgConn().Conn().(*tls.Conn); !ok {
+		t.Fatalf("pgx link is %T, want TLS", conn.PgConn().Conn())
+	}
+
+	psql := func(extra string) (string, error) {
+		cmd := exec.Command("psql", "-X", "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+			"host="+host+" port="+port+" user=app dbname=app "+extra)
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword, "PGCONNECT_TIMEOUT=10")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := psql("sslmode=require channel_binding=prefer"); err != nil {
+		t.Fatalf("psql channel_binding=prefer: %v: %s", err, out)
+	}
+	out, err := psql("sslmode=require channel_binding=require")
+	if err == nil || !strings.Contains(out, "channel binding") {
+		t.Fatalf("psql channel_binding=require: want a clear channel binding error, got %v: %s", err, out)
+	}
+	// Without TLS configured the proxy answers N and plain connections work.
+	plain := startProxy(t, c)
+	h2, p2, _ := net.SplitHostPort(plain.RW)
+	cmd := exec.Command("psql", "-X", "-At", "-c", "SELECT 1", "host="+h2+" port="+p2+" user=app dbname=app sslmode=require")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "SSL") {
+		t.Fatalf("sslmode=require against a proxy without TLS: %v %s", err, out)
+	}
+}
+
+func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(priv)
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return certFile, keyFile
+}
