@@ -1,0 +1,651 @@
+#!/usr/bin/env bash
+# bench/run.sh: side-by-side pgbench comparison of pgrouter against a direct
+# connection, PgBouncer (session mode), HAProxy (TCP) and a plain Go relay, on a
+# throwaway primary + 2 streaming hot standbys on loopback.
+#
+# Usage: bench/run.sh            (or: make bench)
+# Knobs (environment):
+#   PGR_BENCH_DURATION    seconds per pgbench run (default 10)
+#   PGR_BENCH_ROUNDS      interleaved rounds (default 2)
+#   PGR_BENCH_CASES       extended regex; keeps cases whose name or flags match,
+#                         e.g. 'S-simple' or 'c8$' (default: all)
+#   PGR_BENCH_TARGETS     extended regex on target names (default: all)
+#   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
+#   PGR_BENCH_SCALE       pgbench -i scale (default 10)
+#   PGR_BENCH_KEEP        1 keeps the data directories after the run (default 0)
+#   PGR_BENCH_MAX_LOAD    if set (e.g. 1.0), first wait up to 15 min for the 1-min
+#                         load average to fall to it; then go on regardless
+#
+# Everything it starts listens on 127.0.0.1 on free ports and is stopped by PID
+# on exit. Work dir, logs and results go to bench/out/ (git-ignored).
+set -eu
+set -o pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/bench/out
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+DURATION=${PGR_BENCH_DURATION:-10}
+ROUNDS=${PGR_BENCH_ROUNDS:-2}
+CASES_FILTER=${PGR_BENCH_CASES:-}
+TARGETS_FILTER=${PGR_BENCH_TARGETS:-}
+IDLE_N=${PGR_BENCH_IDLE_CONNS:-300}
+SCALE=${PGR_BENCH_SCALE:-10}
+KEEP=${PGR_BENCH_KEEP:-0}
+MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+CMDLINE="PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'} bench/run.sh"
+
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for n in DURATION ROUNDS IDLE_N SCALE; do
+	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
+done
+[ "$DURATION" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || die "PGR_BENCH_DURATION and PGR_BENCH_ROUNDS must be > 0"
+
+# Every figure shares 2 cores with whatever else runs: optionally wait for quiet.
+if [ -n "$MAX_LOAD" ]; then
+	waited=0
+	while awk -v l="$(cut -d' ' -f1 /proc/loadavg)" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; do
+		if [ "$waited" -ge 900 ]; then
+			log "load average still $(cut -d' ' -f1 /proc/loadavg) > $MAX_LOAD after 15 min; going on"
+			break
+		fi
+		[ $((waited % 60)) -eq 0 ] && log "waiting for load average $(cut -d' ' -f1 /proc/loadavg) to fall to $MAX_LOAD"
+		sleep 10
+		waited=$((waited + 10))
+	done
+fi
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+IS_ROOT=0
+[ "$(id -u)" -eq 0 ] && IS_ROOT=1
+
+# ---------------------------------------------------------------- packages --
+
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+PSQL=$PGBIN/psql
+PGBENCH=$PGBIN/pgbench
+
+# The pidfiles that Debian's packaged services write: name:comm:signal:pidfile.
+PACKAGED="pgbouncer:pgbouncer:TERM:/run/postgresql/pgbouncer.pid haproxy:haproxy:TERM:/run/haproxy.pid postgresql:postgres:INT:/run/postgresql/15-main.pid"
+
+pidfile_pid() { [ -r "$1" ] && head -n1 "$1" | tr -dc '0-9' || true; }
+
+# alive PID: the process exists and is not a zombie.
+alive() {
+	local st
+	[ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
+	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	st=${st##*) }
+	[ "${st%% *}" != Z ]
+}
+
+# wait_gone PID SECONDS
+wait_gone() {
+	local i=0
+	while alive "$1" && [ "$i" -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+	! alive "$1"
+}
+
+install_missing() {
+	local pkgs=()
+	[ -x "$PGBIN/postgres" ] || pkgs+=(postgresql-15)
+	{ [ -x "$PGBENCH" ] && [ -x "$PSQL" ]; } || pkgs+=(postgresql-client-15)
+	[ -x "$PGBOUNCER" ] || pkgs+=(pgbouncer)
+	[ -x "$HAPROXY" ] || pkgs+=(haproxy)
+	[ ${#pkgs[@]} -eq 0 ] && return 0
+	if [ "$IS_ROOT" -ne 1 ]; then
+		log "missing packages: ${pkgs[*]}; install them as root with:"
+		echo "  sudo apt-get update && sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${pkgs[*]}" >&2
+		exit 1
+	fi
+	local before="" e name comm sig file pid
+	for e in $PACKAGED; do
+		IFS=: read -r name comm sig file <<<"$e"
+		pid=$(pidfile_pid "$file")
+		alive "$pid" && before="$before $pid"
+	done
+	log "installing ${pkgs[*]} with apt-get"
+	apt-get update -q >"$OUT/apt.log" 2>&1 || die "apt-get update failed, see $OUT/apt.log"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$OUT/apt.log" 2>&1 ||
+		die "apt-get install ${pkgs[*]} failed, see $OUT/apt.log"
+	# A package may start its service (not where policy-rc.d forbids it). Stop
+	# only an instance that appeared with this install, found by its pidfile.
+	for e in $PACKAGED; do
+		IFS=: read -r name comm sig file <<<"$e"
+		pid=$(pidfile_pid "$file")
+		alive "$pid" || continue
+		case " $before " in *" $pid "*) continue ;; esac
+		[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] || continue
+		log "the $name package started a service (pid $pid from $file); stopping it"
+		if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+			systemctl stop "$name" >/dev/null 2>&1 || true # else systemd would restart it
+		fi
+		alive "$pid" && kill "-$sig" "$pid" 2>/dev/null || true
+		wait_gone "$pid" 30 || log "warning: packaged $name (pid $pid) did not stop"
+	done
+}
+
+mkdir -p "$OUT"
+install_missing
+command -v go >/dev/null || die "go is not on PATH (needed to build the relays and idleconns)"
+for b in "$PGBIN/postgres" "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/pg_basebackup" "$PSQL" "$PGBENCH" "$PGBOUNCER" "$HAPROXY"; do
+	[ -x "$b" ] || die "$b not found"
+done
+
+# ----------------------------------------------------------- process table --
+
+W=$OUT/run-$STAMP
+LOGS=$W/log
+mkdir -p "$LOGS/pgbench"
+STARTED=() # name:pid:signal, stopped in reverse order on exit
+
+track() { STARTED+=("$1:$2:$3"); }
+
+cleanup() {
+	local rc=$? i name pid sig
+	set +e
+	trap - EXIT INT TERM
+	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+		IFS=: read -r name pid sig <<<"${STARTED[$i]}"
+		if alive "$pid"; then
+			log "stopping $name (pid $pid)"
+			kill "-$sig" "$pid" 2>/dev/null
+			if ! wait_gone "$pid" 20; then
+				log "$name (pid $pid) still running after 20 s; SIGKILL"
+				kill -KILL "$pid" 2>/dev/null
+				wait_gone "$pid" 5
+			fi
+		fi
+	done
+	if [ "$KEEP" != 1 ] && [ -d "$W/pg" ]; then
+		rm -rf "$W/pg"
+		log "removed data directories (PGR_BENCH_KEEP=1 keeps them)"
+	fi
+	[ "$rc" -ne 0 ] && log "failed (exit $rc); logs in $LOGS"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# AS_PG runs a command as the postgres OS user when root, else as ourselves.
+# Each part execs the next, so `"${AS_PG[@]}" cmd &` leaves cmd's PID in $!.
+AS_PG=()
+[ "$IS_ROOT" -eq 1 ] && AS_PG=(env HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups --)
+as_pg() { "${AS_PG[@]}" "$@"; }
+
+# free_port VAR: a loopback TCP port that no socket uses now, nor one we chose,
+# below the kernel's ephemeral range so that no outgoing connection takes it
+# between this check and the bind.
+CHOSEN=" "
+EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$EPHEMERAL_LOW" -gt 12000 ] || die "ephemeral ports start at $EPHEMERAL_LOW; no room below it for listeners"
+free_port() {
+	local p hex
+	while :; do
+		p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+		case "$CHOSEN" in *" $p "*) continue ;; esac
+		hex=$(printf '%04X' "$p")
+		if cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{print $2}' | grep -q ":$hex\$"; then
+			continue
+		fi
+		CHOSEN="$CHOSEN$p "
+		printf -v "$1" '%s' "$p"
+		return 0
+	done
+}
+
+export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 PGUSER=postgres PGDATABASE=postgres
+q() { "$PSQL" -X -h 127.0.0.1 -p "$1" -Atqc "$2" 2>>"$LOGS/psql.err"; }
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll until the command succeeds.
+wait_for() {
+	local secs=$1 what=$2 i=0
+	shift 2
+	until "$@" >/dev/null 2>&1; do
+		i=$((i + 1))
+		[ "$i" -ge $((secs * 5)) ] && { log "timed out after ${secs}s waiting for $what"; return 1; }
+		sleep 0.2
+	done
+}
+answers() { [ "$(q "$1" "$2")" = "$3" ]; }
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { # utime+stime of PID, in clock ticks; 0 when there is no PID
+	local st
+	[ -n "$1" ] || { echo 0; return; }
+	st=$(cat "/proc/$1/stat")
+	st=${st##*) }
+	echo "$st" | awk '{print $12 + $13}'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# ----------------------------------------------------------------- cluster --
+
+log "work dir $W (load average at start: $LOADAVG_START)"
+PG=$W/pg
+mkdir -p "$PG/sock"
+[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$PG" "$LOGS"
+
+free_port P_PRIMARY
+free_port P_STANDBY1
+free_port P_STANDBY2
+
+pg_conf() { # DATADIR PORT
+	cat >>"$1/postgresql.conf" <<EOF
+
+# bench/run.sh: defaults otherwise (fsync, synchronous_commit, ... untouched)
+listen_addresses = '127.0.0.1'
+port = $2
+unix_socket_directories = '$PG/sock'
+max_connections = 300
+shared_buffers = 128MB
+EOF
+}
+
+pg_start() { # NAME DATADIR
+	as_pg "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1.log" -w -t 120 start >>"$LOGS/pg_ctl.log" 2>&1 ||
+		die "$1 did not start, see $LOGS/$1.log"
+	local pid
+	pid=$(head -n1 "$2/postmaster.pid")
+	track "$1" "$pid" INT # SIGINT: fast shutdown
+	log "$1 up on 127.0.0.1:$(sed -n 4p "$2/postmaster.pid") (pid $pid)"
+}
+
+log "initdb primary (auth: trust for local and host connections, user postgres)"
+as_pg "$PGBIN/initdb" -D "$PG/primary" -U postgres -A trust -E UTF8 --no-instructions >"$LOGS/initdb.log" 2>&1 ||
+	die "initdb failed, see $LOGS/initdb.log"
+pg_conf "$PG/primary" "$P_PRIMARY"
+pg_start primary "$PG/primary"
+
+log "pgbench -i -s $SCALE"
+"$PGBENCH" -h 127.0.0.1 -p "$P_PRIMARY" -i -s "$SCALE" >"$LOGS/pgbench-init.log" 2>&1 ||
+	die "pgbench -i failed, see $LOGS/pgbench-init.log"
+
+for s in 1 2; do
+	port_var=P_STANDBY$s
+	log "pg_basebackup standby$s (streaming)"
+	as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P_PRIMARY" -D "$PG/standby$s" -R -X stream -c fast \
+		>"$LOGS/basebackup$s.log" 2>&1 || die "pg_basebackup failed, see $LOGS/basebackup$s.log"
+	echo "port = ${!port_var}" >>"$PG/standby$s/postgresql.conf"
+	pg_start "standby$s" "$PG/standby$s"
+	wait_for 60 "standby$s in recovery" answers "${!port_var}" "select pg_is_in_recovery()" t || die "standby$s is not a hot standby"
+done
+wait_for 60 "2 streaming standbys" answers "$P_PRIMARY" \
+	"select count(*) from pg_stat_replication where state = 'streaming'" 2 || die "standbys are not streaming"
+PG_VERSION=$(q "$P_PRIMARY" "select version()")
+
+# ------------------------------------------------------------------ builds --
+
+log "building plainrelay and idleconns"
+(cd "$ROOT" && go build -o "$OUT/plainrelay" ./bench/plainrelay && go build -o "$OUT/idleconns" ./bench/idleconns) \
+	>"$LOGS/build.log" 2>&1 || die "go build failed, see $LOGS/build.log"
+
+HAVE_PGROUTER=0
+PGROUTER_NOTE=""
+if (cd "$ROOT" && go build -o "$OUT/pgrouter" ./cmd/pgrouter) >"$LOGS/pgrouter-build.log" 2>&1; then
+	HAVE_PGROUTER=1
+else
+	PGROUTER_NOTE="pgrouter skipped: \`go build ./cmd/pgrouter\` failed: $(head -n1 "$LOGS/pgrouter-build.log")"
+	log "$PGROUTER_NOTE"
+fi
+
+# ------------------------------------------------------------------ proxies --
+
+TARGETS=() # name:port:pid (pid of the proxy process, empty for direct)
+TARGETS+=("direct:$P_PRIMARY:")
+
+if [ "$HAVE_PGROUTER" -eq 1 ]; then
+	free_port P_PGR
+	free_port P_PGR_RW
+	free_port P_PGR_RO
+	free_port P_PGR_ADMIN
+	"$OUT/pgrouter" proxy \
+		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
+		--listen "127.0.0.1:$P_PGR" --listen-rw "127.0.0.1:$P_PGR_RW" --listen-ro "127.0.0.1:$P_PGR_RO" \
+		--admin-listen "127.0.0.1:$P_PGR_ADMIN" --health-user postgres --health-database postgres \
+		--server-sslmode disable --health-sslmode disable \
+		>"$LOGS/pgrouter.log" 2>&1 </dev/null &
+	PGR_PID=$!
+	track pgrouter "$PGR_PID" TERM
+	if wait_for 30 "pgrouter rw port to reach the primary" answers "$P_PGR_RW" "select pg_is_in_recovery()" f &&
+		wait_for 30 "pgrouter ro port to reach a standby" answers "$P_PGR_RO" "select pg_is_in_recovery()" t; then
+		log "pgrouter up: rw 127.0.0.1:$P_PGR_RW, ro 127.0.0.1:$P_PGR_RO (pid $PGR_PID)"
+		TARGETS+=("pgrouter-rw:$P_PGR_RW:$PGR_PID" "pgrouter-ro:$P_PGR_RO:$PGR_PID")
+	else
+		PGROUTER_NOTE="pgrouter skipped: built, but its rw/ro ports did not answer within 30 s (log: $(tail -n1 "$LOGS/pgrouter.log" 2>/dev/null))"
+		log "$PGROUTER_NOTE"
+		tail -n 20 "$LOGS/pgrouter.log" >&2 || true
+		HAVE_PGROUTER=0
+		alive "$PGR_PID" && kill "$PGR_PID" 2>/dev/null && wait_gone "$PGR_PID" 10 || true
+	fi
+fi
+
+# PgBouncer: session mode, trust, in front of the primary.
+free_port P_BOUNCER
+mkdir -p "$W/pgbouncer"
+cat >"$W/pgbouncer/pgbouncer.ini" <<EOF
+[databases]
+* = host=127.0.0.1 port=$P_PRIMARY
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $P_BOUNCER
+unix_socket_dir =
+auth_type = trust
+auth_file = $W/pgbouncer/userlist.txt
+pool_mode = session
+max_client_conn = 1000
+default_pool_size = 100
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+logfile = $LOGS/pgbouncer.log
+pidfile = $W/pgbouncer/pgbouncer.pid
+EOF
+echo '"postgres" ""' >"$W/pgbouncer/userlist.txt"
+[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$W/pgbouncer"
+"${AS_PG[@]}" "$PGBOUNCER" "$W/pgbouncer/pgbouncer.ini" >"$LOGS/pgbouncer.stderr" 2>&1 </dev/null &
+BOUNCER_PID=$!
+track pgbouncer "$BOUNCER_PID" TERM
+wait_for 30 "pgbouncer" answers "$P_BOUNCER" "select pg_is_in_recovery()" f || die "pgbouncer did not come up, see $LOGS/pgbouncer.log"
+log "pgbouncer up on 127.0.0.1:$P_BOUNCER (pid $BOUNCER_PID)"
+TARGETS+=("pgbouncer:$P_BOUNCER:$BOUNCER_PID")
+
+# HAProxy: TCP mode, all three servers listed, and a health check that logs in
+# and runs `select pg_is_in_recovery()`, accepting only a DataRow holding 'f'.
+hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
+STARTUP_BODY=00030000$(hex user)00$(hex postgres)00$(hex database)00$(hex postgres)0000
+STARTUP=$(printf '%08x' $((4 + ${#STARTUP_BODY} / 2)))$STARTUP_BODY
+QUERY_BODY=$(hex "select pg_is_in_recovery()")00
+QUERY=51$(printf '%08x' $((4 + ${#QUERY_BODY} / 2)))$QUERY_BODY
+free_port P_HAPROXY
+mkdir -p "$W/haproxy"
+cat >"$W/haproxy/haproxy.cfg" <<EOF
+# No log target: nothing is logged per connection. Server state changes still
+# reach stderr as [WARNING] lines, which is how this script sees the check work.
+global
+    maxconn 4000
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+    timeout check 2s
+
+listen pg_primary
+    bind 127.0.0.1:$P_HAPROXY
+    balance first
+    option tcp-check
+    tcp-check connect
+    # StartupMessage: user=postgres database=postgres
+    tcp-check send-binary $STARTUP
+    # AuthenticationOk
+    tcp-check expect binary 520000000800000000
+    # Query: select pg_is_in_recovery()
+    tcp-check send-binary $QUERY
+    # DataRow, 1 column, 1 byte: 'f' (not in recovery)
+    tcp-check expect binary 440000000b00010000000166
+    # Terminate
+    tcp-check send-binary 5800000004
+    default-server inter 1s fall 2 rise 2
+    server primary 127.0.0.1:$P_PRIMARY check
+    server standby1 127.0.0.1:$P_STANDBY1 check
+    server standby2 127.0.0.1:$P_STANDBY2 check
+EOF
+"$HAPROXY" -c -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy-check.log" 2>&1 || die "haproxy config invalid, see $LOGS/haproxy-check.log"
+"$HAPROXY" -db -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy.log" 2>&1 </dev/null &
+HAPROXY_PID=$!
+track haproxy "$HAPROXY_PID" TERM
+haproxy_ready() {
+	grep -q 'standby1 is DOWN' "$LOGS/haproxy.log" && grep -q 'standby2 is DOWN' "$LOGS/haproxy.log" &&
+		! grep -q 'primary is DOWN' "$LOGS/haproxy.log" && answers "$P_HAPROXY" "select pg_is_in_recovery()" f
+}
+wait_for 30 "haproxy to mark both standbys DOWN and the primary UP" haproxy_ready ||
+	die "haproxy's pg_is_in_recovery() check did not settle, see $LOGS/haproxy.log"
+log "haproxy up on 127.0.0.1:$P_HAPROXY (pid $HAPROXY_PID); check marked both standbys DOWN"
+TARGETS+=("haproxy:$P_HAPROXY:$HAPROXY_PID")
+
+free_port P_RELAY
+"$OUT/plainrelay" -listen "127.0.0.1:$P_RELAY" -target "127.0.0.1:$P_PRIMARY" >"$LOGS/plainrelay.log" 2>&1 </dev/null &
+RELAY_PID=$!
+track plainrelay "$RELAY_PID" TERM
+wait_for 30 "plainrelay" answers "$P_RELAY" "select pg_is_in_recovery()" f || die "plainrelay did not come up, see $LOGS/plainrelay.log"
+log "plainrelay up on 127.0.0.1:$P_RELAY (pid $RELAY_PID)"
+TARGETS+=("plainrelay:$P_RELAY:$RELAY_PID")
+
+if [ -n "$TARGETS_FILTER" ]; then
+	kept=()
+	for t in "${TARGETS[@]}"; do
+		if [ "${t%%:*}" = direct ] || printf '%s\n' "${t%%:*}" | grep -Eq -- "$TARGETS_FILTER"; then kept+=("$t"); fi
+	done
+	TARGETS=("${kept[@]}")
+fi
+
+# ------------------------------------------------------------- idle memory --
+
+IDLE_TSV=$W/idle.tsv
+: >"$IDLE_TSV"
+client_backends() { q "$P_PRIMARY" "select count(*) from pg_stat_activity where backend_type = 'client backend'"; }
+few_backends() { [ "$(client_backends)" -le 10 ]; }
+
+idle_test() { # NAME PORT PID
+	local name=$1 port=$2 pid=$3 before after opened fifo out rc=0
+	fifo=$W/idle-$name.fifo
+	out=$LOGS/idleconns-$name.log
+	rm -f "$fifo" && mkfifo "$fifo"
+	before=$(rss_kb "$pid")
+	"$OUT/idleconns" -n "$IDLE_N" -dsn "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable" \
+		<"$fifo" >"$out" 2>&1 &
+	local ipid=$!
+	track "idleconns-$name" "$ipid" TERM
+	exec 9>"$fifo" # holds idleconns' stdin open
+	wait_for 180 "idleconns through $name" grep -q '^ready' "$out" || rc=1
+	sleep 2
+	after=$(rss_kb "$pid")
+	opened=$(sed -n 's/^opened \([0-9]*\) of.*/\1/p' "$out")
+	exec 9>&-
+	wait "$ipid" 2>/dev/null || true
+	rm -f "$fifo"
+	if [ "$rc" -ne 0 ] || [ -z "$opened" ] || [ "$opened" -eq 0 ]; then
+		log "idle test through $name failed, see $out"
+		printf '%s\t%s\t%s\t-\t-\t%s\n' "$name" "$before" "${after:-}" "failed" >>"$IDLE_TSV"
+		return 0
+	fi
+	local note=""
+	[ "$opened" -lt "$IDLE_N" ] && note="only $opened of $IDLE_N opened: $(grep -m1 '^connect' "$out")"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$before" "$after" "$opened" \
+		"$(awk -v a="$after" -v b="$before" -v n="$opened" 'BEGIN{printf "%.1f", (a-b)/n}')" "$note" >>"$IDLE_TSV"
+	log "idle: $name RSS ${before} kB -> ${after} kB with $opened sessions"
+	wait_for 30 "idle backends to exit" few_backends || true
+}
+
+if [ "$IDLE_N" -gt 0 ]; then
+	log "idle session memory: $IDLE_N sessions per proxy, one proxy at a time"
+	for t in "${TARGETS[@]}"; do
+		IFS=: read -r name port pid <<<"$t"
+		case $name in direct | pgrouter-ro) continue ;; esac
+		idle_test "$name" "$port" "$pid"
+	done
+fi
+
+# ----------------------------------------------------------------- pgbench --
+
+CASE_NAMES=()
+CASE_FLAGS=()
+for mode in "S simple" "S extended" "S prepared" "N simple" "N extended"; do
+	set -- $mode
+	for c in 8 64; do
+		CASE_NAMES+=("$1-$2-c$c")
+		CASE_FLAGS+=("-$1 -M $2 -c $c")
+	done
+done
+CASE_NAMES+=("C-S-simple-c8")
+CASE_FLAGS+=("-C -S -M simple -c 8")
+if [ -n "$CASES_FILTER" ]; then
+	kn=()
+	kf=()
+	for i in "${!CASE_NAMES[@]}"; do
+		if printf '%s %s\n' "${CASE_NAMES[$i]}" "${CASE_FLAGS[$i]}" | grep -Eq -- "$CASES_FILTER"; then
+			kn+=("${CASE_NAMES[$i]}")
+			kf+=("${CASE_FLAGS[$i]}")
+		fi
+	done
+	[ ${#kn[@]} -gt 0 ] || die "PGR_BENCH_CASES='$CASES_FILTER' matches no case (${CASE_NAMES[*]})"
+	CASE_NAMES=("${kn[@]}")
+	CASE_FLAGS=("${kf[@]}")
+fi
+
+log "warm-up: pgbench -S -T 3 on the primary and both standbys"
+for p in "$P_PRIMARY" "$P_STANDBY1" "$P_STANDBY2"; do
+	"$PGBENCH" -h 127.0.0.1 -p "$p" -n -S -T 3 -c 4 -j 2 >>"$LOGS/warmup.log" 2>&1 || true
+done
+
+RUNS_TSV=$W/runs.tsv
+printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\n' >"$RUNS_TSV"
+nt=${#TARGETS[@]}
+total=0
+for i in "${!CASE_NAMES[@]}"; do
+	for t in "${TARGETS[@]}"; do
+		case "${t%%:*}:${CASE_FLAGS[$i]}" in pgrouter-ro:*-N*) ;; *) total=$((total + 1)) ;; esac
+	done
+done
+log "pgbench: ${#CASE_NAMES[@]} cases x $nt targets, $ROUNDS rounds of $total runs of ${DURATION}s (about $((ROUNDS * total * (DURATION + 2) / 60)) min)"
+
+for ((r = 1; r <= ROUNDS; r++)); do
+	for i in "${!CASE_NAMES[@]}"; do
+		cname=${CASE_NAMES[$i]}
+		cflags=${CASE_FLAGS[$i]}
+		# Rotate the target order each round so that no target always runs first.
+		for ((k = 0; k < nt; k++)); do
+			IFS=: read -r name port pid <<<"${TARGETS[$(((k + r - 1) % nt))]}"
+			case "$name:$cflags" in pgrouter-ro:*-N*) continue ;; esac
+			runlog=$LOGS/pgbench/r$r-$cname-$name.log
+			load1=$(cut -d' ' -f1 /proc/loadavg) # includes this bench's own previous run
+			t0=$(cpu_ticks "$pid")
+			status=ok
+			# shellcheck disable=SC2086 # cflags is a list of flags
+			timeout $((DURATION + 60)) "$PGBENCH" -h 127.0.0.1 -p "$port" -T "$DURATION" -j 2 -n $cflags \
+				>"$runlog" 2>&1 || status="exit$?"
+			t1=$(cpu_ticks "$pid")
+			tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$runlog" | head -n1)
+			lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$runlog" | head -n1)
+			tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
+			failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
+			[ -n "$tps" ] && [ -n "$tx" ] || status=${status/ok/noparse}
+			cpu=-
+			cores=-
+			if [ -n "$pid" ] && [ -n "$tx" ] && [ "${tx:-0}" -gt 0 ]; then
+				cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
+				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN{printf "%.2f", d / hz / s}')
+			fi
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
+				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" >>"$RUNS_TSV"
+			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms cpu ${cpu} us/tx $status"
+		done
+	done
+done
+
+# ----------------------------------------------------------------- results --
+
+# summarize prints one row per case and target: medians over the rounds that
+# succeeded, and the ratio of median tps to direct's median tps in that case.
+summarize() {
+	awk -F'\t' '
+	function median(s,   a, n, i, j, x) {
+		n = split(s, a, " ")
+		for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+		if (n == 0) return ""
+		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	NR == 1 { next }
+	{
+		key = $2 SUBSEP $4
+		if (!(key in seen)) { seen[key] = 1; order[++nk] = key; flags[key] = $3 }
+		all[key] = all[key] " " $5
+		runs[key]++
+		if ($11 == "ok" && $8 == 0) {
+			tps[key] = tps[key] " " $5; lat[key] = lat[key] " " $6; ok[key]++
+			if ($9 != "-") { cpu[key] = cpu[key] " " $9; cores[key] = cores[key] " " $10 }
+		}
+	}
+	END {
+		for (i = 1; i <= nk; i++) {
+			key = order[i]; split(key, kk, SUBSEP)
+			m[key] = median(tps[key])
+		}
+		for (i = 1; i <= nk; i++) {
+			key = order[i]; split(key, kk, SUBSEP)
+			d = m[kk[1] SUBSEP "direct"]
+			ratio = (m[key] != "" && d != "" && d > 0) ? sprintf("%.2f", m[key] / d) : "-"
+			c = median(cpu[key]); co = median(cores[key])
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\n", kk[1], flags[key], kk[2],
+				(m[key] == "" ? "-" : sprintf("%.0f", m[key])), ratio,
+				(lat[key] == "" ? "-" : sprintf("%.3f", median(lat[key]))),
+				(c == "" ? "-" : sprintf("%.1f", c)), (co == "" ? "-" : sprintf("%.2f", co)),
+				ok[key] + 0, runs[key], substr(all[key], 2)
+		}
+	}' "$RUNS_TSV"
+}
+SUMMARY=$(summarize)
+
+{
+	printf '\n%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s  %s\n' case flags target tps ratio lat_ms us/tx cores ok "tps by round"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+	echo
+	echo "tps: median over rounds; ratio: to direct (the primary) in the same case; us/tx: proxy CPU"
+	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second."
+} >&2
+
+MD=$OUT/results-$STAMP.md
+{
+	echo "# pgrouter bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo
+	echo "- command: \`$CMDLINE\` (work dir \`bench/out/run-$STAMP\`)"
+	echo "- machine: $(nproc) cores, $(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r), load average at start $LOADAVG_START"
+	echo "- 1-min load average read before each pgbench run (it includes this bench's previous run):" \
+		"$(awk -F'\t' 'NR > 1 { v = $12 + 0; if (n++ == 0 || v < min) min = v; if (v > max) max = v } END { printf "min %.2f, max %.2f", min, max }' "$RUNS_TSV"),"\
+		"load average at end $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "- $PG_VERSION"
+	echo "- $("$PGBOUNCER" --version 2>&1 | head -n1); $("$HAPROXY" -v 2>&1 | head -n1); $(go version)"
+	echo "- cluster: primary + 2 streaming hot standbys (pg_basebackup), pgbench scale $SCALE, auth trust, defaults except"
+	echo "  listen/port/socket dir, max_connections=300, shared_buffers=128MB (fsync and synchronous_commit on)"
+	echo "- pgbench: \`pgbench -T $DURATION -j 2 -n <flags>\` over TCP to 127.0.0.1, PGSSLMODE=disable; rounds interleaved"
+	echo "  (round by round, case by case, target order rotated each round); \`-P 0\` is rejected by pgbench 15, so no -P"
+	echo "- targets: direct = the primary; pgrouter-rw/-ro = \`pgrouter proxy\` rw/ro ports (ro ratio is still to the"
+	echo "  primary; run with --server-sslmode disable --health-sslmode disable, as the servers have ssl off and"
+	echo "  PgBouncer's server_tls_sslmode defaults to disable); pgbouncer = session mode, pool 100, trust, log_connections=0; haproxy = TCP mode, all 3 servers"
+	echo "  listed, tcp-check that logs in and runs \`select pg_is_in_recovery()\` expecting a DataRow 'f' (both"
+	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways)"
+	[ -n "$PGROUTER_NOTE" ] && echo "- $PGROUTER_NOTE"
+	echo
+	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round |"
+	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+	echo
+	echo "Proxy CPU: utime+stime of the proxy process from /proc/PID/stat around each run, divided by the transactions"
+	echo "pgbench processed (µs/tx = CPU-ms per 1000 transactions)."
+	if [ -s "$IDLE_TSV" ]; then
+		echo
+		echo "## Idle session memory ($IDLE_N sessions opened with bench/idleconns, pgx, no query sent)"
+		echo
+		echo "| target | VmRSS before kB | VmRSS after kB | sessions | kB per session | note |"
+		echo "|---|---:|---:|---:|---:|---|"
+		awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6}' "$IDLE_TSV"
+		echo
+		echo "PgBouncer holds client sessions without a server connection until the first query, so its figure is"
+		echo "client-side state only; the relays hold one server connection per session."
+	fi
+} >"$MD"
+cp "$RUNS_TSV" "$OUT/runs-$STAMP.tsv"
+if [ -s "$IDLE_TSV" ]; then
+	{
+		echo "idle session memory ($IDLE_N sessions):"
+		awk -F'\t' '{printf "  %-12s VmRSS %s -> %s kB, %s sessions, %s kB/session %s\n", $1, $2, $3, $4, $5, $6}' "$IDLE_TSV"
+	} >&2
+fi
+log "results: $MD (raw runs: $OUT/runs-$STAMP.tsv)"
