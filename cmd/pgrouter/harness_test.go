@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,11 +115,23 @@ func backends(nodes []*pgtest.Node) string {
 // and waits until it knows a primary. Extra flags come last and win.
 func startProxy(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
 	t.Helper()
+	p := startProxyNoWait(t, c, extra...)
+	p.waitReady()
+	return p
+}
+
+// startProxyNoWait starts the proxy and returns once its admin server
+// answers, whether or not a primary is known.
+func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
+	t.Helper()
 	p := &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
-	args := []string{"proxy", "--backends", backends(c.Nodes),
-		"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
+	args := []string{"proxy"}
+	if !slices.Contains(extra, "--config") {
+		args = append(args, "--backends", backends(c.Nodes))
+	}
+	args = append(args, "--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
 		"--health-user", c.SuperUser, "--health-database", "postgres",
-		"--health-interval", "200ms", "--log-level", "debug"}
+		"--health-interval", "200ms", "--log-level", "debug")
 	args = append(args, extra...)
 	p.cmd = exec.Command(binPath, args...)
 	p.cmd.Env = append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword)
@@ -147,9 +160,23 @@ func startProxy(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
 			t.Logf("pgrouter log:\n%s", p.logs())
 		}
 	})
-	p.waitReady()
+	eventually(t, 20*time.Second, "admin server up", func() error {
+		select {
+		case <-p.done:
+			t.Fatalf("pgrouter exited: %v\n%s", p.exitErr, p.logs())
+		default:
+		}
+		resp, err := http.Get("http://" + p.Admin + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
 	return p
 }
+
+func asPgError(err error, pe **pgconn.PgError) bool { return errors.As(err, pe) }
 
 func (p *proxyProc) logs() string {
 	p.logMu.Lock()
