@@ -292,7 +292,9 @@ func splitOptions(opts string, strip map[string]bool) ([]param, string) {
 	return settings, strings.Join(kept, " ")
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' }
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
 
 // describeVersion renders a protocol version for logs.
 func describeVersion(v uint32) string { return fmt.Sprintf("%d.%d", v>>16, v&0xffff) }

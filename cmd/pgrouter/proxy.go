@@ -233,7 +233,9 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 
 // certReloader serves the newest client-facing certificate, so SIGHUP can
 // rotate it without dropping sessions.
-type certReloader struct{ cur atomic.Pointer[tls.Certificate] }
+type certReloader struct {
+	cur atomic.Pointer[tls.Certificate]
+}
 
 func (r *certReloader) load(certFile, keyFile string) error {
 	c, err := tls.LoadX509KeyPair(certFile, keyFile)
