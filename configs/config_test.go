@@ -1,0 +1,75 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func TestExampleLoadsAndValidates(t *testing.T) {
+	c, err := Load("example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.ListenRW != "127.0.0.1:6433" || len(c.Discovery.Backends) != 3 || c.Health.Interval != 500*time.Millisecond {
+		t.Fatalf("unexpected: %+v", c)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := Defaults()
+	c.Proxy.Listen = "nope"
+	c.Routing.Balance = "random"
+	c.Proxy.TLSCertFile = "x"
+	c.Health.FailureThreshold = -1
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, want := range []string{"listen", "balance", "tls-key", "failureThreshold", "backends"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	c = Defaults()
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "no listener") {
+		t.Fatalf("want no listener error, got %v", err)
+	}
+}
+
+func TestFlagsOverrideFileOnlyWhenGiven(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	os.WriteFile(path, []byte("proxy:\n  listenRW: 127.0.0.1:7000\n  primaryWait: 3s\ndiscovery:\n  backends: [127.0.0.1:5432]\n"), 0o600)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	f := BindProxyFlags(fs)
+	if err := fs.Parse([]string{"--config", path, "--listen-ro", "127.0.0.1:7001", "--primary-wait", "5s"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGROUTER_HEALTH_PASSWORD", "s3cret")
+	c, err := f.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.ListenRW != "127.0.0.1:7000" || c.Proxy.ListenRO != "127.0.0.1:7001" || c.Proxy.PrimaryWait != 5*time.Second {
+		t.Fatalf("merge wrong: %+v", c.Proxy)
+	}
+	if c.Health.Password != "s3cret" {
+		t.Fatal("health password not read from the environment")
+	}
+}
+
+func TestUnknownKeyIsAnError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("proxy:\n  listen_rw: 127.0.0.1:7000\n"), 0o600)
+	if _, err := Load(path); err == nil {
+		t.Fatal("typo accepted")
+	}
+}
