@@ -132,6 +132,9 @@ loop:
 	for {
 		select {
 		case <-hup:
+			if flags == nil {
+				continue
+			}
 			next, err := flags.Resolve()
 			if err != nil {
 				log.Error("reload refused: configuration invalid", zap.Error(err))
