@@ -1,0 +1,53 @@
+# pgrouter build, test and demo entry points. CI runs `make test`.
+# Knobs come from the environment or the command line, all prefixed PGR_:
+#   PGR_TEST_TIMEOUT  timeout of the whole `go test` run (default 20m)
+#   PGR_FUZZTIME      time per fuzz target in `make fuzz` (default 10s)
+#   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
+
+GO ?= go
+PGR_TEST_TIMEOUT ?= 20m
+PGR_FUZZTIME ?= 10s
+
+.PHONY: build test vet fmt-check fuzz demo bench clean ensure-postgres
+
+build:
+	$(GO) build -o bin/pgrouter ./cmd/pgrouter
+
+ensure-postgres:
+	sh scripts/ensure-postgres.sh
+
+vet:
+	$(GO) vet ./...
+
+# fmt-check fails listing the files gofmt would change.
+fmt-check:
+	@files=$$(gofmt -l .); \
+	if [ -n "$$files" ]; then \
+		echo "gofmt -w needed on:"; echo "$$files"; exit 1; \
+	fi
+
+test: ensure-postgres vet fmt-check
+	$(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+# fuzz runs every Fuzz target of every package for PGR_FUZZTIME each. `go
+# test -list` prints a package's matching names and then "ok <package>";
+# with no targets there is nothing to run.
+fuzz:
+	@set -e; list=$$(mktemp); trap 'rm -f "$$list"' EXIT; \
+	$(GO) test -list '^Fuzz' ./... >"$$list"; \
+	awk '/^Fuzz/ { names[n++] = $$1; next } \
+	     /^ok /  { for (i = 0; i < n; i++) print $$2, names[i]; n = 0 }' "$$list" | \
+	while read -r pkg name; do \
+		echo "fuzz $$name in $$pkg for $(PGR_FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(PGR_FUZZTIME) "$$pkg" || exit 1; \
+	done
+
+demo: build ensure-postgres
+	./bin/pgrouter demo
+
+bench:
+	bash bench/run.sh
+
+clean:
+	rm -rf bin
