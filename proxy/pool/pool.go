@@ -29,6 +29,12 @@ type ServerConn struct {
 	Key []byte
 	// TLS reports whether the link to the server is encrypted.
 	TLS bool
+	// Params are the server's ParameterStatus values, as of the last
+	// ReadyForQuery the proxy saw.
+	Params map[string]string
+
+	created  time.Time // set by the pool that opened it
+	released time.Time // when it last went back to its pool
 }
 
 // SSLMode says whether the proxy encrypts its links to servers, with the

@@ -1,0 +1,323 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Key identifies a pool: server connections are shared only among clients
+// of the same member, database and user.
+type Key struct {
+	Member, Database, User string
+}
+
+// Config sizes a pool and ages its connections. Zero fields take the
+// defaults given.
+type Config struct {
+	// Size caps the server connections of one pool. Default 20.
+	Size int
+	// MinSize is kept open even when idle. Default 0.
+	MinSize int
+	// IdleTimeout closes a connection idle this long. Default 10m.
+	IdleTimeout time.Duration
+	// Lifetime closes a connection this old at its next release. Default 1h.
+	Lifetime time.Duration
+	// WaitTimeout bounds how long Acquire waits for a free connection.
+	// Default 30s.
+	WaitTimeout time.Duration
+	// CheckAfter: a connection idle longer than this is checked for life
+	// before it is lent. Default 5s.
+	CheckAfter time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Size <= 0 {
+		c.Size = 20
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 10 * time.Minute
+	}
+	if c.Lifetime <= 0 {
+		c.Lifetime = time.Hour
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = 30 * time.Second
+	}
+	if c.CheckAfter <= 0 {
+		c.CheckAfter = 5 * time.Second
+	}
+	return c
+}
+
+// Errors from Acquire.
+var (
+	// ErrWaitTimeout means no connection became free within WaitTimeout.
+	ErrWaitTimeout = errors.New("timed out waiting for a server connection")
+	// ErrClosed means the pool was closed (its member changed role or left).
+	ErrClosed = errors.New("pool closed")
+)
+
+// Connector opens a server connection that is logged in and ready for
+// queries (after ReadyForQuery).
+type Connector func(ctx context.Context) (*ServerConn, error)
+
+// Pool lends server connections of one Key. Safe for concurrent use. A
+// lent connection belongs to the borrower until it calls Release, and no
+// one else touches it meanwhile.
+type Pool struct {
+	key     Key
+	cfg     Config
+	connect Connector
+
+	mu      sync.Mutex
+	idle    []*ServerConn // most recently used last
+	open    int           // idle + lent + being dialed
+	waiters []chan *ServerConn
+	closed  bool
+
+	stats Stats
+}
+
+// Stats describes a pool for the admin API.
+type Stats struct {
+	Key          Key           `json:"key"`
+	Open         int           `json:"servers_open"`
+	Idle         int           `json:"servers_idle"`
+	Active       int           `json:"servers_active"`
+	Waiting      int           `json:"clients_waiting"`
+	Lent         uint64        `json:"lent_total"`
+	MaxWait      time.Duration `json:"max_wait_ns"`
+	WaitTimeouts uint64        `json:"wait_timeouts_total"`
+}
+
+// NewPool returns an empty pool; connections are opened on demand.
+func NewPool(key Key, cfg Config, connect Connector) *Pool {
+	return &Pool{key: key, cfg: cfg.withDefaults(), connect: connect}
+}
+
+// Key returns the pool's key.
+func (p *Pool) Key() Key { return p.key }
+
+// Acquire lends a connection, opening one when the pool is below its size
+// and waiting (up to WaitTimeout) otherwise.
+func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
+	start := time.Now()
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if n := len(p.idle); n > 0 {
+			sc := p.idle[n-1]
+			p.idle[n-1] = nil
+			p.idle = p.idle[:n-1]
+			p.lent(start)
+			p.mu.Unlock()
+			if p.usable(sc) {
+				return sc, nil
+			}
+			p.discard(sc)
+			continue
+		}
+		if p.open < p.cfg.Size {
+			p.open++
+			p.lent(start)
+			p.mu.Unlock()
+			sc, err := p.connect(ctx)
+			if err != nil {
+				p.mu.Lock()
+				p.open--
+				p.wakeOne()
+				p.mu.Unlock()
+				return nil, err
+			}
+			sc.created = time.Now()
+			return sc, nil
+		}
+		ch := make(chan *ServerConn, 1)
+		p.waiters = append(p.waiters, ch)
+		p.mu.Unlock()
+		sc, err := p.wait(ctx, ch, start)
+		if err != nil {
+			return nil, err
+		}
+		if sc != nil {
+			p.mu.Lock()
+			p.lent(start)
+			p.mu.Unlock()
+			if p.usable(sc) {
+				return sc, nil
+			}
+			p.discard(sc)
+		}
+		// nil: a slot was freed; loop to take it.
+	}
+}
+
+func (p *Pool) wait(ctx context.Context, ch chan *ServerConn, start time.Time) (*ServerConn, error) {
+	t := time.NewTimer(p.cfg.WaitTimeout - time.Since(start))
+	defer t.Stop()
+	select {
+	case sc := <-ch:
+		return sc, nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	for i, w := range p.waiters {
+		if w == ch {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			break
+		}
+	}
+	p.stats.WaitTimeouts++
+	p.mu.Unlock()
+	// A hand-off may have raced with the timeout: give it back.
+	select {
+	case sc := <-ch:
+		if sc != nil {
+			p.Release(sc, true)
+		} else {
+			p.mu.Lock()
+			p.wakeOne()
+			p.mu.Unlock()
+		}
+	default:
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return nil, ErrWaitTimeout
+}
+
+// lent records a successful or pending lend; p.mu held.
+func (p *Pool) lent(start time.Time) {
+	p.stats.Lent++
+	if w := time.Since(start); w > p.stats.MaxWait {
+		p.stats.MaxWait = w
+	}
+}
+
+// usable checks a connection that sat idle long enough to have been
+// closed under us: a read with an immediate deadline must time out, not
+// return EOF or data.
+func (p *Pool) usable(sc *ServerConn) bool {
+	if time.Since(sc.released) < p.cfg.CheckAfter {
+		return true
+	}
+	_ = sc.Conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	var b [1]byte
+	n, err := sc.Conn.Read(b[:])
+	_ = sc.Conn.SetReadDeadline(time.Time{})
+	if n > 0 {
+		return false // unsolicited data (a FATAL before close): not safe
+	}
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Release returns a lent connection. reusable is false when the borrower
+// saw it fail or left it in a state another client must not inherit; such
+// connections are closed.
+func (p *Pool) Release(sc *ServerConn, reusable bool) {
+	now := time.Now()
+	if !reusable || now.Sub(sc.created) > p.cfg.Lifetime {
+		p.discard(sc)
+		return
+	}
+	sc.released = now
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.discard(sc)
+		return
+	}
+	if len(p.waiters) > 0 {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.mu.Unlock()
+		ch <- sc
+		return
+	}
+	p.idle = append(p.idle, sc)
+	p.mu.Unlock()
+}
+
+func (p *Pool) discard(sc *ServerConn) {
+	sc.Conn.Close()
+	p.mu.Lock()
+	p.open--
+	p.wakeOne()
+	p.mu.Unlock()
+}
+
+// wakeOne lets the first waiter open a connection in a freed slot; p.mu held.
+func (p *Pool) wakeOne() {
+	if len(p.waiters) > 0 && !p.closed {
+		ch := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		ch <- nil
+	}
+}
+
+// Close closes idle connections now and lent ones as they come back;
+// waiters get ErrClosed.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	waiters := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	for _, sc := range idle {
+		sc.Conn.Close()
+	}
+	for _, w := range waiters {
+		close(w)
+	}
+}
+
+// Reap closes connections idle longer than IdleTimeout, keeping MinSize.
+func (p *Pool) Reap(now time.Time) {
+	p.mu.Lock()
+	var drop []*ServerConn
+	keep := p.idle[:0]
+	for _, sc := range p.idle {
+		if p.open-len(drop) > p.cfg.MinSize && now.Sub(sc.released) > p.cfg.IdleTimeout {
+			drop = append(drop, sc)
+			continue
+		}
+		keep = append(keep, sc)
+	}
+	for i := len(keep); i < len(p.idle); i++ {
+		p.idle[i] = nil
+	}
+	p.idle = keep
+	p.open -= len(drop)
+	p.mu.Unlock()
+	for _, sc := range drop {
+		sc.Conn.Close()
+	}
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.stats
+	s.Key = p.key
+	s.Open = p.open
+	s.Idle = len(p.idle)
+	s.Active = p.open - len(p.idle)
+	s.Waiting = len(p.waiters)
+	return s
+}
