@@ -1,0 +1,220 @@
+package proxy
+
+import "strings"
+
+// Session state that transaction pooling cannot carry from one server to
+// the next. A client that creates any of it is pinned to its server for
+// the rest of its session: never silently broken.
+const (
+	pinNone           = ""
+	pinSQLPrepare     = "sql_prepare"
+	pinTempTable      = "temp_table"
+	pinListen         = "listen"
+	pinAdvisoryLock   = "advisory_lock"
+	pinHoldCursor     = "cursor_with_hold"
+	pinUntrackedSet   = "untracked_set"
+	pinLoad           = "load"
+	pinCopyBothOrRepl = "replication"
+)
+
+// reportedParams are the settings PostgreSQL reports with ParameterStatus
+// whenever they change; the proxy follows these through SET and re-applies
+// them on the next server, so a SET of one of them needs no pin.
+var reportedParams = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true,
+	"default_transaction_read_only": true, "in_hot_standby": true,
+	"integer_datetimes": true, "intervalstyle": true, "is_superuser": true,
+	"server_encoding": true, "server_version": true, "session_authorization": true,
+	"standard_conforming_strings": true, "timezone": true,
+}
+
+// pinReason scans a query text the way the server's lexer would for the
+// statements that create session state, and names the first it finds. It
+// skips comments, quoted strings and identifiers, and dollar quotes, and
+// looks at the first words of each statement, so "UPDATE t SET x = 1" is
+// not a SET. It allocates nothing for ordinary statements.
+func pinReason(q string) string {
+	i := 0
+	for i < len(q) {
+		i = skipSpaceAndComments(q, i)
+		if i >= len(q) {
+			break
+		}
+		w1, next := word(q, i)
+		if reason := statementPin(q, w1, next); reason != pinNone {
+			return reason
+		}
+		// Advance to the end of the statement.
+		for i = next; i < len(q); {
+			c := q[i]
+			switch {
+			case c == ';':
+				i++
+				goto nextStatement
+			case c == '\'' || c == '"':
+				i = skipQuoted(q, i, c)
+			case c == '$':
+				i = skipDollar(q, i)
+			case c == '-' && i+1 < len(q) && q[i+1] == '-', c == '/' && i+1 < len(q) && q[i+1] == '*':
+				i = skipSpaceAndComments(q, i)
+			case (c == 'p' || c == 'P') && hasFoldPrefix(q[i:], "pg_advisory_lock"):
+				return pinAdvisoryLock
+			default:
+				i++
+			}
+		}
+	nextStatement:
+	}
+	return pinNone
+}
+
+func statementPin(q, w1 string, next int) string {
+	switch {
+	case strings.EqualFold(w1, "prepare"):
+		return pinSQLPrepare
+	case strings.EqualFold(w1, "listen"):
+		return pinListen
+	case strings.EqualFold(w1, "load"):
+		return pinLoad
+	case strings.EqualFold(w1, "declare"):
+		if containsFoldWords(q[next:], "with", "hold") {
+			return pinHoldCursor
+		}
+	case strings.EqualFold(w1, "create"):
+		w2, n2 := word(q, skipSpaceAndComments(q, next))
+		if strings.EqualFold(w2, "temp") || strings.EqualFold(w2, "temporary") {
+			return pinTempTable
+		}
+		if strings.EqualFold(w2, "local") || strings.EqualFold(w2, "global") {
+			w3, _ := word(q, skipSpaceAndComments(q, n2))
+			if strings.EqualFold(w3, "temp") || strings.EqualFold(w3, "temporary") {
+				return pinTempTable
+			}
+		}
+	case strings.EqualFold(w1, "set"):
+		w2, n2 := word(q, skipSpaceAndComments(q, next))
+		switch {
+		case strings.EqualFold(w2, "local"), strings.EqualFold(w2, "transaction"):
+			return pinNone // ends with the transaction
+		case strings.EqualFold(w2, "session"):
+			w3, n3 := word(q, skipSpaceAndComments(q, n2))
+			if strings.EqualFold(w3, "characteristics") {
+				return pinUntrackedSet
+			}
+			w2 = w3
+			_ = n3
+		}
+		if !reportedParams[strings.ToLower(w2)] {
+			return pinUntrackedSet
+		}
+	case strings.EqualFold(w1, "reset"):
+		w2, _ := word(q, skipSpaceAndComments(q, next))
+		if !reportedParams[strings.ToLower(w2)] {
+			return pinUntrackedSet
+		}
+	}
+	return pinNone
+}
+
+func word(q string, i int) (string, int) {
+	j := i
+	for j < len(q) {
+		c := q[j]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || (j > i && c >= '0' && c <= '9') {
+			j++
+			continue
+		}
+		break
+	}
+	return q[i:j], j
+}
+
+func skipSpaceAndComments(q string, i int) int {
+	for i < len(q) {
+		switch c := q[i]; {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '(':
+			i++
+		case c == '-' && i+1 < len(q) && q[i+1] == '-':
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(q) && q[i+1] == '*':
+			depth := 0
+			for i < len(q) {
+				if q[i] == '/' && i+1 < len(q) && q[i+1] == '*' {
+					depth++
+					i += 2
+				} else if q[i] == '*' && i+1 < len(q) && q[i+1] == '/' {
+					depth--
+					i += 2
+					if depth == 0 {
+						break
+					}
+				} else {
+					i++
+				}
+			}
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+func skipQuoted(q string, i int, quote byte) int {
+	for i++; i < len(q); i++ {
+		if q[i] == quote {
+			if i+1 < len(q) && q[i+1] == quote {
+				i++
+				continue
+			}
+			return i + 1
+		}
+	}
+	return i
+}
+
+// skipDollar skips a dollar-quoted string ($$...$$ or $tag$...$tag$), or
+// a lone $ (a parameter like $1).
+func skipDollar(q string, i int) int {
+	j := i + 1
+	for j < len(q) && (q[j] == '_' || q[j] >= 'a' && q[j] <= 'z' || q[j] >= 'A' && q[j] <= 'Z' || q[j] >= '0' && q[j] <= '9' && j > i+1) {
+		j++
+	}
+	if j >= len(q) || q[j] != '$' {
+		return i + 1
+	}
+	tag := q[i : j+1]
+	if end := strings.Index(q[j+1:], tag); end >= 0 {
+		return j + 1 + end + len(tag)
+	}
+	return len(q)
+}
+
+func hasFoldPrefix(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// containsFoldWords reports whether words a and b appear one after the
+// other in the statement that starts s (up to its ';').
+func containsFoldWords(s, a, b string) bool {
+	if end := strings.IndexByte(s, ';'); end >= 0 {
+		s = s[:end]
+	}
+	for i := 0; i < len(s); {
+		i = skipSpaceAndComments(s, i)
+		w, n := word(s, i)
+		if n == i {
+			i++
+			continue
+		}
+		if strings.EqualFold(w, a) {
+			w2, _ := word(s, skipSpaceAndComments(s, n))
+			if strings.EqualFold(w2, b) {
+				return true
+			}
+		}
+		i = n
+	}
+	return false
+}
