@@ -93,10 +93,15 @@ type Routing struct {
 
 // Discovery says where the member list comes from.
 type Discovery struct {
-	// Kind is static. Default static.
+	// Kind is static or etcd. Default static.
 	Kind string `yaml:"kind"`
 	// Backends is the static member list, host:port each.
 	Backends []string `yaml:"backends"`
+	// EtcdEndpoints (kind etcd) are the etcd endpoints where pgrouter
+	// agents record their members and leader.
+	EtcdEndpoints []string `yaml:"etcdEndpoints"`
+	// Scope (kind etcd) is the agents' cluster name.
+	Scope string `yaml:"scope"`
 }
 
 // Health configures the health checkers (see health.Config for each
@@ -231,8 +236,15 @@ func (c *Config) Validate() error {
 		for _, b := range c.Discovery.Backends {
 			addr("backends", b)
 		}
+	case "etcd":
+		if len(c.Discovery.EtcdEndpoints) == 0 {
+			errs = append(errs, errors.New("etcd discovery needs --etcd-endpoints"))
+		}
+		if c.Discovery.Scope == "" {
+			errs = append(errs, errors.New("etcd discovery needs --scope"))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("discovery %q is not supported (want static)", c.Discovery.Kind))
+		errs = append(errs, fmt.Errorf("discovery %q is not supported (want static or etcd)", c.Discovery.Kind))
 	}
 	if err := c.Health.Config.Validate(); err != nil {
 		errs = append(errs, err)

@@ -44,9 +44,12 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	fb := fs.Bool("fallback-to-primary", *d.Routing.FallbackToPrimary, "send read-only sessions to the primary when no standby is usable")
 	f.apply["fallback-to-primary"] = func(c *Config) { v := *fb; c.Routing.FallbackToPrimary = &v }
 
-	f.str("discovery", d.Discovery.Kind, "member discovery: static", func(c *Config) *string { return &c.Discovery.Kind })
+	f.str("discovery", d.Discovery.Kind, "member discovery: static or etcd (pgrouter agents)", func(c *Config) *string { return &c.Discovery.Kind })
 	backends := fs.StringSlice("backends", nil, "static member list, host:port,host:port,...")
 	f.apply["backends"] = func(c *Config) { c.Discovery.Backends = append([]string(nil), *backends...) }
+	etcd := fs.StringSlice("etcd-endpoints", nil, "etcd discovery: endpoints, host:port,host:port,...")
+	f.apply["etcd-endpoints"] = func(c *Config) { c.Discovery.EtcdEndpoints = append([]string(nil), *etcd...) }
+	f.str("scope", d.Discovery.Scope, "etcd discovery: the agents' cluster name", func(c *Config) *string { return &c.Discovery.Scope })
 
 	f.str("health-user", d.Health.User, "user for health probes (password: PGROUTER_HEALTH_PASSWORD or --health-password-file)", func(c *Config) *string { return &c.Health.User })
 	f.str("health-database", d.Health.Database, "database for health probes", func(c *Config) *string { return &c.Health.Database })

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"sync"
@@ -72,9 +73,12 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 	if err := srv.Listen(); err != nil {
 		return err
 	}
-	static, err := discovery.NewStatic(cfg.Discovery.Backends)
+	source, static, err := newSource(cfg.Discovery, log.Named("discovery"))
 	if err != nil {
 		return err
+	}
+	if c, ok := source.(io.Closer); ok {
+		defer c.Close()
 	}
 	monitor := health.NewMonitor(cfg.Health.Config, feed, log.Named("health"), health.NewMetrics(reg))
 
@@ -120,7 +124,7 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 		}()
 	}
 	run("health", monitor.Run, feedCtx)
-	run("discovery", func(c context.Context) error { return static.Run(c, monitor.SetMembers) }, feedCtx)
+	run("discovery", func(c context.Context) error { return source.Run(c, monitor.SetMembers) }, feedCtx)
 	if adminSrv != nil {
 		run("admin", adminSrv.Run, feedCtx)
 	}
@@ -167,12 +171,25 @@ func reloadProxy(srv *proxy.Server, static *discovery.Static, certs *certReloade
 	if err != nil {
 		return err
 	}
-	if err := static.Update(cfg.Discovery.Backends); err != nil {
-		return err
+	if static != nil {
+		if err := static.Update(cfg.Discovery.Backends); err != nil {
+			return err
+		}
 	}
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
 	srv.Reload(pcfg)
 	return nil
+}
+
+// newSource builds the discovery source; static is nil unless the source
+// is the static list, which SIGHUP reloads.
+func newSource(d configs.Discovery, log *zap.Logger) (discovery.Source, *discovery.Static, error) {
+	if d.Kind == "etcd" {
+		src, err := discovery.NewEtcd(d.EtcdEndpoints, d.Scope, log)
+		return src, nil, err
+	}
+	static, err := discovery.NewStatic(d.Backends)
+	return static, static, err
 }
 
 // proxyConfig converts the file-and-flags configuration into the proxy's

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/configs"
+	"github.com/pgrouter/pgrouter/dcs"
+	"github.com/pgrouter/pgrouter/election"
+)
+
+func agentCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the election agent beside one PostgreSQL server (bootstrap, failover, fencing, rejoin)",
+		Args:  cobra.NoArgs,
+	}
+	flags := configs.BindAgentFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if os.Geteuid() == 0 {
+			return errors.New("pgrouter agent must not run as root: PostgreSQL refuses to run as root. " +
+				"Run the agent as the unprivileged operating system user that owns the data directory, " +
+				"for example: sudo -u postgres pgrouter agent ...")
+		}
+		cfg, err := flags.Resolve()
+		if err != nil {
+			return err
+		}
+		return runAgent(cmd.Context(), cfg)
+	}
+	return cmd
+}
+
+// checkOwner refuses a data directory another user owns.
+func checkOwner(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("data directory %s is owned by uid %d, not by this user (uid %d): run the agent as the user that owns it",
+			dir, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// runAgent wires the store, PostgreSQL, the agent and its API, and runs
+// them until SIGINT/SIGTERM.
+func runAgent(ctx context.Context, cfg configs.Agent) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := checkOwner(cfg.PostgreSQL.DataDir); err != nil {
+		return err
+	}
+	log, _, err := newLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	bin, err := election.FindBinDir(cfg.PostgreSQL.BinDir)
+	if err != nil {
+		return err
+	}
+	ecfg := cfg.ElectionConfig().WithDefaults()
+	store, err := dcs.NewEtcd(dcs.EtcdConfig{
+		Endpoints: cfg.Etcd.Endpoints, Scope: cfg.Scope, Name: cfg.Name, TTL: ecfg.TTL, Log: log.Named("etcd"),
+	})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	p := cfg.PostgreSQL
+	warm := p.StandbyMode == "warm"
+	pg, err := election.NewPGCtl(election.PGConfig{
+		Name: cfg.Name, DataDir: p.DataDir, BinDir: bin, Listen: p.Listen,
+		SuperUser: p.SuperUser, SuperPassword: p.SuperUserPassword,
+		ReplUser: p.ReplicationUser, ReplPassword: p.ReplicationPassword,
+		HBA: p.HBA, Params: p.Parameters, InitdbArgs: p.InitdbArgs, LogFile: p.LogFile, Warm: warm,
+	}, log.Named("postgres").With(zap.String("member", cfg.Name)))
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", cfg.API.Listen)
+	if err != nil {
+		return fmt.Errorf("api-listen %s: %w", cfg.API.Listen, err)
+	}
+	agent, err := election.NewAgent(election.Options{
+		Config: ecfg, Store: store, Postgres: pg, ConnAddr: p.Listen, APIAddr: ln.Addr().String(), Warm: warm,
+		Log: log.Named("agent"), Metrics: election.NewMetrics(reg),
+	})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	apiCtx, stopAPI := context.WithCancel(context.Background())
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- election.RunAPI(apiCtx, ln, agent.Handler(reg)) }()
+	log.Info("pgrouter agent", zap.String("name", cfg.Name), zap.String("scope", cfg.Scope),
+		zap.String("api", ln.Addr().String()), zap.String("pgdata", p.DataDir), zap.String("pg_bin", bin))
+	runErr := agent.Run(ctx)
+	stopAPI()
+	if err := <-apiDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	return runErr
+}
+
+func switchoverCommand() *cobra.Command {
+	var api, to string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "switchover",
+		Short: "Hand the primary role to a standby without losing data (through any agent's API)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body, _ := json.Marshal(election.SwitchoverRequest{To: to})
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+api+"/switchover", bytes.NewReader(body))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("switchover: %w", err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			var res election.SwitchoverResult
+			if err := json.Unmarshal(b, &res); err != nil {
+				return fmt.Errorf("switchover: %s: %s", resp.Status, bytes.TrimSpace(b))
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("switchover from %s refused: %s", res.From, res.Error)
+			}
+			fmt.Printf("switchover: %s -> %s in %dms\n", res.From, res.To, res.TookMS)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&api, "api", "127.0.0.1:8008", "host:port of any agent's API")
+	cmd.Flags().StringVar(&to, "to", "", "member to promote (default: the synchronous standby, or the most advanced streaming one)")
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the new leader")
+	return cmd
+}
