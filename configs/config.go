@@ -25,6 +25,71 @@ type Config struct {
 	Routing   Routing   `yaml:"routing"`
 	Discovery Discovery `yaml:"discovery"`
 	Health    Health    `yaml:"health"`
+	Pool      Pool      `yaml:"pool"`
+	Auth      Auth      `yaml:"auth"`
+}
+
+// Pool configures pooled modes (see issue "pooled mode" in the README).
+type Pool struct {
+	// Mode is passthrough, session or transaction for every listener.
+	// Default passthrough: the client authenticates with the server and
+	// owns one server session.
+	Mode string `yaml:"mode"`
+	// Modes overrides Mode per listener: keys any, rw, ro.
+	Modes map[string]string `yaml:"modes"`
+	// Size caps server connections per (member, database, user). Default 20.
+	Size int `yaml:"size"`
+	// MinSize keeps this many open when idle. Default 0.
+	MinSize int `yaml:"minSize"`
+	// ServerIdleTimeout closes servers idle this long. Default 10m.
+	ServerIdleTimeout time.Duration `yaml:"serverIdleTimeout"`
+	// ServerLifetime closes servers this old when they come back. Default 1h.
+	ServerLifetime time.Duration `yaml:"serverLifetime"`
+	// QueryWaitTimeout: a client waiting longer for a server gets ERROR
+	// 53300 and stays connected. Default 30s.
+	QueryWaitTimeout time.Duration `yaml:"queryWaitTimeout"`
+	// ServerResetQuery cleans a server between sessions in session mode.
+	// Default DISCARD ALL.
+	ServerResetQuery string `yaml:"serverResetQuery"`
+}
+
+// Auth configures client authentication at the proxy (pooled modes).
+type Auth struct {
+	// HBA are pg_hba.conf-style rules, first match wins. Default: every
+	// database and user from anywhere with scram-sha-256.
+	HBA []string `yaml:"hba"`
+	// File is a PgBouncer userlist.txt with SCRAM secrets or md5 hashes.
+	File string `yaml:"file"`
+	// Query looks up a user's secret on the primary, e.g.
+	// SELECT usename, passwd FROM pgrouter.user_lookup($1).
+	Query string `yaml:"query"`
+	// User runs Query; its password comes from PGROUTER_AUTH_PASSWORD or
+	// PasswordFile, never a flag.
+	User         string `yaml:"user"`
+	PasswordFile string `yaml:"passwordFile"`
+	Password     string `yaml:"-"`
+	// Database is where Query runs. Default postgres.
+	Database string `yaml:"database"`
+	// CacheTTL is how long a looked-up secret is reused. Default 30s.
+	CacheTTL time.Duration `yaml:"cacheTTL"`
+}
+
+// PoolModeFor returns the pool mode of a listener (any, rw, ro).
+func (c *Config) PoolModeFor(listener string) string {
+	if m, ok := c.Pool.Modes[listener]; ok && m != "" {
+		return m
+	}
+	return c.Pool.Mode
+}
+
+// Pooled reports whether any listener uses a pooled mode.
+func (c *Config) Pooled() bool {
+	for _, l := range []string{"any", "rw", "ro"} {
+		if m := c.PoolModeFor(l); m == "session" || m == "transaction" {
+			return true
+		}
+	}
+	return false
 }
 
 // Log configures the zap logger.
@@ -129,6 +194,10 @@ func Defaults() Config {
 		Routing:   Routing{Balance: "round-robin", FallbackToPrimary: &t},
 		Discovery: Discovery{Kind: "static"},
 		Health:    Health{Config: health.Config{}.WithDefaults()},
+		Pool: Pool{Mode: "passthrough", Size: 20, ServerIdleTimeout: 10 * time.Minute, ServerLifetime: time.Hour,
+			QueryWaitTimeout: 30 * time.Second, ServerResetQuery: "DISCARD ALL"},
+		Auth: Auth{HBA: []string{"host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"},
+			Database: "postgres", CacheTTL: 30 * time.Second},
 	}
 }
 
@@ -152,21 +221,29 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
-// ResolveSecrets fills the health password from the environment or its
-// file.
+// ResolveSecrets fills the health and auth-user passwords from the
+// environment or their files.
 func (c *Config) ResolveSecrets() error {
-	if v, ok := os.LookupEnv("PGROUTER_HEALTH_PASSWORD"); ok {
-		c.Health.Password = v
-		return nil
+	var err error
+	if c.Health.Password, err = secret("PGROUTER_HEALTH_PASSWORD", c.Health.PasswordFile, "health"); err != nil {
+		return err
 	}
-	if c.Health.PasswordFile != "" {
-		b, err := os.ReadFile(c.Health.PasswordFile)
-		if err != nil {
-			return fmt.Errorf("health password file: %w", err)
-		}
-		c.Health.Password = strings.TrimRight(string(b), "\r\n")
+	c.Auth.Password, err = secret("PGROUTER_AUTH_PASSWORD", c.Auth.PasswordFile, "auth")
+	return err
+}
+
+func secret(env, file, what string) (string, error) {
+	if v, ok := os.LookupEnv(env); ok {
+		return v, nil
 	}
-	return nil
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%s password file: %w", what, err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
 // Validate reports every problem at once.
@@ -248,6 +325,27 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Health.Config.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	for _, l := range []string{"any", "rw", "ro"} {
+		switch m := c.PoolModeFor(l); m {
+		case "", "passthrough", "session", "transaction":
+		default:
+			errs = append(errs, fmt.Errorf("pool mode %q for listener %s: want passthrough, session or transaction", m, l))
+		}
+	}
+	for l := range c.Pool.Modes {
+		if l != "any" && l != "rw" && l != "ro" {
+			errs = append(errs, fmt.Errorf("pool modes: unknown listener %q (want any, rw, ro)", l))
+		}
+	}
+	if c.Pool.Size < 0 || c.Pool.MinSize < 0 || c.Pool.MinSize > max(c.Pool.Size, 20) {
+		errs = append(errs, fmt.Errorf("pool size %d / min-pool-size %d: want 0 <= min <= size", c.Pool.Size, c.Pool.MinSize))
+	}
+	if c.Auth.Query != "" && c.Auth.User == "" {
+		errs = append(errs, errors.New("auth-query needs auth-user"))
+	}
+	if c.Pooled() && c.Auth.Query == "" && c.Auth.File == "" {
+		errs = append(errs, errors.New("pooled mode authenticates clients at the proxy: give --auth-file and/or --auth-query"))
 	}
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":

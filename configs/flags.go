@@ -59,6 +59,22 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	f.dur("health-timeout", d.Health.Timeout, "deadline of one probe", func(c *Config) *time.Duration { return &c.Health.Timeout })
 	f.integer("health-failure-threshold", d.Health.FailureThreshold, "consecutive failed probes before a member is down", func(c *Config) *int { return &c.Health.FailureThreshold })
 
+	f.str("pool-mode", d.Pool.Mode, "passthrough, session or transaction (YAML pool.modes sets it per listener)", func(c *Config) *string { return &c.Pool.Mode })
+	f.integer("pool-size", d.Pool.Size, "server connections per (member, database, user) in pooled modes", func(c *Config) *int { return &c.Pool.Size })
+	f.integer("min-pool-size", d.Pool.MinSize, "server connections kept open when idle", func(c *Config) *int { return &c.Pool.MinSize })
+	f.dur("server-idle-timeout", d.Pool.ServerIdleTimeout, "close pooled servers idle this long", func(c *Config) *time.Duration { return &c.Pool.ServerIdleTimeout })
+	f.dur("server-lifetime", d.Pool.ServerLifetime, "close pooled servers this old when they come back", func(c *Config) *time.Duration { return &c.Pool.ServerLifetime })
+	f.dur("query-wait-timeout", d.Pool.QueryWaitTimeout, "a client waiting longer for a server gets ERROR 53300", func(c *Config) *time.Duration { return &c.Pool.QueryWaitTimeout })
+	f.str("server-reset-query", d.Pool.ServerResetQuery, "query that cleans a server between sessions (session mode)", func(c *Config) *string { return &c.Pool.ServerResetQuery })
+	f.integer("max-client-conn", d.Proxy.MaxClientConns, "same as --max-client-conns (PgBouncer's name)", func(c *Config) *int { return &c.Proxy.MaxClientConns })
+	f.str("auth-file", d.Auth.File, "PgBouncer userlist.txt with SCRAM secrets or md5 hashes (pooled modes)", func(c *Config) *string { return &c.Auth.File })
+	f.str("auth-query", d.Auth.Query, "query returning (user, secret) for $1, run on the primary as --auth-user", func(c *Config) *string { return &c.Auth.Query })
+	f.str("auth-user", d.Auth.User, "user that runs --auth-query (password: PGROUTER_AUTH_PASSWORD or --auth-password-file)", func(c *Config) *string { return &c.Auth.User })
+	f.str("auth-password-file", d.Auth.PasswordFile, "file holding --auth-user's password", func(c *Config) *string { return &c.Auth.PasswordFile })
+	f.str("auth-database", d.Auth.Database, "database --auth-query runs in", func(c *Config) *string { return &c.Auth.Database })
+	hba := fs.StringArray("auth-hba", nil, "pg_hba.conf-style rule for pooled modes, repeatable (default: scram-sha-256 for all)")
+	f.apply["auth-hba"] = func(c *Config) { c.Auth.HBA = append([]string(nil), *hba...) }
+
 	f.str("log-level", d.Log.Level, "debug, info, warn or error", func(c *Config) *string { return &c.Log.Level })
 	f.str("log-format", d.Log.Format, "console or json", func(c *Config) *string { return &c.Log.Format })
 	return f

@@ -179,6 +179,14 @@ func (s *Server) forwardCancel(pid uint32, key []byte, cfg *Config) {
 		s.log.Debug("cancel request with unknown key", zap.Uint32("pid", pid))
 		return
 	}
+	if t.session != nil {
+		sc, held := t.session.pooled.current()
+		if !held || sc.PID == 0 {
+			s.metrics.cancels.WithLabelValues("no_server").Inc()
+			return // between transactions there is nothing to cancel
+		}
+		t = cancelTarget{addr: sc.Addr, pid: sc.PID, realKey: sc.Key}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	dc := cfg.Server

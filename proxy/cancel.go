@@ -18,6 +18,8 @@ type cancelTarget struct {
 	addr    string
 	pid     uint32
 	realKey []byte
+	// session is set for pooled sessions, whose server changes.
+	session *session
 }
 
 // cancelRegistry maps client-visible keys to backends. Two backends on
@@ -66,4 +68,28 @@ func (r *cancelRegistry) remove(pid uint32, key []byte) {
 	r.mu.Lock()
 	delete(r.m, cancelKey{pid: pid, key: string(key)})
 	r.mu.Unlock()
+}
+
+// registerSession gives a pooled session a process id and key of the
+// proxy's own; cancel requests with them reach whatever server the session
+// holds at that moment.
+func (r *cancelRegistry) registerSession(sess *session) (uint32, []byte, error) {
+	key := make([]byte, 4)
+	var pidb [4]byte
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if _, err := rand.Read(key); err != nil {
+			return 0, nil, err
+		}
+		if _, err := rand.Read(pidb[:]); err != nil {
+			return 0, nil, err
+		}
+		pid := getUint32(pidb[:]) & 0x7fffffff
+		k := cancelKey{pid: pid, key: string(key)}
+		if _, taken := r.m[k]; !taken && pid != 0 {
+			r.m[k] = cancelTarget{session: sess}
+			return pid, key, nil
+		}
+	}
 }

@@ -14,6 +14,7 @@ type Metrics struct {
 	terminated       *prometheus.CounterVec
 	cancels          *prometheus.CounterVec
 	primaryWait      prometheus.Histogram
+	pins             *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: none).
@@ -47,10 +48,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgrouter_primary_wait_seconds", Help: "Time read-write sessions waited for a primary to appear.",
 			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 15, 30},
 		}),
+		pins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrouter_pool_pins_total", Help: "Transaction-pooled sessions pinned to their server, by the state that could not be carried.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.routes,
-			m.refused, m.terminated, m.cancels, m.primaryWait)
+			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins)
 	}
 	return m
 }

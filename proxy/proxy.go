@@ -33,6 +33,8 @@ type ListenerConfig struct {
 	Kind router.Listener
 	// MaxClientConns caps open client connections; 0 means no cap.
 	MaxClientConns int
+	// PoolMode is how sessions get servers; "" means passthrough.
+	PoolMode PoolMode
 }
 
 // Config is the proxy's part of the configuration.
@@ -56,6 +58,13 @@ type Config struct {
 	// MaxStartupPacket caps the startup packet size. Default 10000 bytes,
 	// PostgreSQL's own limit.
 	MaxStartupPacket int
+	// Pool sizes the server pools of pooled listeners.
+	Pool pool.Config
+	// Auth authenticates clients of pooled listeners at the proxy.
+	Auth *AuthConfig
+	// ServerResetQuery cleans a server before another session gets it in
+	// session mode (and after a pinned session). Default "DISCARD ALL".
+	ServerResetQuery string
 }
 
 func (c *Config) setDefaults() {
@@ -71,6 +80,9 @@ func (c *Config) setDefaults() {
 	if c.MaxStartupPacket <= 0 {
 		c.MaxStartupPacket = 10000
 	}
+	if c.ServerResetQuery == "" {
+		c.ServerResetQuery = "DISCARD ALL"
+	}
 }
 
 // Server is a running proxy: its listeners and its sessions.
@@ -80,6 +92,7 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	cancels *cancelRegistry
+	pools   *pools
 
 	listeners []*listener
 	seq       atomic.Uint64
@@ -113,7 +126,7 @@ func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server,
 	}
 	cfg.setDefaults()
 	s := &Server{
-		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(),
+		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), pools: newPools(),
 		sessions: make(map[*session]struct{}), perMember: make(map[string]int),
 	}
 	s.cfg.Store(&cfg)
@@ -144,6 +157,9 @@ func (s *Server) Addr(name string) net.Addr {
 	return nil
 }
 
+// Config returns the configuration in force.
+func (s *Server) Config() Config { return *s.cfg.Load() }
+
 // Reload applies a new configuration to new sessions: policy, timeouts,
 // TLS and server settings. Listener addresses change only on restart;
 // per-listener connection caps are taken from cfg for listeners it names.
@@ -171,10 +187,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 	}
 	watchCtx, stopWatch := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
+	watchDone := make(chan struct{}, 2)
 	go func() {
-		defer close(watchDone)
+		defer func() { watchDone <- struct{}{} }()
 		s.watchTopology(watchCtx)
+	}()
+	go func() {
+		defer func() { watchDone <- struct{}{} }()
+		s.reapPools(watchCtx)
 	}()
 
 	<-ctx.Done()
@@ -183,7 +203,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.drain()
 	stopWatch()
 	<-watchDone
+	<-watchDone
 	s.wg.Wait()
+	s.pools.closeAll()
 	return nil
 }
 
@@ -329,8 +351,22 @@ func (s *Server) enforceRoles(snap *topology.Snapshot) {
 	s.mu.Lock()
 	var stale []*session
 	var reasons []string
+	staleMembers := map[string]bool{}
 	for sess := range s.sessions {
 		if !sess.relaying {
+			continue
+		}
+		if sess.pooled != nil && sess.pooled.movable() {
+			// A transaction-pooled session is not tied to a member: only
+			// the server it holds, if any, goes.
+			member, role, ok := sess.pooled.holding()
+			if !ok {
+				continue
+			}
+			if _, ok := staleReason(member, role, snap); ok {
+				sess.pooled.dropServerOn(member)
+				staleMembers[member] = true
+			}
 			continue
 		}
 		if why, ok := staleReason(sess.member, sess.role, snap); ok {
@@ -339,9 +375,37 @@ func (s *Server) enforceRoles(snap *topology.Snapshot) {
 		}
 	}
 	s.mu.Unlock()
+	// Pooled servers on a member whose role changed are closed, so the
+	// next transaction is routed again.
+	s.pools.each(func(p *pool.Pool) {
+		if _, ok := staleMember(p.Key().Member, snap); ok {
+			staleMembers[p.Key().Member] = true
+		}
+	})
+	for m := range staleMembers {
+		s.pools.closeMember(m)
+	}
 	for i, sess := range stale {
 		s.terminateStale(sess, reasons[i])
 	}
+}
+
+// staleMember says whether pooled servers on member must go: it is no
+// longer in the topology, or it is seen in a role other than the one its
+// pools were serving. Pools do not record a role, so a member that is now
+// in recovery while another is primary, or that was promoted, counts.
+func staleMember(member string, snap *topology.Snapshot) (string, bool) {
+	m, ok := snap.Member(member)
+	if !ok {
+		return "removed", true
+	}
+	if !m.Health.Up {
+		return "down", true
+	}
+	if p, ok := router.Primary(snap); ok && p.Name != member && m.Health.Role == topology.RolePrimary {
+		return "second primary", true
+	}
+	return "", false
 }
 
 func (s *Server) terminateStale(sess *session, why string) {

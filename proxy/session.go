@@ -36,6 +36,9 @@ type session struct {
 	role     topology.Role
 	relaying bool
 
+	// pooled is set for sessions of pooled listeners.
+	pooled *pooled
+
 	mu       sync.Mutex // guards server and killed against kill
 	server   *pool.ServerConn
 	killed   atomic.Pointer[clientError]
@@ -96,6 +99,9 @@ func (sess *session) run(ctx context.Context) error {
 	intent, params, err := prepareStartup(p)
 	if err != nil {
 		return err
+	}
+	if sess.ln.cfg.PoolMode != "" && sess.ln.cfg.PoolMode != PoolPassthrough {
+		return sess.runPooled(ctx, cfg, p.version, intent, params)
 	}
 	dec, err := sess.route(ctx, cfg, intent)
 	if err != nil {

@@ -120,6 +120,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	}
 	write([]string{c.Nodes[0].Addr, c.Nodes[1].Addr})
 	p := startProxy(t, c, "--config", cfgPath)
+	waitStandby(t, p, c.Nodes[1].Addr)
 	ro := mustConnect(t, c, p.RO, nil)
 	if port, _ := where(t, ro); port != c.Nodes[1].Port {
 		t.Fatalf("ro landed on %d, want the only listed standby %d", port, c.Nodes[1].Port)
@@ -180,6 +181,20 @@ func TestWarmStandbyGetsNoSessions(t *testing.T) {
 		}
 		conn.Close(context.Background())
 	}
+}
+
+// waitStandby waits until the proxy has seen member as a usable standby,
+// so a read-only session cannot fall back to the primary.
+func waitStandby(t *testing.T, p *proxyProc, member string) {
+	t.Helper()
+	eventually(t, 10*time.Second, "standby "+member+" seen", func() error {
+		for _, m := range getTopology(t, p.Admin).Members {
+			if m.Name == member && m.Role == "standby" && m.Health.AcceptsConnections {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
 }
 
 type topologyDoc struct {

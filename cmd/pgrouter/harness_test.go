@@ -241,8 +241,13 @@ func eventually(t *testing.T, d time.Duration, what string, f func() error) {
 // user/password are given.
 func connect(t *testing.T, addr, user, password string, params map[string]string) (*pgx.Conn, error) {
 	t.Helper()
+	return connectDB(t, addr, user, password, "postgres", params)
+}
+
+func connectDB(t *testing.T, addr, user, password, db string, params map[string]string) (*pgx.Conn, error) {
+	t.Helper()
 	host, port, _ := net.SplitHostPort(addr)
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=postgres sslmode=disable connect_timeout=20", host, port, user))
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=20", host, port, user, db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/pgrouter/pgrouter/discovery"
 	"github.com/pgrouter/pgrouter/health"
 	"github.com/pgrouter/pgrouter/proxy"
+	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/topology"
@@ -66,6 +67,12 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 		return err
 	}
 	feed := &topology.Feed{}
+	if pcfg.Auth, err = authConfig(cfg, feed, log.Named("auth")); err != nil {
+		return err
+	}
+	if pcfg.Auth != nil {
+		defer pcfg.Auth.Lookup.Close()
+	}
 	srv, err := proxy.New(pcfg, feed, log.Named("proxy"), proxy.NewMetrics(reg))
 	if err != nil {
 		return err
@@ -176,6 +183,13 @@ func reloadProxy(srv *proxy.Server, static *discovery.Static, certs *certReloade
 			return err
 		}
 	}
+	if old := srv.Config().Auth; old != nil && cfg.Pooled() {
+		hba, err := auth.ParseHBA(cfg.Auth.HBA)
+		if err != nil {
+			return err
+		}
+		pcfg.Auth = &proxy.AuthConfig{HBA: hba, Lookup: old.Lookup}
+	}
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
 	srv.Reload(pcfg)
 	return nil
@@ -202,7 +216,11 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 		kind       router.Listener
 	}{{"any", p.Listen, router.ListenerAny}, {"rw", p.ListenRW, router.ListenerReadWrite}, {"ro", p.ListenRO, router.ListenerReadOnly}} {
 		if l.addr != "" {
-			ls = append(ls, proxy.ListenerConfig{Name: l.name, Addr: l.addr, Kind: l.kind, MaxClientConns: p.MaxClientConns})
+			mode, err := proxy.ParsePoolMode(c.PoolModeFor(l.name))
+			if err != nil {
+				return proxy.Config{}, err
+			}
+			ls = append(ls, proxy.ListenerConfig{Name: l.name, Addr: l.addr, Kind: l.kind, MaxClientConns: p.MaxClientConns, PoolMode: mode})
 		}
 	}
 	mode, err := pool.ParseSSLMode(p.ServerSSLMode)
@@ -216,6 +234,11 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 		PrimaryWait:      p.PrimaryWait,
 		DrainTimeout:     p.DrainTimeout,
 		MaxStartupPacket: p.MaxStartupPacket,
+		ServerResetQuery: c.Pool.ServerResetQuery,
+		Pool: pool.Config{
+			Size: c.Pool.Size, MinSize: c.Pool.MinSize, IdleTimeout: c.Pool.ServerIdleTimeout,
+			Lifetime: c.Pool.ServerLifetime, WaitTimeout: c.Pool.QueryWaitTimeout,
+		},
 		Policy: router.Policy{
 			MaxLagBytes:       c.Routing.MaxReplicaLagBytes,
 			MaxLag:            c.Routing.MaxReplicaLag,
@@ -249,6 +272,31 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 		}
 	}
 	return out, nil
+}
+
+// authConfig builds client authentication for pooled listeners: the HBA
+// rules and the secret lookup (auth file, auth query on the primary).
+func authConfig(c configs.Config, feed *topology.Feed, log *zap.Logger) (*proxy.AuthConfig, error) {
+	if !c.Pooled() {
+		return nil, nil
+	}
+	hba, err := auth.ParseHBA(c.Auth.HBA)
+	if err != nil {
+		return nil, err
+	}
+	primary := func() (string, bool) {
+		snap, _ := feed.Load()
+		m, ok := router.Primary(snap)
+		return m.Addr, ok
+	}
+	lookup, err := auth.NewLookup(auth.LookupConfig{
+		AuthFile: c.Auth.File, AuthQuery: c.Auth.Query, AuthUser: c.Auth.User, AuthPassword: c.Auth.Password,
+		AuthDatabase: c.Auth.Database, TTL: c.Auth.CacheTTL,
+	}, primary, log)
+	if err != nil {
+		return nil, err
+	}
+	return &proxy.AuthConfig{HBA: hba, Lookup: lookup}, nil
 }
 
 // certReloader serves the newest client-facing certificate, so SIGHUP can

@@ -7,6 +7,8 @@ import (
 func TestPortsLandWhereTheyShould(t *testing.T) {
 	c := sharedCluster(t)
 	p := startProxy(t, c)
+	waitStandby(t, p, c.Nodes[1].Addr)
+	waitStandby(t, p, c.Nodes[2].Addr)
 
 	rw := mustConnect(t, c, p.RW, nil)
 	if port, rec := where(t, rw); rec || port != c.Nodes[0].Port {

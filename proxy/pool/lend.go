@@ -27,9 +27,6 @@ type Config struct {
 	// WaitTimeout bounds how long Acquire waits for a free connection.
 	// Default 30s.
 	WaitTimeout time.Duration
-	// CheckAfter: a connection idle longer than this is checked for life
-	// before it is lent. Default 5s.
-	CheckAfter time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -44,9 +41,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.WaitTimeout <= 0 {
 		c.WaitTimeout = 30 * time.Second
-	}
-	if c.CheckAfter <= 0 {
-		c.CheckAfter = 5 * time.Second
 	}
 	return c
 }
@@ -201,23 +195,8 @@ func (p *Pool) lent(start time.Time) {
 	}
 }
 
-// usable checks a connection that sat idle long enough to have been
-// closed under us: a read with an immediate deadline must time out, not
-// return EOF or data.
-func (p *Pool) usable(sc *ServerConn) bool {
-	if time.Since(sc.released) < p.cfg.CheckAfter {
-		return true
-	}
-	_ = sc.Conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-	var b [1]byte
-	n, err := sc.Conn.Read(b[:])
-	_ = sc.Conn.SetReadDeadline(time.Time{})
-	if n > 0 {
-		return false // unsolicited data (a FATAL before close): not safe
-	}
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) && ne.Timeout()
-}
+// usable checks an idle connection before it is lent.
+func (p *Pool) usable(sc *ServerConn) bool { return alive(sc.Conn) }
 
 // Release returns a lent connection. reusable is false when the borrower
 // saw it fail or left it in a state another client must not inherit; such

@@ -23,7 +23,7 @@ type pipeConnector struct {
 }
 
 func (c *pipeConnector) connect(context.Context) (*ServerConn, error) {
-	a, b := net.Pipe()
+	a, b := tcpPipe()
 	c.mu.Lock()
 	c.peers = append(c.peers, b)
 	c.mu.Unlock()
@@ -93,7 +93,7 @@ func TestPoolWaitTimeout(t *testing.T) {
 func TestPoolDiscardsBrokenAndUnreusable(t *testing.T) {
 	pc := &pipeConnector{}
 	defer pc.closeAll()
-	p := NewPool(Key{}, Config{Size: 1, CheckAfter: time.Nanosecond}, pc.connect)
+	p := NewPool(Key{}, Config{Size: 1}, pc.connect)
 	defer p.Close()
 	a, _ := p.Acquire(context.Background())
 	p.Release(a, true)
@@ -147,5 +147,49 @@ func TestPoolReap(t *testing.T) {
 	p.Reap(time.Now().Add(2 * time.Minute))
 	if s := p.Stats(); s.Open != 1 || s.Idle != 1 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// tcpPipe returns both ends of a loopback TCP connection: the liveness
+// check needs a real socket.
+func tcpPipe() (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		panic(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		panic(err)
+	}
+	return a, b
+}
+
+func TestAlive(t *testing.T) {
+	a, b := tcpPipe()
+	defer a.Close()
+	if !alive(a) {
+		t.Fatal("fresh connection not alive")
+	}
+	b.Write([]byte("E"))
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(a) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if alive(a) {
+		t.Fatal("unsolicited data not seen")
+	}
+	a2, b2 := tcpPipe()
+	defer a2.Close()
+	b2.Close()
+	for alive(a2) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if alive(a2) {
+		t.Fatal("closed peer not seen")
 	}
 }

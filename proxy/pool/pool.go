@@ -32,6 +32,14 @@ type ServerConn struct {
 	// Params are the server's ParameterStatus values, as of the last
 	// ReadyForQuery the proxy saw.
 	Params map[string]string
+	// Prepared names the statements the proxy prepared on this server
+	// (transaction pooling), and Applied the settings it SET on it. Both
+	// belong to the borrower, like the connection.
+	Prepared map[string]struct{}
+	Applied  map[string]string
+	// Initial are the ParameterStatus values the server reported at login:
+	// the baseline a client that asked for nothing else must see.
+	Initial map[string]string
 
 	created  time.Time // set by the pool that opened it
 	released time.Time // when it last went back to its pool

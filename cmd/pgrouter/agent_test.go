@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestAgentFailover runs one synchronous three-node cluster through every
+// fault in turn. Before each a writer inserts through the proxy's
+// read-write port; after each the cluster must be healthy again (exactly
+// one primary, the proxy writing to it, both other members streaming from
+// it, the old primary rejoined as a standby) and every acknowledged row
+// must be on the new primary.
+func TestAgentFailover(t *testing.T) {
+	c := startAgentCluster(t, agentOptions{synchronous: true})
+	mustExecProxy(t, c, "CREATE TABLE acked (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+	next := int64(1)
+	scenario := func(name string, fault func(t *testing.T, ld *agentProc)) {
+		t.Run(name, func(t *testing.T) {
+			ld := c.waitHealthy(90 * time.Second)
+			w := startWriter(t, c.proxy.RW, next)
+			eventually(t, 20*time.Second, "writes flowing", func() error {
+				if n := w.count(); n < 20 {
+					return fmt.Errorf("%d acknowledged", n)
+				}
+				return nil
+			})
+			began := time.Now()
+			fault(t, ld)
+			nl := c.waitHealthy(90 * time.Second)
+			before := w.count()
+			eventually(t, 20*time.Second, "writes flowing again", func() error {
+				if n := w.count(); n < before+20 {
+					return fmt.Errorf("%d acknowledged since healthy", n-before)
+				}
+				return nil
+			})
+			acked, errs, longest := w.finish()
+			next += 10_000_000
+			if missing := missingRows(t, nl.PGAddr, acked); len(missing) > 0 {
+				t.Errorf("%d of %d acknowledged rows missing on %s, e.g. %v", len(missing), len(acked), nl.Name, missing[:min(5, len(missing))])
+			}
+			t.Logf("%s: leader %s -> %s, healthy again after %v; %d writes acknowledged, %d client errors, longest gap between acknowledged writes %v",
+				name, ld.Name, nl.Name, time.Since(began).Round(time.Millisecond), len(acked), errs, longest.Round(time.Millisecond))
+		})
+	}
+
+	scenario("kill-primary-postmaster", func(t *testing.T, ld *agentProc) {
+		pid, err := ld.postmasterPID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		c.waitNewLeader(t, ld, 30*time.Second)
+	})
+
+	scenario("kill-leader-agent", func(t *testing.T, ld *agentProc) {
+		ld.kill() // its PostgreSQL keeps running as a primary
+		nl := c.waitNewLeader(t, ld, 30*time.Second)
+		// The orphaned old primary must get no writes through the proxy.
+		assertRWLandsOn(t, c, nl)
+		ld.start() // a supervisor restarts the agent: it demotes and rewinds
+	})
+
+	scenario("leader-partitioned-from-etcd", func(t *testing.T, ld *agentProc) {
+		cut := time.Now()
+		ld.etcd.Cut()
+		var fenced, promoted time.Time
+		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
+			if fenced.IsZero() && !acceptsConnections(ld) {
+				fenced = time.Now()
+			}
+			if promoted.IsZero() {
+				if nl, err := c.leader(); err == nil && nl != ld {
+					promoted = time.Now()
+				}
+			}
+			if fenced.IsZero() || promoted.IsZero() {
+				return fmt.Errorf("fenced %v, promoted %v", !fenced.IsZero(), !promoted.IsZero())
+			}
+			return nil
+		})
+		if !fenced.Before(promoted) {
+			t.Errorf("the old primary still accepted connections %v after the new leader was promoted", fenced.Sub(promoted))
+		}
+		if n := ld.metric("pgrouter_agent_fencings_total", ""); n < 1 {
+			t.Errorf("fencings_total on %s = %v, want ≥ 1", ld.Name, n)
+		}
+		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
+			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
+		ld.etcd.Restore()
+	})
+
+	scenario("planned-switchover", func(t *testing.T, ld *agentProc) {
+		var other *agentProc
+		for _, a := range c.agents {
+			if a != ld {
+				other = a
+				break
+			}
+		}
+		out, err := exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgrouter switchover: %v\n%s", err, out)
+		}
+		t.Logf("%s", out)
+		c.waitNewLeader(t, ld, 30*time.Second)
+	})
+
+	scenario("primary-data-directory-deleted", func(t *testing.T, ld *agentProc) {
+		if err := os.RemoveAll(ld.DataDir); err != nil {
+			t.Fatal(err)
+		}
+		c.waitNewLeader(t, ld, 30*time.Second)
+	})
+}
+
+// TestAgentWarmStandby: warm standbys get no sessions, yet one is promoted
+// when the primary dies.
+func TestAgentWarmStandby(t *testing.T) {
+	c := startAgentCluster(t, agentOptions{warm: true})
+	ld := c.waitHealthy(60 * time.Second)
+	for i := 0; i < 6; i++ {
+		conn := mustConnectAs(t, c.proxy.RO)
+		port, inRecovery := where(t, conn)
+		conn.Close(context.Background())
+		if port != ld.PGPort || inRecovery {
+			t.Fatalf("read-only session landed on port %d (recovery %v), want the primary %d: warm standbys take no sessions", port, inRecovery, ld.PGPort)
+		}
+	}
+	pid, err := ld.postmasterPID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	nl := c.waitNewLeader(t, ld, 30*time.Second)
+	if st, err := nl.status(); err != nil || st.Warm {
+		t.Errorf("new leader %s status %+v, %v", nl.Name, st, err)
+	}
+	c.waitHealthy(90 * time.Second)
+	assertRWLandsOn(t, c, nl)
+}
+
+// waitNewLeader waits until an agent other than old answers /primary 200.
+func (c *agentCluster) waitNewLeader(t *testing.T, old *agentProc, d time.Duration) *agentProc {
+	t.Helper()
+	var nl *agentProc
+	eventually(t, d, "a new leader", func() error {
+		ld, err := c.leader()
+		if err != nil {
+			return err
+		}
+		if ld == old {
+			return fmt.Errorf("%s still leads", old.Name)
+		}
+		nl = ld
+		return nil
+	})
+	return nl
+}
+
+// acceptsConnections reports whether the member's PostgreSQL takes a
+// connection and a query.
+func acceptsConnections(a *agentProc) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	conn, err := pgConn(ctx, a.PGAddr)
+	if err != nil {
+		return false
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "SELECT 1")
+	return err == nil
+}
+
+// assertRWLandsOn waits until the proxy's read-write port lands on a.
+func assertRWLandsOn(t *testing.T, c *agentCluster, a *agentProc) {
+	t.Helper()
+	eventually(t, 30*time.Second, "proxy rw on "+a.Name, func() error {
+		conn, err := connect(t, c.proxy.RW, agentSuper, agentSuperPass, nil)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		var port int
+		if err := conn.QueryRow(context.Background(), "SELECT inet_server_port()").Scan(&port); err != nil {
+			return err
+		}
+		if port != a.PGPort {
+			return fmt.Errorf("rw landed on port %d, want %s's %d", port, a.Name, a.PGPort)
+		}
+		return nil
+	})
+}
+
+func mustConnectAs(t *testing.T, addr string) *pgx.Conn {
+	t.Helper()
+	conn, err := connect(t, addr, agentSuper, agentSuperPass, nil)
+	if err != nil {
+		t.Fatalf("connect %s: %v", addr, err)
+	}
+	return conn
+}
+
+func mustExecProxy(t *testing.T, c *agentCluster, sql string) {
+	t.Helper()
+	conn, err := connect(t, c.proxy.RW, agentSuper, agentSuperPass, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), sql); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// writeAuthFile writes a PgBouncer userlist with every role's secret as
+// the server stores it, so the proxy can verify clients and log in as them.
+func writeAuthFile(t *testing.T, c *pgtest.Cluster) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.ConnString(c.Primary(), c.SuperUser, c.SuperPassword, "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for rows.Next() {
+		var name, secret string
+		if err := rows.Scan(&name, &secret); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%q %q\n", name, secret)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+	path := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func startPooled(t *testing.T, c *pgtest.Cluster, mode string, extra ...string) *proxyProc {
+	t.Helper()
+	args := append([]string{"--pool-mode", mode, "--auth-file", writeAuthFile(t, c),
+		"--auth-hba", "host all trustuser 127.0.0.1/32 trust",
+		"--auth-hba", "host all md5user 127.0.0.1/32 md5",
+		"--auth-hba", "host all all 127.0.0.1/32 scram-sha-256"}, extra...)
+	return startProxy(t, c, args...)
+}
+
+func appConn(t *testing.T, c *pgtest.Cluster, addr string) *pgx.Conn {
+	t.Helper()
+	conn, err := connectDB(t, addr, c.AppUser, c.AppPassword, c.AppDB, nil)
+	if err != nil {
+		t.Fatalf("connect %s: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func TestTransactionPoolingSharesServers(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "2")
+	ctx := context.Background()
+	setup := appConn(t, c, p.RW)
+	if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS pooled_t (client int, n int)"); err != nil {
+		t.Fatal(err)
+	}
+	const clients, rounds = 10, 30
+	var wg sync.WaitGroup
+	errc := make(chan error, clients)
+	pids := make([]map[uint32]bool, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB, nil)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer conn.Close(ctx)
+			pids[i] = map[uint32]bool{}
+			for n := range rounds {
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					errc <- err
+					return
+				}
+				// The default statement cache uses named prepared statements:
+				// they must follow the client from server to server.
+				if _, err := tx.Exec(ctx, "INSERT INTO pooled_t VALUES ($1, $2)", i, n); err != nil {
+					errc <- fmt.Errorf("client %d round %d insert: %w", i, n, err)
+					return
+				}
+				var got, pid int
+				if err := tx.QueryRow(ctx, "SELECT count(*), pg_backend_pid() FROM pooled_t WHERE client = $1", i).Scan(&got, &pid); err != nil {
+					errc <- fmt.Errorf("client %d round %d select: %w", i, n, err)
+					return
+				}
+				if got != n+1 {
+					errc <- fmt.Errorf("client %d saw %d rows, want %d: results mixed up", i, got, n+1)
+					return
+				}
+				pids[i][uint32(pid)] = true
+				if err := tx.Commit(ctx); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	all := map[uint32]bool{}
+	for _, m := range pids {
+		for pid := range m {
+			all[pid] = true
+		}
+	}
+	if len(all) > 2 {
+		t.Fatalf("%d server backends used, pool size is 2", len(all))
+	}
+	moved := false
+	for _, m := range pids {
+		if len(m) > 1 {
+			moved = true
+		}
+	}
+	if !moved {
+		t.Fatal("no client ever changed server: not transaction pooling")
+	}
+}
+
+func TestTransactionPoolingCarriesSettingsAndPins(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "3")
+	ctx := context.Background()
+	a := appConn(t, c, p.RW)
+	b := appConn(t, c, p.RW)
+	if _, err := a.Exec(ctx, "SET application_name = 'client-a'"); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		var name string
+		if err := a.QueryRow(ctx, "SHOW application_name").Scan(&name); err != nil || name != "client-a" {
+			t.Fatalf("application_name = %q, %v", name, err)
+		}
+		if err := b.QueryRow(ctx, "SHOW application_name").Scan(&name); err != nil || name == "client-a" {
+			t.Fatalf("client b inherited a's setting: %q, %v", name, err)
+		}
+	}
+	// A temporary table pins the client to its server: it stays usable.
+	if _, err := a.Exec(ctx, "CREATE TEMP TABLE scratch (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	var pid0 int
+	a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid0)
+	for i := range 10 {
+		b.Exec(ctx, "SELECT 1")
+		if _, err := a.Exec(ctx, "INSERT INTO scratch VALUES ($1)", i); err != nil {
+			t.Fatalf("temp table lost: %v", err)
+		}
+		var pid int
+		a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid)
+		if pid != pid0 {
+			t.Fatal("pinned client changed server")
+		}
+	}
+	// LISTEN pins too, and notifications arrive.
+	l := appConn(t, c, p.RW)
+	if _, err := l.Exec(ctx, "LISTEN pooled_chan"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Exec(ctx, "NOTIFY pooled_chan, 'hi'"); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if n, err := l.WaitForNotification(wctx); err != nil || n.Payload != "hi" {
+		t.Fatalf("notification: %v %v", n, err)
+	}
+}
+
+func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "500ms")
+	ctx := context.Background()
+	a := appConn(t, c, p.RW)
+	b := appConn(t, c, p.RW)
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Exec(ctx, "SELECT 1")
+	if sqlState(err) != "53300" {
+		t.Fatalf("waiting client: %v, want 53300", err)
+	}
+	tx.Commit(ctx)
+	if _, err := b.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("client unusable after the wait timeout: %v", err)
+	}
+	// Cancel reaches the server the client holds at that moment.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.Exec(ctx, "SELECT pg_sleep(30)")
+		errc <- err
+	}()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		b.PgConn().CancelRequest(cctx)
+		cancel()
+		select {
+		case err = <-errc:
+		case <-time.After(300 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	if sqlState(err) != "57014" {
+		t.Fatalf("cancel: %v", err)
+	}
+}
+
+func TestPooledAuthentication(t *testing.T) {
+	c := sharedCluster(t)
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startPooled(t, c, mode)
+			for _, tc := range []struct{ user, pw, state string }{
+				{c.AppUser, c.AppPassword, ""},
+				{c.Scram2User, c.Scram2Password, ""},
+				{c.MD5User, c.MD5Password, ""},
+				{c.AppUser, "wrong", "28P01"},
+				{"nosuchuser", "x", "28P01"},
+			} {
+				conn, err := connect(t, p.RW, tc.user, tc.pw, nil)
+				if tc.state != "" {
+					if sqlState(err) != tc.state {
+						t.Fatalf("%s: %v, want %s", tc.user, err, tc.state)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", tc.user, err)
+				}
+				var u string
+				if err := conn.QueryRow(context.Background(), "SELECT current_user").Scan(&u); err != nil || u != tc.user {
+					t.Fatalf("current_user %q %v", u, err)
+				}
+				conn.Close(context.Background())
+			}
+		})
+	}
+}
+
+// In transaction mode a client between transactions never sees a
+// failover: its next transaction runs on the new primary.
+func TestTransactionPoolingHidesFailover(t *testing.T) {
+	c := pgtest.StartT(t, pgtest.Options{Standbys: 1})
+	p := startPooled(t, c, "transaction", "--pool-size", "4")
+	ctx := context.Background()
+	var conns []*pgx.Conn
+	for range 5 {
+		conns = append(conns, appConn(t, c, p.RW))
+	}
+	if _, err := conns[0].Exec(ctx, "CREATE TABLE failover_t (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	for i, conn := range conns {
+		if _, err := conn.Exec(ctx, "INSERT INTO failover_t VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitReplayed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nodes[0].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Promote(ctx, c.Nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	for i, conn := range conns {
+		var port int
+		if err := conn.QueryRow(ctx, "INSERT INTO failover_t VALUES ($1) RETURNING inet_server_port()", 100+i).Scan(&port); err != nil {
+			t.Fatalf("client %d after failover: %v", i, err)
+		}
+		if port != c.Nodes[1].Port {
+			t.Fatalf("client %d wrote on %d, want the new primary %d", i, port, c.Nodes[1].Port)
+		}
+	}
+}

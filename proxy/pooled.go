@@ -1,0 +1,532 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/proxy/auth"
+	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/topology"
+)
+
+// pooled is the state of a client session in a pooled mode. The client
+// loop (the session's own goroutine) reads client messages, acquires a
+// server when it needs one, rewrites statement names and writes to the
+// server. The server loop (a second goroutine) copies answers to the
+// client and, in transaction mode, gives the server back at the
+// ReadyForQuery that ends a transaction. mu guards what both touch.
+//
+// Named prepared statements survive server changes: each client name maps
+// to a server name of the proxy's own, prepared on whichever server the
+// client holds, with the Parse the client sent. The server loop drops the
+// ParseComplete of a Parse the proxy injected; ParseComplete, errors and
+// ReadyForQuery are matched against the fifo of what was sent.
+type pooled struct {
+	sess  *session
+	mode  PoolMode
+	user  string
+	db    string
+	creds auth.Credentials
+	// desired are the settings the client wants on every server: its
+	// startup parameters and the reported settings it changed with SET.
+	desired map[string]string
+
+	wmu sync.Mutex // serializes writes to the client
+
+	mu        sync.Mutex
+	server    *pool.ServerConn
+	entry     *poolEntry
+	fifo      []fifoEntry
+	dirty     bool   // messages sent since the last Sync that need the server
+	pinned    string // why the session may not change server any more
+	member    string
+	routed    topology.Role
+	txStatus  byte
+	stmts     map[string][]byte // client statement name -> Parse body after the name
+	stmtNames map[string]string // client statement name -> server name
+	stmtSeq   uint64
+
+	handoff chan *pool.ServerConn
+	closing atomic.Bool // the client loop has ended
+}
+
+type fifoKind uint8
+
+const (
+	fifoParse     fifoKind = iota // a client Parse: its ParseComplete goes to the client
+	fifoParseDrop                 // a Parse the proxy injected: its ParseComplete is dropped
+	fifoSync                      // Sync, Query or FunctionCall: ends with ReadyForQuery
+)
+
+type fifoEntry struct {
+	kind fifoKind
+	name string
+}
+
+// settingsFromStartup returns the parameters a client asked for at startup
+// that must hold on every server it is lent.
+func settingsFromStartup(params []param) map[string]string {
+	d := make(map[string]string)
+	for _, kv := range params {
+		switch kv.name {
+		case "user", "database", "replication":
+		case "options":
+			settings, _ := splitOptions(kv.value, nil)
+			for _, s := range settings {
+				d[strings.ToLower(s.name)] = s.value
+			}
+		default:
+			if !strings.HasPrefix(kv.name, "_pq_.") {
+				d[strings.ToLower(kv.name)] = kv.value
+			}
+		}
+	}
+	return d
+}
+
+func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
+	mode := sess.ln.cfg.PoolMode
+	if cfg.Auth == nil || cfg.Auth.HBA == nil {
+		return fatalf(codeInvalidAuthSpec, "pooled mode needs client authentication rules")
+	}
+	for _, kv := range params {
+		if kv.name == "replication" && kv.value != "" && !strings.EqualFold(kv.value, "false") && kv.value != "0" && !strings.EqualFold(kv.value, "off") {
+			return fatalf(codeFeatureNotSupported, "replication connections are not supported in %s pooling mode", mode)
+		}
+	}
+	if version != 3<<16 {
+		// The proxy answers the startup itself and speaks 3.0.
+		version = 3 << 16
+	}
+	var ip net.IP
+	if ta, ok := sess.client.RemoteAddr().(*net.TCPAddr); ok {
+		ip = ta.IP
+	}
+	_, isTLS := sess.client.(*tls.Conn)
+	method := cfg.Auth.HBA.Match(in.dbname, in.user, ip, isTLS)
+	var secret auth.Secret
+	var lookupErr error
+	if method != auth.MethodTrust && method != auth.MethodReject && cfg.Auth.Lookup != nil {
+		secret, lookupErr = cfg.Auth.Lookup.Secret(ctx, in.user)
+		if lookupErr != nil && !errors.Is(lookupErr, auth.ErrUnknownUser) {
+			sess.log.Warn("cannot look up the user's secret", zap.String("user", in.user), zap.Error(lookupErr))
+		}
+	} else if cfg.Auth.Lookup == nil {
+		lookupErr = auth.ErrUnknownUser
+	}
+	creds, err := auth.Authenticate(ctx, sess.client, in.user, method, secret, lookupErr)
+	if err != nil {
+		return authClientError(err)
+	}
+	ps := &pooled{
+		sess: sess, mode: mode, user: in.user, db: in.dbname, creds: creds,
+		desired:   settingsFromStartup(params),
+		stmts:     make(map[string][]byte),
+		stmtNames: make(map[string]string),
+		handoff:   make(chan *pool.ServerConn, 1),
+	}
+	sess.pooled = ps
+	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
+	// Session mode holds a server from now on. Transaction mode greets
+	// the client with what a fresh server of its pool reports, and takes
+	// a server only when the first transaction starts; a pool that never
+	// logged in yet lends one now to learn that (and to prove the login).
+	var sc *pool.ServerConn
+	var initial map[string]string
+	if mode == PoolTransaction {
+		if e, err := ps.poolFor(ctx, cfg, in); err != nil {
+			return err
+		} else if m := e.initial.Load(); m != nil {
+			initial = *m
+		}
+	}
+	if initial == nil {
+		if sc, err = ps.acquire(ctx, cfg, in); err != nil {
+			return err
+		}
+		initial = sc.Initial
+	}
+	ps.completeDesired(initial)
+	// The client sees a process id and key of the proxy's own: the server
+	// it talks to changes, and cancel follows whichever it holds.
+	pid, key, err := sess.srv.cancels.registerSession(sess)
+	if err != nil {
+		if sc != nil {
+			ps.release(sc, false)
+		}
+		return err
+	}
+	sess.clientPK = key
+	defer sess.srv.cancels.remove(pid, key)
+
+	out := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
+	for name, value := range initial {
+		if v, ok := ps.desired[strings.ToLower(name)]; ok {
+			value = v
+		}
+		out = appendParameterStatus(out, name, value)
+	}
+	kd := make([]byte, 4, 4+len(key))
+	putUint32(kd, pid)
+	out = appendMessage(out, 'K', append(kd, key...))
+	out = appendMessage(out, 'Z', []byte{'I'})
+	if _, err := sess.client.Write(out); err != nil {
+		if sc != nil {
+			ps.release(sc, false)
+		}
+		return err
+	}
+	_ = sess.client.SetDeadline(time.Time{})
+
+	sess.srv.mu.Lock()
+	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
+	sess.srv.perMember[ps.member]++
+	sess.srv.mu.Unlock()
+	sess.log.Debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
+
+	if sc != nil && mode == PoolTransaction {
+		ps.release(sc, true)
+		sc = nil
+	}
+	if sc != nil {
+		ps.mu.Lock()
+		ps.server = sc
+		ps.mu.Unlock()
+		ps.handoff <- sc
+	}
+
+	serverDone := make(chan struct{})
+	go func() {
+		defer close(serverDone)
+		ps.serverLoop()
+	}()
+	err = ps.clientLoop(ctx, cfg, in)
+	// Stop the server loop: give back or close whatever is held.
+	ps.mu.Lock()
+	held := ps.server
+	idle := held != nil && len(ps.fifo) == 0 && !ps.dirty && ps.txStatus != 'T' && ps.txStatus != 'E'
+	ps.mu.Unlock()
+	ps.closing.Store(true)
+	if held != nil {
+		if idle {
+			// Unblock the server loop's read without closing the conn.
+			_ = held.SetReadDeadline(time.Now())
+		} else {
+			held.Close()
+		}
+	}
+	close(ps.handoff)
+	<-serverDone
+	ps.mu.Lock()
+	held = ps.server
+	ps.server = nil
+	ps.mu.Unlock()
+	if held != nil {
+		_ = held.SetReadDeadline(time.Time{})
+		ps.release(held, idle && ps.reset(held, cfg))
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func authClientError(err error) error {
+	var ae *auth.Error
+	if errors.As(err, &ae) {
+		sev := ae.Severity
+		if sev == "" {
+			sev = "FATAL"
+		}
+		return &clientError{Severity: sev, Code: ae.Code, Message: ae.Message, Detail: ae.Detail, Hint: ae.Hint}
+	}
+	return err
+}
+
+func appendParameterStatus(dst []byte, name, value string) []byte {
+	start := len(dst)
+	dst = append(dst, 'S', 0, 0, 0, 0)
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, value...)
+	dst = append(dst, 0)
+	putUint32(dst[start+1:], uint32(len(dst)-start-1))
+	return dst
+}
+
+// completeDesired gives every setting the proxy carries a wanted value:
+// the client's own, or what a fresh server reports, so a client never
+// inherits what the previous borrower of a server set.
+func (ps *pooled) completeDesired(initial map[string]string) {
+	for name, value := range initial {
+		l := strings.ToLower(name)
+		if _, ok := ps.desired[l]; !ok && settable[l] {
+			ps.desired[l] = value
+		}
+	}
+}
+
+// poolFor routes the session and returns its pool without borrowing.
+func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*poolEntry, error) {
+	sess := ps.sess
+	dec, err := sess.route(ctx, cfg, in)
+	if err != nil {
+		return nil, err
+	}
+	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
+	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+	ps.mu.Lock()
+	ps.member, ps.routed = dec.Member.Name, dec.Role
+	ps.mu.Unlock()
+	return e, nil
+}
+
+// acquire routes the session as it would a new one (so a transaction after
+// a failover lands on the new primary, waiting up to PrimaryWait), borrows
+// a server from that member's pool and applies the client's settings.
+func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
+	sess := ps.sess
+	deadline := time.Now().Add(max(cfg.PrimaryWait, 0))
+	for {
+		_, changed := sess.srv.feed.Load()
+		sc, e, err := ps.tryAcquire(ctx, cfg, in)
+		if err == nil {
+			ps.mu.Lock()
+			ps.entry = e
+			ps.mu.Unlock()
+			return sc, nil
+		}
+		// A member that cannot be reached is what a failover looks like
+		// before health checks have seen it: wait for the topology to
+		// change, as for a missing primary, then route again.
+		var unreachable *memberUnreachable
+		if !errors.As(err, &unreachable) || time.Now().After(deadline) {
+			if unreachable != nil {
+				return nil, unreachable.ce
+			}
+			return nil, err
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+		t.Stop()
+	}
+}
+
+// memberUnreachable is a dial failure: worth routing again.
+type memberUnreachable struct{ ce *clientError }
+
+func (m *memberUnreachable) Error() string { return m.ce.Error() }
+
+func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, *poolEntry, error) {
+	sess := ps.sess
+	dec, err := sess.route(ctx, cfg, in)
+	if err != nil {
+		return nil, nil, err
+	}
+	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
+	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+	sc, err := e.pool.Acquire(ctx)
+	if err != nil {
+		switch {
+		case errors.Is(err, pool.ErrWaitTimeout):
+			return nil, nil, &clientError{Severity: "ERROR", Code: codeTooManyConnections,
+				Message: "no server connection became free within query-wait-timeout",
+				Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, dec.Member.Name)}
+		case errors.Is(err, errServerRefused):
+			return nil, nil, &clientError{Severity: "FATAL", Code: "28000",
+				Message: "pgrouter could not log in to " + dec.Member.Name + " as " + ps.user, Detail: err.Error()}
+		case errors.Is(err, pool.ErrClosed):
+			return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+				Message: "the pool of " + dec.Member.Name + " was closed after a role change"}}
+		}
+		var ae *auth.Error
+		if errors.As(err, &ae) {
+			return nil, nil, &clientError{Severity: "FATAL", Code: ae.Code,
+				Message: "pgrouter could not log in to " + dec.Member.Name + " as " + ps.user + ": " + ae.Message, Detail: ae.Detail}
+		}
+		return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+			Message: "pgrouter could not get a server connection to " + dec.Member.Name, Detail: err.Error()}}
+	}
+	if err := ps.applySettings(sc); err != nil {
+		e.pool.Release(sc, false)
+		return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+			Message: "pgrouter could not apply the session's settings on " + dec.Member.Name, Detail: err.Error()}}
+	}
+	ps.mu.Lock()
+	ps.member, ps.routed = dec.Member.Name, dec.Role
+	ps.mu.Unlock()
+	return sc, e, nil
+}
+
+// applySettings makes the server's settings match what the client wants,
+// in one round trip, before the client's first message reaches it.
+func (ps *pooled) applySettings(sc *pool.ServerConn) error {
+	var q strings.Builder
+	for name, want := range ps.desired {
+		var cur string
+		var ok bool
+		if reportedParams[name] {
+			cur, ok = lookupFold(sc.Params, name)
+		} else {
+			cur, ok = sc.Applied[name]
+		}
+		if ok && cur == want {
+			continue
+		}
+		fmt.Fprintf(&q, "SET %s = %s;", quoteIdent(name), quoteLiteral(want))
+	}
+	// Settings a previous borrower asked for that this client did not.
+	var stale []string
+	for name := range sc.Applied {
+		if _, ok := ps.desired[name]; !ok {
+			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
+			stale = append(stale, name)
+		}
+	}
+	if q.Len() == 0 {
+		return nil
+	}
+	for _, name := range stale {
+		delete(sc.Applied, name)
+	}
+	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q.String()), 0))); err != nil {
+		return err
+	}
+	if err := readUntilReady(sc, sc); err != nil {
+		return err
+	}
+	for name, want := range ps.desired {
+		if !reportedParams[name] {
+			sc.Applied[name] = want
+		}
+	}
+	return nil
+}
+
+func lookupFold(m map[string]string, name string) (string, bool) {
+	if v, ok := m[name]; ok {
+		return v, true
+	}
+	for k, v := range m {
+		if strings.EqualFold(k, name) {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+
+func quoteLiteral(s string) string { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
+
+// reset prepares a server for its next client at the end of a session:
+// the configured reset query (DISCARD ALL), after which it holds no state.
+func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
+	if ps.mode == PoolTransaction && ps.pinned == "" {
+		return true // nothing session-level was left on it
+	}
+	q := cfg.ServerResetQuery
+	if q == "" {
+		return true
+	}
+	_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+	defer sc.SetDeadline(time.Time{})
+	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
+		return false
+	}
+	if err := readUntilReady(sc, sc); err != nil {
+		return false
+	}
+	clear(sc.Prepared)
+	clear(sc.Applied)
+	return true
+}
+
+func (ps *pooled) release(sc *pool.ServerConn, reusable bool) {
+	ps.mu.Lock()
+	e := ps.entry
+	ps.mu.Unlock()
+	if e == nil {
+		sc.Close()
+		return
+	}
+	e.pool.Release(sc, reusable)
+}
+
+// writeClient writes to the client; both loops use it.
+func (ps *pooled) writeClient(b []byte) error {
+	ps.wmu.Lock()
+	defer ps.wmu.Unlock()
+	_, err := ps.sess.client.Write(b)
+	return err
+}
+
+// serverName returns a fresh server-side name for a client statement.
+func (ps *pooled) newServerName() string {
+	ps.stmtSeq++
+	return "pgr_" + strconv.FormatUint(ps.sess.id, 36) + "_" + strconv.FormatUint(ps.stmtSeq, 36)
+}
+
+// pin marks the session as unable to change server from now on.
+func (ps *pooled) pin(reason string) {
+	if ps.pinned != "" || reason == pinNone {
+		return
+	}
+	ps.pinned = reason
+	ps.sess.srv.metrics.pins.WithLabelValues(reason).Inc()
+	ps.sess.log.Info("session pinned to its server", zap.String("reason", reason))
+}
+
+// current returns the held server for cancel requests.
+func (ps *pooled) current() (*pool.ServerConn, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.server, ps.server != nil
+}
+
+// dropServerOn closes the held server if it is on member (its role
+// changed): the transaction in flight fails, the client goes on.
+func (ps *pooled) dropServerOn(member string) {
+	ps.mu.Lock()
+	sc := ps.server
+	ps.mu.Unlock()
+	if sc != nil && sc.Member == member {
+		sc.Close()
+	}
+}
+
+// movable reports whether the session may change server between
+// transactions.
+func (ps *pooled) movable() bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.mode == PoolTransaction && ps.pinned == ""
+}
+
+// holding returns the member of the server held now and the role it was
+// routed as.
+func (ps *pooled) holding() (string, topology.Role, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.server == nil {
+		return "", 0, false
+	}
+	return ps.server.Member, ps.routed, true
+}

@@ -1,0 +1,255 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pgrouter/pgrouter/proxy/auth"
+	"github.com/pgrouter/pgrouter/proxy/pool"
+)
+
+// PoolMode says how a listener's sessions get server connections.
+type PoolMode string
+
+// Pool modes.
+const (
+	// PoolPassthrough: one server session per client session, the client
+	// authenticating end to end with the server.
+	PoolPassthrough PoolMode = "passthrough"
+	// PoolSession: the proxy authenticates the client and lends it a
+	// pooled server for its whole session.
+	PoolSession PoolMode = "session"
+	// PoolTransaction: a server is lent per transaction.
+	PoolTransaction PoolMode = "transaction"
+)
+
+// ParsePoolMode validates a mode name; "" is passthrough.
+func ParsePoolMode(s string) (PoolMode, error) {
+	switch m := PoolMode(s); m {
+	case "", PoolPassthrough:
+		return PoolPassthrough, nil
+	case PoolSession, PoolTransaction:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown pool mode %q (want passthrough, session or transaction)", s)
+}
+
+// AuthConfig is how pooled modes authenticate clients at the proxy.
+type AuthConfig struct {
+	HBA    *auth.HBA
+	Lookup *auth.Lookup
+}
+
+// pools holds one pool per (member, database, user), created on first use.
+type pools struct {
+	mu sync.Mutex
+	m  map[pool.Key]*poolEntry
+}
+
+type poolEntry struct {
+	pool *pool.Pool
+	// creds are the newest credentials a client of this user proved; the
+	// pool logs in to servers with them.
+	creds atomic.Pointer[auth.Credentials]
+	// initial are the parameters a fresh server reports at login, kept
+	// from the first login so clients can be greeted without a server.
+	initial atomic.Pointer[map[string]string]
+}
+
+func newPools() *pools { return &pools{m: make(map[pool.Key]*poolEntry)} }
+
+func (ps *pools) get(key pool.Key, cfg pool.Config, creds auth.Credentials, connect func(*poolEntry) pool.Connector) *poolEntry {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	e, ok := ps.m[key]
+	if !ok {
+		e = &poolEntry{}
+		e.pool = pool.NewPool(key, cfg, connect(e))
+		ps.m[key] = e
+	}
+	c := creds
+	e.creds.Store(&c)
+	return e
+}
+
+// closeMember closes every pool of a member (its role changed or it left);
+// new pools are made on the next use.
+func (ps *pools) closeMember(member string) {
+	ps.mu.Lock()
+	var closing []*pool.Pool
+	for k, e := range ps.m {
+		if k.Member == member {
+			closing = append(closing, e.pool)
+			delete(ps.m, k)
+		}
+	}
+	ps.mu.Unlock()
+	for _, p := range closing {
+		p.Close()
+	}
+}
+
+func (ps *pools) each(f func(*pool.Pool)) {
+	ps.mu.Lock()
+	list := make([]*pool.Pool, 0, len(ps.m))
+	for _, e := range ps.m {
+		list = append(list, e.pool)
+	}
+	ps.mu.Unlock()
+	for _, p := range list {
+		f(p)
+	}
+}
+
+func (ps *pools) closeAll() {
+	ps.mu.Lock()
+	m := ps.m
+	ps.m = make(map[pool.Key]*poolEntry)
+	ps.mu.Unlock()
+	for _, e := range m {
+		e.pool.Close()
+	}
+}
+
+// PoolStats lists every pool for the admin API.
+func (s *Server) PoolStats() []pool.Stats {
+	var out []pool.Stats
+	s.pools.each(func(p *pool.Pool) { out = append(out, p.Stats()) })
+	return out
+}
+
+func (s *Server) reapPools(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.pools.each(func(p *pool.Pool) { p.Reap(now) })
+		}
+	}
+}
+
+// serverConnector logs in to a member as the pool's user with the newest
+// credentials a client proved, and reads the startup to ReadyForQuery.
+func (s *Server) serverConnector(member, addr string, key pool.Key) func(*poolEntry) pool.Connector {
+	return func(e *poolEntry) pool.Connector {
+		return func(ctx context.Context) (*pool.ServerConn, error) {
+			cfg := s.cfg.Load()
+			sc, err := pool.Dial(ctx, member, addr, cfg.Server)
+			if err != nil {
+				return nil, err
+			}
+			dl := time.Now().Add(cfg.StartupTimeout)
+			_ = sc.SetDeadline(dl)
+			if err := loginServer(sc, key, *e.creds.Load()); err != nil {
+				sc.Close()
+				return nil, err
+			}
+			if e.initial.Load() == nil {
+				m := maps.Clone(sc.Initial)
+				e.initial.Store(&m)
+			}
+			_ = sc.SetDeadline(time.Time{})
+			return sc, nil
+		}
+	}
+}
+
+// errServerRefused wraps the server's own refusal of a pooled login.
+var errServerRefused = errors.New("server refused the login")
+
+func loginServer(sc *pool.ServerConn, key pool.Key, creds auth.Credentials) error {
+	params := []param{{"user", key.User}, {"database", key.Database}, {"application_name", "pgrouter"}}
+	if _, err := sc.Write(encodeStartup(3<<16, params)); err != nil {
+		return err
+	}
+	if err := auth.Login(sc, creds); err != nil {
+		return err
+	}
+	sc.Params = make(map[string]string)
+	sc.Prepared = make(map[string]struct{})
+	sc.Applied = make(map[string]string)
+	for {
+		typ, body, err := readMessage(sc, maxStartupMessage)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'S':
+			if name, value, ok := parseParameterStatus(body); ok {
+				sc.Params[name] = value
+			}
+		case 'K':
+			if len(body) >= 8 {
+				sc.PID = getUint32(body)
+				sc.Key = append([]byte(nil), body[4:]...)
+			}
+		case 'E':
+			return fmt.Errorf("%w: %s", errServerRefused, errorMessage(body))
+		case 'Z':
+			sc.Initial = maps.Clone(sc.Params)
+			return nil
+		}
+	}
+}
+
+func parseParameterStatus(body []byte) (string, string, bool) {
+	i := indexZero(body)
+	if i < 0 {
+		return "", "", false
+	}
+	rest := body[i+1:]
+	j := indexZero(rest)
+	if j < 0 {
+		return "", "", false
+	}
+	return string(body[:i]), string(rest[:j]), true
+}
+
+// errorMessage extracts the M field of an ErrorResponse body.
+func errorMessage(body []byte) string {
+	for len(body) > 1 {
+		t := body[0]
+		i := indexZero(body[1:])
+		if i < 0 {
+			break
+		}
+		if t == 'M' {
+			return string(body[1 : 1+i])
+		}
+		body = body[2+i:]
+	}
+	return "unknown error"
+}
+
+// readUntilReady reads and discards a server's answers up to the next
+// ReadyForQuery, recording ParameterStatus; an ErrorResponse is returned.
+func readUntilReady(r io.Reader, sc *pool.ServerConn) error {
+	var firstErr error
+	for {
+		typ, body, err := readMessage(r, maxStartupMessage)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'S':
+			if name, value, ok := parseParameterStatus(body); ok {
+				sc.Params[name] = value
+			}
+		case 'E':
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s", errorMessage(body))
+			}
+		case 'Z':
+			return firstErr
+		}
+	}
+}

@@ -1,0 +1,461 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
+)
+
+// maxClientMessage caps one client message in pooled modes, where the
+// proxy must hold a whole Parse, Bind or Query to rewrite it. CopyData is
+// streamed and has no such cap.
+const maxClientMessage = 64 << 20
+
+// clientLoop reads client messages until the client leaves, writing each
+// chunk's messages to the server the session holds, acquired on demand.
+func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent) error {
+	buf := make([]byte, 0, clientReadBuf)
+	var out []byte
+	streamLeft := 0 // bytes of a CopyData being streamed through
+	failing := false
+	var failErr *clientError
+	for {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), 2*cap(buf))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, rerr := ps.sess.client.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		out = out[:0]
+		var sc *pool.ServerConn
+		msgs := buf
+		for len(msgs) > 0 {
+			if streamLeft > 0 {
+				k := min(streamLeft, len(msgs))
+				out = append(out, msgs[:k]...)
+				streamLeft -= k
+				msgs = msgs[k:]
+				continue
+			}
+			if len(msgs) < 5 {
+				break
+			}
+			typ := msgs[0]
+			l := int(getUint32(msgs[1:5]))
+			if l < 4 || l > maxClientMessage {
+				return fatalf(codeProtocolViolation, "invalid message length %d", l)
+			}
+			if typ == 'X' {
+				ps.flushToServer(sc, out)
+				return io.EOF
+			}
+			if sc == nil && !failing {
+				var err error
+				sc, err = ps.ensureServer(ctx, cfg, in)
+				if err != nil {
+					ce, ok := asClientError(err)
+					if !ok || ce.Severity == "FATAL" {
+						return err
+					}
+					failing, failErr = true, ce
+				}
+			}
+			if typ == 'd' && len(msgs) < 1+l {
+				// Stream a long CopyData instead of holding it whole.
+				if !failing {
+					out = append(out, msgs...)
+				}
+				streamLeft = 1 + l - len(msgs)
+				msgs = msgs[len(msgs):]
+				continue
+			}
+			if len(msgs) < 1+l {
+				break
+			}
+			body := msgs[5 : 1+l]
+			if failing {
+				// Nothing reaches a server; answer at the next Sync or Query.
+				if typ == 'S' || typ == 'Q' {
+					resp := appendErrorResponse(nil, failErr)
+					resp = appendMessage(resp, 'Z', []byte{'I'})
+					if err := ps.writeClient(resp); err != nil {
+						return err
+					}
+					failing, failErr = false, nil
+				}
+			} else {
+				var held bool
+				out, held = ps.rewrite(out, sc, typ, msgs[:1+l], body)
+				if !held {
+					// The server went back to its pool just before this
+					// message (only possible for a chunk's first): get another.
+					sc = nil
+					continue
+				}
+			}
+			msgs = msgs[1+l:]
+		}
+		ps.flushToServer(sc, out)
+		rest := copy(buf, msgs)
+		buf = buf[:rest]
+		if cap(buf) > 4*clientReadBuf && rest < clientReadBuf {
+			small := make([]byte, rest, clientReadBuf)
+			copy(small, buf)
+			buf = small
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// ensureServer returns the held server, acquiring one when the session
+// holds none (transaction mode, between transactions).
+func (ps *pooled) ensureServer(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
+	ps.mu.Lock()
+	sc := ps.server
+	ps.mu.Unlock()
+	if sc != nil {
+		return sc, nil
+	}
+	sc, err := ps.acquire(ctx, cfg, in)
+	if err != nil {
+		return nil, err
+	}
+	ps.mu.Lock()
+	ps.server = sc
+	ps.mu.Unlock()
+	ps.handoff <- sc
+	return sc, nil
+}
+
+func (ps *pooled) flushToServer(sc *pool.ServerConn, out []byte) {
+	if len(out) == 0 || sc == nil {
+		return
+	}
+	if _, err := sc.Write(out); err != nil {
+		// The server loop sees the same failure and tells the client.
+		sc.Close()
+	}
+}
+
+// rewrite appends one client message to out, renaming statements and
+// preparing them on the held server where needed, and records what the
+// server will answer.
+func (ps *pooled) rewrite(out []byte, sc *pool.ServerConn, typ byte, raw, body []byte) ([]byte, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.server != sc {
+		return out, false
+	}
+	return ps.rewriteLocked(out, sc, typ, raw, body), true
+}
+
+func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, body []byte) []byte {
+	switch typ {
+	case 'P':
+		i := indexZero(body)
+		if i < 0 {
+			break
+		}
+		name, rest := string(body[:i]), body[i+1:]
+		if q := indexZero(rest); q >= 0 {
+			ps.pin(pinReason(string(rest[:q])))
+		}
+		if name == "" {
+			ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse})
+			ps.dirty = true
+			return append(out, raw...)
+		}
+		sn := ps.newServerName()
+		ps.stmts[name] = append([]byte(nil), rest...)
+		ps.stmtNames[name] = sn
+		sc.Prepared[sn] = struct{}{}
+		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse, name: sn})
+		ps.dirty = true
+		return appendParse(out, sn, rest)
+	case 'B':
+		i := indexZero(body)
+		if i < 0 {
+			break
+		}
+		portal := body[:i+1]
+		rest := body[i+1:]
+		j := indexZero(rest)
+		if j <= 0 {
+			break
+		}
+		sn, ok := ps.stmtNames[string(rest[:j])]
+		if !ok {
+			break
+		}
+		out = ps.ensurePrepared(out, sc, string(rest[:j]), sn)
+		ps.dirty = true
+		start := len(out)
+		out = append(out, 'B', 0, 0, 0, 0)
+		out = append(out, portal...)
+		out = append(out, sn...)
+		out = append(out, rest[j:]...)
+		putUint32(out[start+1:], uint32(len(out)-start-1))
+		return out
+	case 'D', 'C':
+		if len(body) < 2 || body[0] != 'S' {
+			break
+		}
+		name := string(body[1 : len(body)-1])
+		sn, ok := ps.stmtNames[name]
+		if !ok {
+			break
+		}
+		if typ == 'D' {
+			out = ps.ensurePrepared(out, sc, name, sn)
+		} else {
+			delete(ps.stmtNames, name)
+			delete(ps.stmts, name)
+			delete(sc.Prepared, sn)
+		}
+		ps.dirty = true
+		start := len(out)
+		out = append(out, typ, 0, 0, 0, 0, 'S')
+		out = append(out, sn...)
+		out = append(out, 0)
+		putUint32(out[start+1:], uint32(len(out)-start-1))
+		return out
+	case 'Q':
+		if len(body) > 0 {
+			ps.pin(pinReason(string(body[:len(body)-1])))
+		}
+		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoSync})
+		ps.dirty = false
+		return append(out, raw...)
+	case 'S', 'F':
+		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoSync})
+		ps.dirty = false
+		return append(out, raw...)
+	}
+	ps.dirty = true
+	return append(out, raw...)
+}
+
+// ensurePrepared injects the client's Parse under the server name when
+// the held server has not seen it; its ParseComplete will be dropped.
+func (ps *pooled) ensurePrepared(out []byte, sc *pool.ServerConn, name, sn string) []byte {
+	if _, ok := sc.Prepared[sn]; ok {
+		return out
+	}
+	sc.Prepared[sn] = struct{}{}
+	ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParseDrop, name: sn})
+	return appendParse(out, sn, ps.stmts[name])
+}
+
+func appendParse(out []byte, name string, rest []byte) []byte {
+	start := len(out)
+	out = append(out, 'P', 0, 0, 0, 0)
+	out = append(out, name...)
+	out = append(out, 0)
+	out = append(out, rest...)
+	putUint32(out[start+1:], uint32(len(out)-start-1))
+	return out
+}
+
+// serverWatchPooled lists the server messages the pooled relay acts on.
+var serverWatchPooled = func() *[256]bool {
+	var w [256]bool
+	w['Z'] = true // ReadyForQuery: end of a transaction or sync
+	w['1'] = true // ParseComplete: maybe of an injected Parse
+	w['E'] = true // ErrorResponse: the server skips to the next Sync
+	w['S'] = true // ParameterStatus: a reported setting changed
+	return &w
+}()
+
+// serverLoop pumps each server the session is lent, until the client
+// loop closes handoff.
+func (ps *pooled) serverLoop() {
+	bp := serverBufPool.Get().(*[]byte)
+	defer serverBufPool.Put(bp)
+	out := make([]byte, 0, serverReadBuf)
+	for sc := range ps.handoff {
+		err := ps.pump(sc, *bp, out)
+		if err == nil {
+			continue
+		}
+		var ne interface{ Timeout() bool }
+		if ps.closing.Load() && errors.As(err, &ne) && ne.Timeout() {
+			return // the client left; runPooled gives the idle server back
+		}
+		ps.serverLost(sc, err)
+	}
+}
+
+// pump copies one lent server's output to the client until the server
+// is given back (nil) or fails.
+func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
+	var scan frameScanner
+	scan.watch = serverWatchPooled
+	drop := false
+	toClient := ps.sess.srv.metrics.bytes.WithLabelValues(ps.sess.ln.cfg.Name, "to_client")
+	for {
+		n, rerr := sc.Read(buf)
+		out = out[:0]
+		released := false
+		for b := buf[:n]; len(b) > 0; {
+			inHeader := scan.hdrN < 5
+			k, done, err := scan.next(b)
+			if err != nil {
+				return err
+			}
+			if inHeader {
+				if scan.hdrN == 5 || scan.hdrN == 0 {
+					drop = scan.typ() == '1' && ps.headIs(fifoParseDrop)
+					if !drop {
+						out = append(out, scan.hdr[:]...)
+					}
+				}
+			} else if !drop {
+				out = append(out, b[:k]...)
+			}
+			b = b[k:]
+			if done {
+				if ps.onServerMessage(sc, scan.typ(), scan.msg(), len(b) == 0) {
+					released = true
+				}
+			}
+		}
+		if len(out) > 0 {
+			if err := ps.writeClient(out); err != nil {
+				return err
+			}
+			toClient.Add(float64(len(out)))
+		}
+		if released {
+			ps.release(sc, true)
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+func (ps *pooled) headIs(k fifoKind) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return len(ps.fifo) > 0 && ps.fifo[0].kind == k
+}
+
+// onServerMessage matches a watched server message against the fifo. It
+// reports whether the server must be given back now: the end of a
+// transaction in transaction mode, with nothing more outstanding.
+func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, lastInChunk bool) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	switch typ {
+	case '1':
+		if len(ps.fifo) > 0 && ps.fifo[0].kind != fifoSync {
+			ps.fifo = ps.fifo[1:]
+		}
+	case 'E':
+		// In the extended protocol the server skips to the next Sync: the
+		// Parses before it will never complete.
+		for len(ps.fifo) > 0 && ps.fifo[0].kind != fifoSync {
+			delete(sc.Prepared, ps.fifo[0].name)
+			ps.fifo = ps.fifo[1:]
+		}
+	case 'S':
+		if name, value, ok := parseParameterStatus(body); ok {
+			sc.Params[name] = value
+			lname := lowerASCII(name)
+			if settable[lname] {
+				ps.desired[lname] = value
+			}
+		}
+	case 'Z':
+		if len(ps.fifo) > 0 && ps.fifo[0].kind == fifoSync {
+			ps.fifo = ps.fifo[1:]
+		}
+		if len(body) > 0 {
+			ps.txStatus = body[0]
+		}
+		if len(ps.fifo) == 0 {
+			ps.fifo = ps.fifo[:0:0]
+		}
+		if ps.mode == PoolTransaction && ps.pinned == "" && ps.txStatus == 'I' &&
+			len(ps.fifo) == 0 && !ps.dirty && lastInChunk {
+			ps.server = nil
+			return true
+		}
+	}
+	return false
+}
+
+// settable are the reported settings a client changes with SET; the
+// proxy carries them to the next server.
+var settable = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true,
+	"intervalstyle": true, "timezone": true, "standard_conforming_strings": true,
+	"default_transaction_read_only": true,
+}
+
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if b[j] >= 'A' && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
+// serverLost handles a lent server failing. A transaction in flight gets
+// an error with a lost-connection SQLSTATE and the client goes on with
+// its next transaction on another server; a session that depended on the
+// server's state (session mode, pinned) is closed.
+func (ps *pooled) serverLost(sc *pool.ServerConn, err error) {
+	ps.mu.Lock()
+	if ps.server == sc {
+		ps.server = nil
+	}
+	syncs := 0
+	for _, f := range ps.fifo {
+		if f.kind == fifoSync {
+			syncs++
+		}
+	}
+	inFlight := len(ps.fifo) > 0 || ps.dirty || ps.txStatus == 'T' || ps.txStatus == 'E'
+	ps.fifo = ps.fifo[:0]
+	ps.dirty = false
+	ps.txStatus = 'I'
+	keep := ps.mode == PoolTransaction && ps.pinned == ""
+	ps.mu.Unlock()
+	ps.release(sc, false)
+	if !keep {
+		ps.sess.kill(&clientError{Severity: "FATAL", Code: codeConnectionFailure,
+			Message: "the server connection of this session was lost", Detail: err.Error()})
+		ps.sess.client.Close()
+		return
+	}
+	if !inFlight {
+		return
+	}
+	if syncs == 0 {
+		syncs = 1
+	}
+	resp := appendErrorResponse(nil, &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+		Message: "the server connection was lost during the transaction; it did not commit",
+		Hint:    "Retry the transaction: the session is still usable."})
+	for range syncs {
+		resp = appendMessage(resp, 'Z', []byte{'I'})
+	}
+	_ = ps.sess.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = ps.writeClient(resp)
+	_ = ps.sess.client.SetWriteDeadline(time.Time{})
+}
