@@ -29,8 +29,20 @@ type Server struct {
 // Sessions reports open sessions: per listener and per member.
 type Sessions func() (listeners, members map[string]int)
 
+// Hooks connect the API to the proxy. Nil hooks serve 404.
+type Hooks struct {
+	Sessions Sessions
+	// Pools returns the pools for /api/v1/pools.
+	Pools func() any
+	// Pause waits for running transactions to end and holds new ones;
+	// Resume lets them go.
+	Pause  func(ctx context.Context) error
+	Resume func()
+}
+
 // New binds addr and prepares the handlers; Run serves them.
-func New(addr string, feed *topology.Feed, sessions Sessions, gather prometheus.Gatherer, log *zap.Logger) (*Server, error) {
+func New(addr string, feed *topology.Feed, hooks Hooks, gather prometheus.Gatherer, log *zap.Logger) (*Server, error) {
+	sessions := hooks.Sessions
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -57,6 +69,40 @@ func New(addr string, feed *topology.Feed, sessions Sessions, gather prometheus.
 		snap, _ := feed.Load()
 		writeJSON(w, topologyView(snap, sessions))
 	})
+	if hooks.Pools != nil {
+		mux.HandleFunc("GET /api/v1/pools", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, hooks.Pools())
+		})
+	}
+	if hooks.Pause != nil && hooks.Resume != nil {
+		mux.HandleFunc("POST /api/v1/pause", func(w http.ResponseWriter, r *http.Request) {
+			timeout := 30 * time.Second
+			if v := r.URL.Query().Get("timeout"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					http.Error(w, "bad timeout: "+err.Error(), http.StatusBadRequest)
+					return
+				}
+				timeout = d
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), timeout)
+			defer cancel()
+			start := time.Now()
+			if err := hooks.Pause(ctx); err != nil {
+				// Not every transaction ended in time: stay paused, say so.
+				w.WriteHeader(http.StatusGatewayTimeout)
+				writeJSON(w, map[string]any{"paused": true, "done": false, "error": err.Error()})
+				return
+			}
+			log.Info("paused: no transaction running, new ones held", zap.Duration("waited", time.Since(start)))
+			writeJSON(w, map[string]any{"paused": true, "done": true, "waited": time.Since(start).String()})
+		})
+		mux.HandleFunc("POST /api/v1/resume", func(w http.ResponseWriter, _ *http.Request) {
+			hooks.Resume()
+			log.Info("resumed")
+			writeJSON(w, map[string]any{"paused": false})
+		})
+	}
 	return &Server{ln: ln, log: log, http: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

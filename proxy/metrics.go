@@ -58,3 +58,48 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	return m
 }
+
+// poolCollector exports pool statistics when Prometheus scrapes, so the
+// lend path keeps no metric of its own.
+type poolCollector struct{ s *Server }
+
+var (
+	poolServersDesc = prometheus.NewDesc("pgrouter_pool_servers", "Pooled server connections by state (active, idle).",
+		[]string{"member", "database", "user", "state"}, nil)
+	poolWaitingDesc = prometheus.NewDesc("pgrouter_pool_clients_waiting", "Clients waiting for a pooled server connection.",
+		[]string{"member", "database", "user"}, nil)
+	poolMaxWaitDesc = prometheus.NewDesc("pgrouter_pool_max_wait_seconds", "Longest wait for a pooled server connection so far.",
+		[]string{"member", "database", "user"}, nil)
+	poolLentDesc = prometheus.NewDesc("pgrouter_pool_lent_total", "Server connections lent.",
+		[]string{"member", "database", "user"}, nil)
+	poolTimeoutsDesc = prometheus.NewDesc("pgrouter_pool_wait_timeouts_total", "Clients that waited longer than query-wait-timeout.",
+		[]string{"member", "database", "user"}, nil)
+	pausedDesc = prometheus.NewDesc("pgrouter_paused", "1 while new transactions are held (pause).", nil, nil)
+)
+
+// PoolCollector returns a collector of the proxy's pools, to register with
+// the other metrics.
+func (s *Server) PoolCollector() prometheus.Collector { return poolCollector{s} }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolServersDesc, poolWaitingDesc, poolMaxWaitDesc, poolLentDesc, poolTimeoutsDesc, pausedDesc} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.s.PoolStats() {
+		k := st.Key
+		ch <- prometheus.MustNewConstMetric(poolServersDesc, prometheus.GaugeValue, float64(st.Active), k.Member, k.Database, k.User, "active")
+		ch <- prometheus.MustNewConstMetric(poolServersDesc, prometheus.GaugeValue, float64(st.Idle), k.Member, k.Database, k.User, "idle")
+		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(st.Waiting), k.Member, k.Database, k.User)
+		ch <- prometheus.MustNewConstMetric(poolMaxWaitDesc, prometheus.GaugeValue, st.MaxWait.Seconds(), k.Member, k.Database, k.User)
+		ch <- prometheus.MustNewConstMetric(poolLentDesc, prometheus.CounterValue, float64(st.Lent), k.Member, k.Database, k.User)
+		ch <- prometheus.MustNewConstMetric(poolTimeoutsDesc, prometheus.CounterValue, float64(st.WaitTimeouts), k.Member, k.Database, k.User)
+	}
+	paused := 0.0
+	if c.s.Paused() {
+		paused = 1
+	}
+	ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, paused)
+}

@@ -297,6 +297,9 @@ func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*
 // a server from that member's pool and applies the client's settings.
 func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
 	sess := ps.sess
+	if err := sess.srv.waitResumed(ctx, max(cfg.PrimaryWait, cfg.Pool.WaitTimeout, time.Second)); err != nil {
+		return nil, err
+	}
 	deadline := time.Now().Add(max(cfg.PrimaryWait, 0))
 	for {
 		_, changed := sess.srv.feed.Load()

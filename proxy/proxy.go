@@ -101,6 +101,7 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
 	perMember map[string]int
+	gate      pauseGate
 	drained   chan struct{} // closed when sessions becomes empty while draining
 	draining  bool
 	wg        sync.WaitGroup

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -303,5 +306,88 @@ func TestTransactionPoolingHidesFailover(t *testing.T) {
 		if port != c.Nodes[1].Port {
 			t.Fatalf("client %d wrote on %d, want the new primary %d", i, port, c.Nodes[1].Port)
 		}
+	}
+}
+
+// PAUSE waits for running transactions, holds new ones, and RESUME lets
+// them go; /api/v1/pools and the pool metrics show the pools.
+func TestPauseResumeAndPoolsAPI(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "2")
+	ctx := context.Background()
+	a := appConn(t, c, p.RW)
+	b := appConn(t, c, p.RW)
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	paused := make(chan string, 1)
+	go func() {
+		resp, err := http.Post("http://"+p.Admin+"/api/v1/pause", "", nil)
+		if err != nil {
+			paused <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		paused <- string(body)
+	}()
+	select {
+	case got := <-paused:
+		t.Fatalf("pause returned while a transaction ran: %s", got)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-paused; !strings.Contains(got, `"done": true`) {
+		t.Fatalf("pause: %s", got)
+	}
+	held := make(chan error, 1)
+	go func() {
+		_, err := b.Exec(ctx, "SELECT 1")
+		held <- err
+	}()
+	select {
+	case err := <-held:
+		t.Fatalf("transaction ran while paused: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	resp, err := http.Post("http://"+p.Admin+"/api/v1/resume", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if err := <-held; err != nil {
+		t.Fatalf("held transaction after resume: %v", err)
+	}
+
+	resp, err = http.Get("http://" + p.Admin + "/api/v1/pools")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pools []struct {
+		Key struct{ Member, Database, User string } `json:"key"`
+		Open int `json:"servers_open"`
+		Lent int `json:"lent_total"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(pools) != 1 || pools[0].Key.User != c.AppUser || pools[0].Key.Member != c.Nodes[0].Addr || pools[0].Lent < 3 {
+		t.Fatalf("pools: %+v", pools)
+	}
+	resp, err = http.Get("http://" + p.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(m), `pgrouter_pool_servers{database="app",member="`+c.Nodes[0].Addr+`",state="idle",user="app"}`) {
+		t.Fatal("pool metrics missing")
 	}
 }

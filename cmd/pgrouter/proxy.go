@@ -80,6 +80,7 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 	if err := srv.Listen(); err != nil {
 		return err
 	}
+	reg.MustRegister(srv.PoolCollector())
 	source, static, err := newSource(cfg.Discovery, log.Named("discovery"))
 	if err != nil {
 		return err
@@ -91,9 +92,14 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 
 	var adminSrv *admin.Server
 	if cfg.Admin.Listen != "" {
-		adminSrv, err = admin.New(cfg.Admin.Listen, feed, func() (map[string]int, map[string]int) {
-			st := srv.Stats()
-			return st.Listeners, st.Members
+		adminSrv, err = admin.New(cfg.Admin.Listen, feed, admin.Hooks{
+			Sessions: func() (map[string]int, map[string]int) {
+				st := srv.Stats()
+				return st.Listeners, st.Members
+			},
+			Pools:  func() any { return srv.PoolStats() },
+			Pause:  srv.Pause,
+			Resume: srv.Resume,
 		}, reg, log.Named("admin"))
 		if err != nil {
 			return fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)
