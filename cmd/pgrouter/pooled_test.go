@@ -370,9 +370,9 @@ func TestPauseResumeAndPoolsAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pools []struct {
-		Key struct{ Member, Database, User string } `json:"key"`
-		Open int `json:"servers_open"`
-		Lent int `json:"lent_total"`
+		Key  struct{ Member, Database, User string } `json:"key"`
+		Open int                                     `json:"servers_open"`
+		Lent int                                     `json:"lent_total"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
 		t.Fatal(err)
