@@ -14,19 +14,39 @@ import (
 // streamed and has no such cap.
 const maxClientMessage = 64 << 20
 
+// idleReadBuf is what a pooled client holds while it waits for its next
+// message; bigger reads borrow a clientReadBuf.
+const idleReadBuf = 1 << 10
+
 // clientLoop reads client messages until the client leaves, writing each
 // chunk's messages to the server the session holds, acquired on demand.
 func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent) error {
-	buf := make([]byte, 0, clientReadBuf)
+	// An idle pooled client must cost little: it waits on a small buffer
+	// of its own, and borrows a full one only while a read fills it.
+	small := make([]byte, 0, idleReadBuf)
+	buf := small
+	var borrowed *[]byte
+	defer func() {
+		if borrowed != nil {
+			clientBufPool.Put(borrowed)
+		}
+	}()
 	var out []byte
 	streamLeft := 0 // bytes of a CopyData being streamed through
 	failing := false
 	var failErr *clientError
 	for {
 		if len(buf) == cap(buf) {
-			grown := make([]byte, len(buf), 2*cap(buf))
-			copy(grown, buf)
-			buf = grown
+			if borrowed == nil && cap(buf) < clientReadBuf {
+				borrowed = clientBufPool.Get().(*[]byte)
+				grown := (*borrowed)[:len(buf)]
+				copy(grown, buf)
+				buf = grown
+			} else {
+				grown := make([]byte, len(buf), 2*cap(buf))
+				copy(grown, buf)
+				buf = grown
+			}
 		}
 		n, rerr := ps.sess.client.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
@@ -102,10 +122,18 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 		ps.flushToServer(sc, out)
 		rest := copy(buf, msgs)
 		buf = buf[:rest]
-		if cap(buf) > 4*clientReadBuf && rest < clientReadBuf {
-			small := make([]byte, rest, clientReadBuf)
+		if rest <= idleReadBuf/2 && cap(buf) > idleReadBuf {
+			// Drained: go back to the small buffer and return the big one.
+			small = small[:rest]
 			copy(small, buf)
 			buf = small
+			if borrowed != nil {
+				clientBufPool.Put(borrowed)
+				borrowed = nil
+			}
+		}
+		if cap(out) > 4*clientReadBuf {
+			out = nil
 		}
 		if rerr != nil {
 			return rerr
@@ -275,11 +303,14 @@ var serverWatchPooled = func() *[256]bool {
 // serverLoop pumps each server the session is lent, until the client
 // loop closes handoff.
 func (ps *pooled) serverLoop() {
-	bp := serverBufPool.Get().(*[]byte)
-	defer serverBufPool.Put(bp)
-	out := make([]byte, 0, serverReadBuf)
 	for sc := range ps.handoff {
-		err := ps.pump(sc, *bp, out)
+		// Buffers are borrowed per lend: a client between transactions
+		// holds none.
+		bp := serverBufPool.Get().(*[]byte)
+		op := serverBufPool.Get().(*[]byte)
+		err := ps.pump(sc, *bp, (*op)[:0])
+		serverBufPool.Put(bp)
+		serverBufPool.Put(op)
 		if err == nil {
 			continue
 		}
