@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -389,5 +391,64 @@ func TestPauseResumeAndPoolsAPI(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(m), `pgrouter_pool_servers{database="app",member="`+c.Nodes[0].Addr+`",state="idle",user="app"}`) {
 		t.Fatal("pool metrics missing")
+	}
+}
+
+// Session mode: a client keeps one server; the next client of that server
+// finds it reset (DISCARD ALL). TLS on both sides works with pooling, and
+// channel_binding=require fails with the driver's own clear error.
+func TestSessionPoolingResetAndTLS(t *testing.T) {
+	c := sharedCluster(t)
+	cert, key := writeSelfSigned(t, t.TempDir())
+	p := startPooled(t, c, "session", "--pool-size", "1", "--tls-cert", cert, "--tls-key", key, "--server-sslmode", "prefer")
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(p.RW)
+	dial := func() *pgx.Conn {
+		cfg, err := pgx.ParseConfig("host=" + host + " port=" + port + " user=app dbname=app sslmode=require")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Password = c.AppPassword
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("pooled TLS connect: %v", err)
+		}
+		return conn
+	}
+	a := dial()
+	var pidA int
+	a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pidA)
+	if _, err := a.Exec(ctx, "SET work_mem = '7MB'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec(ctx, "CREATE TEMP TABLE only_a (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	var wm string
+	a.QueryRow(ctx, "SHOW work_mem").Scan(&wm)
+	if wm != "7MB" {
+		t.Fatalf("work_mem %s", wm)
+	}
+	a.Close(ctx)
+	b := dial()
+	defer b.Close(ctx)
+	var pidB int
+	b.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pidB)
+	if pidB != pidA {
+		t.Fatalf("pool of one gave another server (%d, %d)", pidA, pidB)
+	}
+	b.QueryRow(ctx, "SHOW work_mem").Scan(&wm)
+	if wm == "7MB" {
+		t.Fatal("setting leaked to the next session")
+	}
+	var n int
+	if err := b.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relname = 'only_a'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("temp table leaked: %d %v", n, err)
+	}
+	cmd := exec.Command("psql", "-X", "-At", "-c", "SELECT 1", "host="+host+" port="+port+" user=app dbname=app sslmode=require channel_binding=require")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "channel binding") {
+		t.Fatalf("channel_binding=require: %v %s", err, out)
 	}
 }
