@@ -67,6 +67,7 @@ type Agent struct {
 	// Owned by the follower loop.
 	noLeaderSince     time.Time
 	notStreamingSince time.Time
+	startFailedSince  time.Time
 	waitingFor        string
 	lastChoice        string
 }
@@ -362,6 +363,10 @@ func (a *Agent) followLeader(ctx context.Context, st PGState, cl *dcs.Cluster) {
 			a.rejoin(ctx, st, leader, "former primary rejoins as a standby of "+leader.Name)
 			return
 		}
+		if !a.startFailedSince.IsZero() && now.Sub(a.startFailedSince) > a.cfg.RejoinTimeout {
+			a.rejoin(ctx, st, leader, fmt.Sprintf("postgres has failed to start for %v", now.Sub(a.startFailedSince).Round(time.Millisecond)))
+			return
+		}
 		a.setReason("following leader " + leader.Name)
 		a.startStandby(ctx, &leader)
 		a.notStreamingSince = now
@@ -450,8 +455,12 @@ func (a *Agent) startStandby(ctx context.Context, upstream *dcs.Member) {
 	if err != nil {
 		a.every("start", 5*time.Second, func() { a.log.Error("start postgres as a standby", zap.Error(err)) })
 		a.setState("start failed")
+		if a.startFailedSince.IsZero() {
+			a.startFailedSince = a.now()
+		}
 		return
 	}
+	a.startFailedSince = time.Time{}
 	a.setState("running")
 	a.noteRole(dcs.RoleStandby)
 }

@@ -505,6 +505,9 @@ func (p *PGCtl) Rewind(ctx context.Context, from dcs.Member) error {
 	if err := p.removeStaleLocks(); err != nil {
 		return err
 	}
+	if err := p.checkpointIfPromoted(ctx, host, port); err != nil {
+		return fmt.Errorf("rewind from %s: %w", from.Name, err)
+	}
 	src := strings.Join([]string{kv("host", host), kv("port", port), kv("user", p.cfg.SuperUser),
 		kv("dbname", "postgres"), kv("connect_timeout", "5")}, " ")
 	out, err := p.run(ctx, []string{"PGPASSWORD=" + p.cfg.SuperPassword}, "pg_rewind",
@@ -513,6 +516,41 @@ func (p *PGCtl) Rewind(ctx context.Context, from dcs.Member) error {
 		return fmt.Errorf("rewind from %s: %w", from.Name, err)
 	}
 	p.log.Debug("pg_rewind", zap.String("output", strings.TrimSpace(out)))
+	return nil
+}
+
+// checkpointIfPromoted runs CHECKPOINT on a source whose control file
+// still names an older timeline than the one it writes, as right after a
+// promotion: pg_rewind reads the source's timeline from its control file,
+// and would find no divergence and do nothing (see pg_rewind's notes).
+func (p *PGCtl) checkpointIfPromoted(ctx context.Context, host, port string) error {
+	cfg, err := pgx.ParseConfig(p.connString(host, port, p.cfg.SuperUser))
+	if err != nil {
+		return err
+	}
+	cfg.Password = p.cfg.SuperPassword
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, cfg)
+	if err != nil {
+		return fmt.Errorf("connect to the source: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var stale bool
+	err = conn.QueryRow(cctx, `SELECT NOT pg_is_in_recovery() AND (pg_control_checkpoint()).timeline_id <>
+		('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int`).Scan(&stale)
+	if err != nil {
+		return fmt.Errorf("source timeline: %w", err)
+	}
+	if !stale {
+		return nil
+	}
+	p.log.Info("checkpoint on the rewind source: its control file predates its promotion")
+	qctx, cancel2 := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel2()
+	if _, err := conn.Exec(qctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint on the source: %w", err)
+	}
 	return nil
 }
 
@@ -712,8 +750,15 @@ func (p *PGCtl) Stop(ctx context.Context, mode string) error {
 		_ = syscall.Kill(pid, sig)
 		err = waitGone(ctx, []int{pid})
 	}
-	if err == nil && !alive(pid) {
-		return nil
+	if err == nil {
+		// pg_ctl returns once postmaster.pid is gone; the process may take
+		// a moment more to exit.
+		gctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err = waitGone(gctx, []int{pid})
+		cancel()
+		if err == nil {
+			return nil
+		}
 	}
 	p.log.Warn("postgres did not stop in time; killing it", zap.Int("pid", pid), zap.String("mode", mode), zap.Error(err))
 	procs := append(children(pid), pid)

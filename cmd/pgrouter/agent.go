@@ -76,6 +76,9 @@ func runAgent(ctx context.Context, cfg configs.Agent) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	// Errors here are events (a failed start, a fence) logged with their
+	// reason: no stack traces.
+	log = log.WithOptions(zap.AddStacktrace(zap.DPanicLevel))
 	bin, err := election.FindBinDir(cfg.PostgreSQL.BinDir)
 	if err != nil {
 		return err
