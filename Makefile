@@ -3,12 +3,13 @@
 #   PGR_TEST_TIMEOUT  timeout of the whole `go test` run (default 20m)
 #   PGR_FUZZTIME      time per fuzz target in `make fuzz` (default 10s)
 #   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
+#   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary (default bin/)
 
 GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
 
-.PHONY: build test vet fmt-check fuzz demo bench clean ensure-postgres
+.PHONY: build test vet fmt-check fuzz demo bench bench-failover clean ensure-postgres ensure-etcd
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -26,8 +27,13 @@ fmt-check:
 		echo "gofmt -w needed on:"; echo "$$files"; exit 1; \
 	fi
 
-test: ensure-postgres vet fmt-check
-	$(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
+# ensure-etcd builds etcd from tools/etcd once per go.mod/go.sum (cold ~75 s);
+# the agent tests get its path in PGR_ETCD_BIN.
+ensure-etcd:
+	sh tools/etcd/ensure.sh >/dev/null
+
+test: ensure-postgres ensure-etcd vet fmt-check
+	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
 # fuzz runs every Fuzz target of every package for PGR_FUZZTIME each. `go
@@ -48,6 +54,11 @@ demo: build ensure-postgres
 
 bench:
 	bash bench/run.sh
+
+# bench-failover: N trials of kill -9 of the primary under a writer through
+# the proxy's read-write port (see bench/failover.sh for its knobs).
+bench-failover: build ensure-etcd
+	bash bench/failover.sh
 
 clean:
 	rm -rf bin
