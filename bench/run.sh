@@ -32,7 +32,6 @@ IDLE_N=${PGR_BENCH_IDLE_CONNS:-300}
 SCALE=${PGR_BENCH_SCALE:-10}
 KEEP=${PGR_BENCH_KEEP:-0}
 MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
-STAMP=$(date -u +%Y%m%d-%H%M%S)
 CMDLINE="PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'} bench/run.sh"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -57,6 +56,7 @@ if [ -n "$MAX_LOAD" ]; then
 	done
 fi
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+STAMP=$(date -u +%Y%m%d-%H%M%S)
 
 IS_ROOT=0
 [ "$(id -u)" -eq 0 ] && IS_ROOT=1
@@ -222,6 +222,32 @@ cpu_ticks() { # utime+stime of PID, in clock ticks; 0 when there is no PID
 	echo "$st" | awk '{print $12 + $13}'
 }
 CLK_TCK=$(getconf CLK_TCK)
+
+# The machine is shared with whatever else runs; each run reports how much CPU
+# went to processes that are not this bench ("other cores"), so that a figure
+# taken beside someone's test suite can be told apart from a quiet one.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; } # user nice system irq softirq steal
+# our_ticks: CPU used so far by the processes this script started (PostgreSQL
+# servers with their live and reaped children, the proxies) and by the
+# children this shell has reaped (pgbench).
+our_ticks() {
+	local roots=" " e name pid sig
+	for e in "${STARTED[@]}"; do
+		IFS=: read -r name pid sig <<<"$e"
+		roots="$roots$pid "
+	done
+	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$roots" -v self=$$ ' # a process may end mid-read
+	{
+		pid = $1
+		rest = substr($0, index($0, ") ") + 2)
+		split(rest, f, " ") # f[2] ppid, f[12] utime, f[13] stime, f[14] cutime, f[15] cstime
+		if (index(roots, " " pid " ")) t += f[12] + f[13] + f[14] + f[15]
+		else if (index(roots, " " f[2] " ")) t += f[12] + f[13]
+		if (pid == self) t += f[14] + f[15]
+	}
+	END { print t + 0 }'
+}
+now_ms() { date +%s%3N; }
 
 # ----------------------------------------------------------------- cluster --
 
@@ -506,7 +532,7 @@ for p in "$P_PRIMARY" "$P_STANDBY1" "$P_STANDBY2"; do
 done
 
 RUNS_TSV=$W/runs.tsv
-printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\n' >"$RUNS_TSV"
+printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\tother_cores\n' >"$RUNS_TSV"
 nt=${#TARGETS[@]}
 total=0
 for i in "${!CASE_NAMES[@]}"; do
@@ -527,11 +553,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			runlog=$LOGS/pgbench/r$r-$cname-$name.log
 			load1=$(cut -d' ' -f1 /proc/loadavg) # includes this bench's own previous run
 			t0=$(cpu_ticks "$pid")
+			b0=$(busy_ticks)
+			o0=$(our_ticks)
+			w0=$(now_ms)
 			status=ok
 			# shellcheck disable=SC2086 # cflags is a list of flags
 			timeout $((DURATION + 60)) "$PGBENCH" -h 127.0.0.1 -p "$port" -T "$DURATION" -j 2 -n $cflags \
 				>"$runlog" 2>&1 || status="exit$?"
+			w1=$(now_ms)
 			t1=$(cpu_ticks "$pid")
+			o1=$(our_ticks)
+			b1=$(busy_ticks)
+			other=$(awk -v b=$((b1 - b0)) -v o=$((o1 - o0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) \
+				'BEGIN { x = (b - o) / hz / (ms / 1000); printf "%.2f", x < 0 ? 0 : x }')
 			tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$runlog" | head -n1)
 			lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$runlog" | head -n1)
 			tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
@@ -541,11 +575,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			cores=-
 			if [ -n "$pid" ] && [ -n "$tx" ] && [ "${tx:-0}" -gt 0 ]; then
 				cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
-				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN{printf "%.2f", d / hz / s}')
+				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) 'BEGIN{printf "%.2f", d / hz / (ms / 1000)}')
 			fi
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
-				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" >>"$RUNS_TSV"
-			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms cpu ${cpu} us/tx $status"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
+				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" >>"$RUNS_TSV"
+			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms cpu ${cpu} us/tx, other ${other} cores, $status"
 		done
 	done
 done
@@ -567,6 +601,7 @@ summarize() {
 		key = $2 SUBSEP $4
 		if (!(key in seen)) { seen[key] = 1; order[++nk] = key; flags[key] = $3 }
 		all[key] = all[key] " " $5
+		if ($13 + 0 > other[key] + 0) other[key] = $13
 		runs[key]++
 		if ($11 == "ok" && $8 == 0) {
 			tps[key] = tps[key] " " $5; lat[key] = lat[key] " " $6; ok[key]++
@@ -583,22 +618,23 @@ summarize() {
 			d = m[kk[1] SUBSEP "direct"]
 			ratio = (m[key] != "" && d != "" && d > 0) ? sprintf("%.2f", m[key] / d) : "-"
 			c = median(cpu[key]); co = median(cores[key])
-			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\n", kk[1], flags[key], kk[2],
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\n", kk[1], flags[key], kk[2],
 				(m[key] == "" ? "-" : sprintf("%.0f", m[key])), ratio,
 				(lat[key] == "" ? "-" : sprintf("%.3f", median(lat[key]))),
 				(c == "" ? "-" : sprintf("%.1f", c)), (co == "" ? "-" : sprintf("%.2f", co)),
-				ok[key] + 0, runs[key], substr(all[key], 2)
+				ok[key] + 0, runs[key], substr(all[key], 2), sprintf("%.2f", other[key])
 		}
 	}' "$RUNS_TSV"
 }
 SUMMARY=$(summarize)
 
 {
-	printf '\n%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s  %s\n' case flags target tps ratio lat_ms us/tx cores ok "tps by round"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+	printf '\n%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio lat_ms us/tx cores ok other "tps by round"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s %6s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $10}'
 	echo
 	echo "tps: median over rounds; ratio: to direct (the primary) in the same case; us/tx: proxy CPU"
-	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second."
+	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second;"
+	echo "other: most CPU (cores) that processes outside this bench used during any round of the row."
 } >&2
 
 MD=$OUT/results-$STAMP.md
@@ -623,12 +659,14 @@ MD=$OUT/results-$STAMP.md
 	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways)"
 	[ -n "$PGROUTER_NOTE" ] && echo "- $PGROUTER_NOTE"
 	echo
-	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round |"
-	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10}'
+	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) |"
+	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11}'
 	echo
 	echo "Proxy CPU: utime+stime of the proxy process from /proc/PID/stat around each run, divided by the transactions"
-	echo "pgbench processed (µs/tx = CPU-ms per 1000 transactions)."
+	echo "pgbench processed (µs/tx = CPU-ms per 1000 transactions). Other cores: CPU time of the whole machine"
+	echo "(/proc/stat) less that of this bench's processes (servers with their children, proxies, pgbench), per"
+	echo "wall second; the largest value over the rounds of the row. Near 0 means the figures were taken on a quiet machine."
 	if [ -s "$IDLE_TSV" ]; then
 		echo
 		echo "## Idle session memory ($IDLE_N sessions opened with bench/idleconns, pgx, no query sent)"
