@@ -47,6 +47,9 @@ func NewEtcd(endpoints []string, scope string, log *zap.Logger) (*Etcd, error) {
 }
 
 func newEtcd(store dcs.Store, log *zap.Logger) *Etcd {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	return &Etcd{store: store, log: log, resync: 2 * time.Second, now: time.Now}
 }
 

@@ -457,6 +457,9 @@ type agentOptions struct {
 	synchronous bool
 	warm        bool
 	extra       []string // more agent flags
+	// bin is the pgrouter binary for the agents and the proxy; default
+	// binPath (built with -race).
+	bin string
 }
 
 // startAgentCluster starts etcd, three agents (each behind its own
@@ -480,7 +483,11 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 	c := &agentCluster{t: t, dir: dir}
 	// The agents' OS user must be able to run the binary: copy it here.
 	agentBin := filepath.Join(dir, "pgrouter")
-	if err := copyExecutable(binPath, agentBin); err != nil {
+	src := binPath
+	if o.bin != "" {
+		src = o.bin
+	}
+	if err := copyExecutable(src, agentBin); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.close)
@@ -524,7 +531,7 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 		a.start()
 	}
 	c.waitHealthy(90 * time.Second)
-	c.proxy = startEtcdProxy(t, c.etcd.Client)
+	c.proxy = startEtcdProxy(t, agentBin, c.etcd.Client)
 	c.waitHealthy(30 * time.Second)
 	return c
 }
@@ -723,10 +730,10 @@ func (c *agentCluster) waitHealthy(d time.Duration) *agentProc {
 
 // startEtcdProxy runs pgrouter proxy with etcd discovery and waits until
 // it knows a primary.
-func startEtcdProxy(t *testing.T, etcd string) *proxyProc {
+func startEtcdProxy(t *testing.T, bin, etcd string) *proxyProc {
 	t.Helper()
 	p := &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(binPath, "proxy", "--discovery", "etcd", "--etcd-endpoints", etcd, "--scope", agentScope,
+	p.cmd = exec.Command(bin, "proxy", "--discovery", "etcd", "--etcd-endpoints", etcd, "--scope", agentScope,
 		"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
 		"--health-user", agentSuper, "--health-interval", "200ms", "--primary-wait", "20s", "--log-level", "debug")
 	p.cmd.Env = append(cleanAgentEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass)
@@ -775,6 +782,8 @@ type writer struct {
 	mu        sync.Mutex
 	next      int64
 	acked     []int64
+	ackedAt   []time.Time
+	ackedBy   []int // server port that acknowledged each write
 	errors    int
 	lastOK    time.Time
 	longest   time.Duration // longest time between two acknowledged writes
@@ -813,7 +822,8 @@ func (w *writer) run(ctx context.Context) {
 		w.next++
 		w.mu.Unlock()
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := conn.Exec(qctx, "INSERT INTO acked (id) VALUES ($1)", id)
+		var port int
+		err := conn.QueryRow(qctx, "INSERT INTO acked (id) VALUES ($1) RETURNING inet_server_port()", id).Scan(&port)
 		cancel()
 		if err != nil {
 			w.fail()
@@ -824,6 +834,8 @@ func (w *writer) run(ctx context.Context) {
 		now := time.Now()
 		w.mu.Lock()
 		w.acked = append(w.acked, id)
+		w.ackedAt = append(w.ackedAt, now)
+		w.ackedBy = append(w.ackedBy, port)
 		if gap := now.Sub(w.lastOK); gap > w.longest {
 			w.longest, w.longestAt = gap, now
 		}
@@ -865,6 +877,31 @@ func (w *writer) finish() (acked []int64, errs int, longest time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.acked, w.errors, w.longest
+}
+
+// firstAckAfter returns when the first write after t that a server other
+// than notPort acknowledged was. (A killed postmaster's backends may still
+// acknowledge a write or two.)
+func (w *writer) firstAckAfter(t time.Time, notPort int) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := len(w.ackedAt)
+	for i > 0 && w.ackedAt[i-1].After(t) {
+		i--
+	}
+	for ; i < len(w.ackedAt); i++ {
+		if w.ackedBy[i] != notPort {
+			return w.ackedAt[i], true
+		}
+	}
+	return time.Time{}, false
+}
+
+// errorCount returns how many errors the client saw so far.
+func (w *writer) errorCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.errors
 }
 
 // count returns how many writes were acknowledged so far.

@@ -1,0 +1,115 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func TestAgentExampleLoadsAndValidates(t *testing.T) {
+	t.Setenv("PGROUTER_SUPERUSER_PASSWORD", "s")
+	t.Setenv("PGROUTER_REPLICATION_PASSWORD", "r")
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	f := BindAgentFlags(fs)
+	if err := fs.Parse([]string{"--config", "agent.example.yaml"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Resolve()
+	if err != nil {
+		t.Fatalf("agent.example.yaml: %v", err)
+	}
+	d := AgentDefaults()
+	if c.Election != d.Election || c.PostgreSQL.Listen != d.PostgreSQL.Listen || c.API != d.API {
+		t.Errorf("the example's defaults differ from AgentDefaults: %+v vs %+v", c.Election, d.Election)
+	}
+	if c.Name != "node1" || c.PostgreSQL.SuperUserPassword != "s" || c.PostgreSQL.Parameters["shared_buffers"] != "256MB" {
+		t.Errorf("example not read: %+v", c)
+	}
+}
+
+func TestAgentFlags(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "repl")
+	if err := os.WriteFile(pw, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGROUTER_SUPERUSER_PASSWORD", "super")
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	f := BindAgentFlags(fs)
+	err := fs.Parse([]string{"--name", "n1", "--scope", "demo", "--dcs", "etcd", "--etcd-endpoints", "127.0.0.1:2379,127.0.0.1:2380",
+		"--pgdata", "/data/n1", "--pg-listen", "127.0.0.1:5433", "--api-listen", "127.0.0.1:8009",
+		"--synchronous", "--standby-mode", "warm", "--replication-password-file", pw,
+		"--pg-hba", "host all all 10.0.0.0/8 scram-sha-256", "--pg-hba", "host replication all 10.0.0.0/8 scram-sha-256",
+		"--pg-param", "work_mem=8MB", "--pg-param", "search_path=a,b",
+		"--ttl", "2s", "--renew-deadline", "600ms", "--retry-period", "200ms", "--max-lag-on-failover", "4096"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.PostgreSQL
+	switch {
+	case c.Name != "n1" || c.Scope != "demo" || len(c.Etcd.Endpoints) != 2:
+		t.Errorf("identity: %+v", c)
+	case !c.Election.Synchronous || p.StandbyMode != "warm" || c.Election.TTL != 2*time.Second || c.Election.MaxLagOnFailover != 4096:
+		t.Errorf("election: %+v", c.Election)
+	case p.SuperUserPassword != "super" || p.ReplicationPassword != "from-file":
+		t.Errorf("passwords: %q %q", p.SuperUserPassword, p.ReplicationPassword)
+	case len(p.HBA) != 2 || p.Parameters["search_path"] != "a,b" || p.Parameters["work_mem"] != "8MB":
+		t.Errorf("postgres: %+v", p)
+	case p.SuperUser != "postgres" || p.ReplicationUser != "replicator":
+		t.Errorf("default users: %q %q", p.SuperUser, p.ReplicationUser)
+	}
+}
+
+func TestAgentValidate(t *testing.T) {
+	base := func() Agent {
+		c := AgentDefaults()
+		c.Name, c.Scope, c.Etcd.Endpoints = "n1", "demo", []string{"127.0.0.1:2379"}
+		c.PostgreSQL.DataDir = "/data/n1"
+		c.PostgreSQL.SuperUserPassword, c.PostgreSQL.ReplicationPassword = "s", "r"
+		return c
+	}
+	tests := []struct {
+		name   string
+		modify func(*Agent)
+		want   []string // substrings of the error; none for valid
+	}{
+		{"valid", func(*Agent) {}, nil},
+		{"fencing arithmetic", func(c *Agent) { c.Election.TTL = 3 * time.Second }, []string{"ttl 3s must exceed renew-deadline 2s + retry-period 500ms + 1s"}},
+		{"no passwords", func(c *Agent) { c.PostgreSQL.SuperUserPassword, c.PostgreSQL.ReplicationPassword = "", "" },
+			[]string{"PGROUTER_SUPERUSER_PASSWORD", "PGROUTER_REPLICATION_PASSWORD"}},
+		{"everything at once", func(c *Agent) {
+			c.Name, c.Etcd.Endpoints, c.PostgreSQL.DataDir, c.PostgreSQL.StandbyMode, c.DCS = "", nil, "rel/dir", "cold", "consul"
+		}, []string{"name", "dcs \"consul\"", "absolute", "standby-mode"}},
+		{"same listen", func(c *Agent) { c.API.Listen = c.PostgreSQL.Listen }, []string{"both use"}},
+		{"bad parameter", func(c *Agent) { c.PostgreSQL.Parameters = map[string]string{"a b": "1"} }, []string{"not a setting name"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.modify(&c)
+			err := c.Validate()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("Validate() = %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Validate() accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
