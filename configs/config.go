@@ -27,6 +27,25 @@ type Config struct {
 	Health    Health    `yaml:"health"`
 	Pool      Pool      `yaml:"pool"`
 	Auth      Auth      `yaml:"auth"`
+	Split     Split     `yaml:"split"`
+}
+
+// Split configures the statement split of the single endpoint.
+type Split struct {
+	// Mode is session (a whole session goes to one place) or statement
+	// (each transaction goes where its statements may run; needs a pooled
+	// mode on the single endpoint). Default session.
+	Mode string `yaml:"mode"`
+	// ReadYourWrites is off or session: after a session's write, its reads
+	// go only to standbys that replayed it. Default session.
+	ReadYourWrites string `yaml:"readYourWrites"`
+	// RYWMaxWait is how long such a read waits for a standby to catch up
+	// before it goes to the primary. Default 0.
+	RYWMaxWait time.Duration `yaml:"rywMaxWait"`
+	// ReadOnlyFunctions may run on a standby whatever pg_proc says.
+	ReadOnlyFunctions []string `yaml:"readOnlyFunctions"`
+	// WriteFunctions always go to the primary.
+	WriteFunctions []string `yaml:"writeFunctions"`
 }
 
 // Pool configures pooled modes (see issue "pooled mode" in the README).
@@ -196,6 +215,7 @@ func Defaults() Config {
 		Health:    Health{Config: health.Config{}.WithDefaults()},
 		Pool: Pool{Mode: "passthrough", Size: 20, ServerIdleTimeout: 10 * time.Minute, ServerLifetime: time.Hour,
 			QueryWaitTimeout: 30 * time.Second, ServerResetQuery: "DISCARD ALL"},
+		Split: Split{Mode: "session", ReadYourWrites: "session"},
 		Auth: Auth{HBA: []string{"host all all 0.0.0.0/0 scram-sha-256", "host all all ::/0 scram-sha-256"},
 			Database: "postgres", CacheTTL: 30 * time.Second},
 	}
@@ -346,6 +366,23 @@ func (c *Config) Validate() error {
 	}
 	if c.Pooled() && c.Auth.Query == "" && c.Auth.File == "" {
 		errs = append(errs, errors.New("pooled mode authenticates clients at the proxy: give --auth-file and/or --auth-query"))
+	}
+	switch c.Split.Mode {
+	case "", "session":
+	case "statement":
+		if p.Listen == "" {
+			errs = append(errs, errors.New("--split statement applies to the single endpoint: give --listen"))
+		}
+		if m := c.PoolModeFor("any"); m != "session" && m != "transaction" {
+			errs = append(errs, errors.New("--split statement needs --pool-mode session or transaction on the single endpoint (the proxy must log in to standbys as the client)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("split %q: want session or statement", c.Split.Mode))
+	}
+	switch c.Split.ReadYourWrites {
+	case "", "off", "session":
+	default:
+		errs = append(errs, fmt.Errorf("read-your-writes %q: want off or session", c.Split.ReadYourWrites))
 	}
 	switch c.Log.Level {
 	case "", "debug", "info", "warn", "error":

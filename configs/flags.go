@@ -75,6 +75,14 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	hba := fs.StringArray("auth-hba", nil, "pg_hba.conf-style rule for pooled modes, repeatable (default: scram-sha-256 for all)")
 	f.apply["auth-hba"] = func(c *Config) { c.Auth.HBA = append([]string(nil), *hba...) }
 
+	f.str("split", d.Split.Mode, "single endpoint: session (whole sessions) or statement (each transaction where its statements may run)", func(c *Config) *string { return &c.Split.Mode })
+	f.str("read-your-writes", d.Split.ReadYourWrites, "off or session: a session's reads see its own writes", func(c *Config) *string { return &c.Split.ReadYourWrites })
+	f.dur("ryw-max-wait", d.Split.RYWMaxWait, "how long a read waits for a standby to replay the session's write before going to the primary", func(c *Config) *time.Duration { return &c.Split.RYWMaxWait })
+	rof := fs.StringSlice("read-only-functions", nil, "functions that may run on a standby whatever their volatility")
+	f.apply["read-only-functions"] = func(c *Config) { c.Split.ReadOnlyFunctions = append([]string(nil), *rof...) }
+	wf := fs.StringSlice("write-functions", nil, "functions that always run on the primary")
+	f.apply["write-functions"] = func(c *Config) { c.Split.WriteFunctions = append([]string(nil), *wf...) }
+
 	f.str("log-level", d.Log.Level, "debug, info, warn or error", func(c *Config) *string { return &c.Log.Level })
 	f.str("log-format", d.Log.Format, "console or json", func(c *Config) *string { return &c.Log.Format })
 	return f
