@@ -681,9 +681,18 @@ func (c *agentCluster) checkHealthy() (*agentProc, error) {
 		return nil, err
 	}
 	for _, a := range c.agents {
-		if a != ld {
-			if _, ok := streaming[a.Name]; !ok {
-				return nil, fmt.Errorf("%s does not stream from %s (streaming: %v)", a.Name, ld.Name, streaming)
+		if a == ld {
+			if code, err := a.get("/replica"); err != nil || code != 503 {
+				return nil, fmt.Errorf("leader %s: /replica %d %v, want 503", a.Name, code, err)
+			}
+			continue
+		}
+		if _, ok := streaming[a.Name]; !ok {
+			return nil, fmt.Errorf("%s does not stream from %s (streaming: %v)", a.Name, ld.Name, streaming)
+		}
+		for path, want := range map[string]int{"/replica": 200, "/health": 200, "/primary": 503} {
+			if code, err := a.get(path); err != nil || code != want {
+				return nil, fmt.Errorf("standby %s: %s %d %v, want %d", a.Name, path, code, err, want)
 			}
 		}
 	}

@@ -27,6 +27,13 @@ func TestFailoverBench(t *testing.T) {
 		t.Skip("set PGR_FAILOVER_TRIALS (run bench/failover.sh)")
 	}
 	sync := os.Getenv("PGR_FAILOVER_SYNC") != "0"
+	fault := os.Getenv("PGR_FAILOVER_FAULT")
+	if fault == "" {
+		fault = "kill"
+	}
+	if fault != "kill" && fault != "switchover" {
+		t.Fatalf("PGR_FAILOVER_FAULT=%q: want kill or switchover", fault)
+	}
 	var extra []string
 	if f := os.Getenv("PGR_FAILOVER_AGENT_FLAGS"); f != "" {
 		extra = strings.Fields(f)
@@ -57,14 +64,22 @@ func TestFailoverBench(t *testing.T) {
 			}
 			return nil
 		})
-		pid, err := ld.postmasterPID()
-		if err != nil {
-			t.Fatal(err)
-		}
 		errs0 := w.errorCount()
-		killed := time.Now()
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
+		var killed time.Time
+		if fault == "kill" {
+			pid, err := ld.postmasterPID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			killed = time.Now()
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			killed = time.Now()
+			if out, err := exec.Command(bin, "switchover", "--api", ld.API).CombinedOutput(); err != nil {
+				t.Fatalf("switchover: %v\n%s", err, out)
+			}
 		}
 		var r trial
 		r.from = ld.Name
@@ -101,6 +116,7 @@ func TestFailoverBench(t *testing.T) {
 	}
 	slices.Sort(firsts)
 	slices.Sort(agents)
+	what := map[string]string{"kill": "kill -9 of the primary's postmaster", "switchover": "planned switchover (pgrouter switchover)"}[fault]
 	mode := "asynchronous"
 	if sync {
 		mode = "synchronous (--synchronous)"
@@ -110,14 +126,14 @@ func TestFailoverBench(t *testing.T) {
 	if len(extra) > 0 {
 		leases = "agent flags `" + strings.Join(extra, " ") + "`, defaults otherwise"
 	}
-	fmt.Fprintf(&b, "Mode: %s; %s; proxy health interval 200ms.\n\n", mode, leases)
-	fmt.Fprintf(&b, "| trial | old primary | new primary | kill → first write acknowledged by the new primary | kill → new leader's /primary 200 | client errors |\n|---:|---|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "Fault: %s. Mode: %s; %s; proxy health interval 200ms.\n\n", what, mode, leases)
+	fmt.Fprintf(&b, "| trial | old primary | new primary | fault → first write acknowledged by the new primary | fault → new leader's /primary 200 | client errors |\n|---:|---|---|---:|---:|---:|\n")
 	for i, r := range rs {
 		fmt.Fprintf(&b, "| %d | %s | %s | %v | %v | %d |\n", i+1, r.from, r.to, r.firstWrite.Round(time.Millisecond), r.agent.Round(time.Millisecond), r.errors)
 	}
-	fmt.Fprintf(&b, "\n- kill → first write acknowledged by the new primary, through the rw port: median %v, worst %v (best %v)\n",
+	fmt.Fprintf(&b, "\n- fault → first write acknowledged by the new primary, through the rw port: median %v, worst %v (best %v)\n",
 		median(firsts).Round(time.Millisecond), firsts[len(firsts)-1].Round(time.Millisecond), firsts[0].Round(time.Millisecond))
-	fmt.Fprintf(&b, "- kill → new leader's API answers /primary: median %v, worst %v\n",
+	fmt.Fprintf(&b, "- fault → new leader's API answers /primary: median %v, worst %v\n",
 		median(agents).Round(time.Millisecond), agents[len(agents)-1].Round(time.Millisecond))
 	fmt.Fprintf(&b, "- client errors: %d over %d trials (failed statements and failed reconnects)\n", errs, trials)
 	fmt.Fprintf(&b, "- acknowledged writes: %d, lost: %d\n", len(acked), len(lost))
