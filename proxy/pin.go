@@ -6,15 +6,14 @@ import "strings"
 // the next. A client that creates any of it is pinned to its server for
 // the rest of its session: never silently broken.
 const (
-	pinNone           = ""
-	pinSQLPrepare     = "sql_prepare"
-	pinTempTable      = "temp_table"
-	pinListen         = "listen"
-	pinAdvisoryLock   = "advisory_lock"
-	pinHoldCursor     = "cursor_with_hold"
-	pinUntrackedSet   = "untracked_set"
-	pinLoad           = "load"
-	pinCopyBothOrRepl = "replication"
+	pinNone         = ""
+	pinSQLPrepare   = "sql_prepare"
+	pinTempTable    = "temp_table"
+	pinListen       = "listen"
+	pinAdvisoryLock = "advisory_lock"
+	pinHoldCursor   = "cursor_with_hold"
+	pinUntrackedSet = "untracked_set"
+	pinLoad         = "load"
 )
 
 // reportedParams are the settings PostgreSQL reports with ParameterStatus

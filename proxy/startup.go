@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/binary"
-	"fmt"
 	"io"
 	"strings"
 )
@@ -295,6 +294,3 @@ func splitOptions(opts string, strip map[string]bool) ([]param, string) {
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
 }
-
-// describeVersion renders a protocol version for logs.
-func describeVersion(v uint32) string { return fmt.Sprintf("%d.%d", v>>16, v&0xffff) }
