@@ -137,6 +137,8 @@ func missingTools(dir string) []string {
 
 // PGCtl drives a local PostgreSQL server with its own programs (initdb,
 // pg_ctl, pg_basebackup, pg_rewind) and one pgx connection for queries.
+// Stop is safe to call concurrently with the other methods; the others
+// are called by one goroutine at a time (they share the connection).
 type PGCtl struct {
 	cfg  PGConfig
 	host string // to connect to the local server
@@ -732,13 +734,13 @@ func writeAtomic(path, text string) error {
 // directory is gone, and kills it when that does not finish before ctx
 // ends (fencing passes a short deadline).
 func (p *PGCtl) Stop(ctx context.Context, mode string) error {
+	// The query connection is left alone: fencing calls Stop while the
+	// leader loop may be using it; the next Observe finds it broken.
 	pid := p.postmasterPID()
 	if pid == 0 {
-		p.closeConn()
 		_ = p.removeStaleLocks()
 		return nil
 	}
-	p.closeConn()
 	var err error
 	if exists(p.path("postmaster.pid")) {
 		_, err = p.run(ctx, nil, "pg_ctl", "stop", "-w", "-s", "-t", seconds(ctx, time.Minute), "-m", mode, "-D", p.cfg.DataDir)

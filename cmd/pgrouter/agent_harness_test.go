@@ -576,6 +576,10 @@ func (c *agentCluster) close() {
 	wg.Wait()
 	for _, a := range c.agents {
 		killPostmaster(filepath.Join(a.DataDir, "postmaster.pid"), a.DataDir)
+		// The binary is built with -race: a report fails the test.
+		if b, err := os.ReadFile(a.logPath); err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			c.t.Errorf("agent %s reported a data race (log %s)", a.Name, a.logPath)
+		}
 	}
 	if c.t.Failed() {
 		for _, a := range c.agents {
