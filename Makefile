@@ -9,7 +9,7 @@ GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
 
-.PHONY: build test vet fmt-check fuzz demo bench bench-failover clean ensure-postgres ensure-etcd
+.PHONY: build test vet fmt-check fuzz demo demo-ha bench bench-failover clean ensure-postgres ensure-etcd
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -51,6 +51,11 @@ fuzz:
 
 demo: build ensure-postgres
 	./bin/pgrouter demo
+
+# demo-ha: etcd, three pgrouter agents (synchronous) and the proxy following
+# them, on loopback; Ctrl-C stops everything (scripts/demo-ha.sh).
+demo-ha: ensure-postgres ensure-etcd
+	bash scripts/demo-ha.sh
 
 bench:
 	bash bench/run.sh
