@@ -585,6 +585,8 @@ func (c *agentCluster) close() {
 		for _, a := range c.agents {
 			c.t.Logf("agent %s log (%s), last lines:\n%s", a.Name, a.logPath, a.logTail(60))
 		}
+		// Without owner.pid the next run's reaper leaves it alone.
+		os.Remove(filepath.Join(c.dir, "owner.pid"))
 		c.t.Logf("kept %s for inspection", c.dir)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -101,14 +102,29 @@ func TestAgentFailover(t *testing.T) {
 	})
 
 	scenario("planned-switchover", func(t *testing.T, ld *agentProc) {
+		st, err := ld.status()
+		if err != nil || st.Sync == nil || st.Sync.Standby == "" {
+			t.Fatalf("leader status %+v, %v: no synchronous standby", st, err)
+		}
 		var other *agentProc
 		for _, a := range c.agents {
-			if a != ld {
+			if a != ld && a.Name != st.Sync.Standby {
 				other = a
-				break
 			}
 		}
-		out, err := exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		// Only the synchronous standby may take over in synchronous mode.
+		out, err := exec.Command(binPath, "switchover", "--api", other.API, "--to", other.Name).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "not the synchronous standby") {
+			t.Fatalf("switchover to the asynchronous standby %s: %v\n%s", other.Name, err, out)
+		}
+		eventually(t, 10*time.Second, "the leader unchanged after a refused switchover", func() error {
+			nl, err := c.leader()
+			if err == nil && nl != ld {
+				err = fmt.Errorf("leader is %s, want %s", nl.Name, ld.Name)
+			}
+			return err
+		})
+		out, err = exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
 		if err != nil {
 			t.Fatalf("pgrouter switchover: %v\n%s", err, out)
 		}
@@ -122,6 +138,19 @@ func TestAgentFailover(t *testing.T) {
 		}
 		c.waitNewLeader(t, ld, 30*time.Second)
 	})
+}
+
+// TestAgentRefusesRoot: PostgreSQL will not run as root, so neither does
+// the agent, and it says what to do instead.
+func TestAgentRefusesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not running as root")
+	}
+	out, err := exec.Command(binPath, "agent", "--name", "n1", "--scope", "s", "--etcd-endpoints", "127.0.0.1:1",
+		"--pgdata", "/nonexistent").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "must not run as root") || !strings.Contains(string(out), "owns the data directory") {
+		t.Fatalf("agent as root: %v\n%s", err, out)
+	}
 }
 
 // TestAgentWarmStandby: warm standbys get no sessions, yet one is promoted
