@@ -435,6 +435,10 @@ func (p *PGCtl) Bootstrap(ctx context.Context) (string, error) {
 	if err := p.Wipe(); err != nil {
 		return "", err
 	}
+	done, err := p.markPartial()
+	if err != nil {
+		return "", err
+	}
 	pw, err := os.CreateTemp("", "pgrouter-pw-")
 	if err != nil {
 		return "", err
@@ -467,6 +471,7 @@ func (p *PGCtl) Bootstrap(ctx context.Context) (string, error) {
 	if err := conn.QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&id); err != nil {
 		return "", err
 	}
+	done()
 	return id, nil
 }
 
@@ -483,6 +488,10 @@ func (p *PGCtl) Clone(ctx context.Context, from dcs.Member) error {
 	if err := p.Wipe(); err != nil {
 		return err
 	}
+	done, err := p.markPartial()
+	if err != nil {
+		return err
+	}
 	_, err = p.run(ctx, []string{"PGPASSWORD=" + p.cfg.ReplPassword}, "pg_basebackup",
 		"-D", p.cfg.DataDir, "-h", host, "-p", port, "-U", p.cfg.ReplUser, "-w",
 		"-X", "stream", "-c", "fast")
@@ -490,6 +499,7 @@ func (p *PGCtl) Clone(ctx context.Context, from dcs.Member) error {
 		_ = p.Wipe()
 		return fmt.Errorf("clone from %s: %w", from.Name, err)
 	}
+	done()
 	return nil
 }
 
@@ -862,7 +872,24 @@ func (p *PGCtl) WaitReplayed(ctx context.Context, target dcs.Member, lsn uint64)
 	}
 }
 
-// Wipe empties the data directory, creating it (mode 0700) if needed.
+// partialMarker is a file beside the data directory that exists while
+// the agent fills it (initdb, pg_basebackup): a directory left half-made
+// by a crash may be wiped even before it looks like a data directory.
+func (p *PGCtl) partialMarker() string { return filepath.Clean(p.cfg.DataDir) + ".pgrouter-partial" }
+
+// markPartial notes that the data directory is being filled; the returned
+// func removes the note once it is complete.
+func (p *PGCtl) markPartial() (done func(), err error) {
+	if err := os.WriteFile(p.partialMarker(), nil, 0o600); err != nil {
+		return nil, err
+	}
+	return func() { _ = os.Remove(p.partialMarker()) }, nil
+}
+
+// Wipe empties the data directory, creating it (mode 0700) if needed. It
+// refuses a non-empty directory that is neither a PostgreSQL data
+// directory nor one the agent was filling: --pgdata pointing at the wrong
+// place must not cost anyone their files.
 func (p *PGCtl) Wipe() error {
 	if err := os.MkdirAll(p.cfg.DataDir, 0o700); err != nil {
 		return err
@@ -870,6 +897,9 @@ func (p *PGCtl) Wipe() error {
 	ents, err := os.ReadDir(p.cfg.DataDir)
 	if err != nil {
 		return err
+	}
+	if len(ents) > 0 && !exists(p.path("PG_VERSION")) && !exists(p.partialMarker()) {
+		return fmt.Errorf("data directory %s is not empty and holds no PostgreSQL cluster: refusing to overwrite it", p.cfg.DataDir)
 	}
 	for _, e := range ents {
 		if err := os.RemoveAll(filepath.Join(p.cfg.DataDir, e.Name())); err != nil {
