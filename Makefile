@@ -9,7 +9,7 @@ GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha bench bench-failover clean ensure-postgres ensure-etcd
+.PHONY: build test vet fmt-check fuzz demo demo-ha bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -67,3 +67,10 @@ bench-failover: build ensure-etcd
 
 clean:
 	rm -rf bin
+
+# pgx-suite runs pgx's own test suite against PostgreSQL directly and
+# through pgrouter's read-write port and compares the outcomes (see
+# scripts/pgx-suite.sh for its PGX_SUITE_* knobs). Not part of `make test`:
+# it takes several minutes.
+pgx-suite:
+	bash scripts/pgx-suite.sh
