@@ -32,7 +32,7 @@ IDLE_N=${PGR_BENCH_IDLE_CONNS:-300}
 SCALE=${PGR_BENCH_SCALE:-10}
 KEEP=${PGR_BENCH_KEEP:-0}
 MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
-CMDLINE="PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'} bench/run.sh"
+CMDLINE="${PGR_BENCH_MAX_LOAD:+PGR_BENCH_MAX_LOAD=$PGR_BENCH_MAX_LOAD }PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'} bench/run.sh"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -312,6 +312,8 @@ log "building plainrelay and idleconns"
 
 HAVE_PGROUTER=0
 PGROUTER_NOTE=""
+PGROUTER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench' 2>/dev/null)" ] && PGROUTER_REV="$PGROUTER_REV plus uncommitted changes"
 if (cd "$ROOT" && go build -o "$OUT/pgrouter" ./cmd/pgrouter) >"$LOGS/pgrouter-build.log" 2>&1; then
 	HAVE_PGROUTER=1
 else
@@ -339,7 +341,7 @@ if [ "$HAVE_PGROUTER" -eq 1 ]; then
 	track pgrouter "$PGR_PID" TERM
 	if wait_for 30 "pgrouter rw port to reach the primary" answers "$P_PGR_RW" "select pg_is_in_recovery()" f &&
 		wait_for 30 "pgrouter ro port to reach a standby" answers "$P_PGR_RO" "select pg_is_in_recovery()" t; then
-		log "pgrouter up: rw 127.0.0.1:$P_PGR_RW, ro 127.0.0.1:$P_PGR_RO (pid $PGR_PID)"
+		log "pgrouter ($PGROUTER_REV) up: rw 127.0.0.1:$P_PGR_RW, ro 127.0.0.1:$P_PGR_RO (pid $PGR_PID)"
 		TARGETS+=("pgrouter-rw:$P_PGR_RW:$PGR_PID" "pgrouter-ro:$P_PGR_RO:$PGR_PID")
 	else
 		PGROUTER_NOTE="pgrouter skipped: built, but its rw/ro ports did not answer within 30 s (log: $(tail -n1 "$LOGS/pgrouter.log" 2>/dev/null))"
@@ -657,7 +659,7 @@ MD=$OUT/results-$STAMP.md
 	echo "  PgBouncer's server_tls_sslmode defaults to disable); pgbouncer = session mode, pool 100, trust, log_connections=0; haproxy = TCP mode, all 3 servers"
 	echo "  listed, tcp-check that logs in and runs \`select pg_is_in_recovery()\` expecting a DataRow 'f' (both"
 	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways)"
-	[ -n "$PGROUTER_NOTE" ] && echo "- $PGROUTER_NOTE"
+	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
 	echo
 	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) |"
 	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"
