@@ -15,6 +15,7 @@ type Metrics struct {
 	cancels          *prometheus.CounterVec
 	primaryWait      prometheus.Histogram
 	pins             *prometheus.CounterVec
+	splitRoutes      *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: none).
@@ -48,13 +49,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgrouter_primary_wait_seconds", Help: "Time read-write sessions waited for a primary to appear.",
 			Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 15, 30},
 		}),
+		splitRoutes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrouter_split_routes_total", Help: "Transactions routed by the statement split, by target (primary, standby) and reason.",
+		}, []string{"target", "reason"}),
 		pins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_pool_pins_total", Help: "Transaction-pooled sessions pinned to their server, by the state that could not be carried.",
 		}, []string{"reason"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.routes,
-			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins)
+			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes)
 	}
 	return m
 }

@@ -50,15 +50,23 @@ type pooled struct {
 	fifo      []fifoEntry
 	dirty     bool   // messages sent since the last Sync that need the server
 	pinned    string // why the session may not change server any more
-	member    string
-	routed    topology.Role
+	member      string
+	routed      topology.Role
+	routedState topology.MemberState
 	txStatus  byte
 	stmts     map[string][]byte // client statement name -> Parse body after the name
 	stmtNames map[string]string // client statement name -> server name
+	stmtQuery map[string]string // client statement name -> its query text
 	stmtSeq   uint64
 
 	handoff chan *pool.ServerConn
 	closing atomic.Bool // the client loop has ended
+
+	// Statement split (nil splitCfg: off).
+	splitCfg *SplitConfig
+	split    splitState
+	cfg      *Config
+	in       sessionIntent
 }
 
 type fifoKind uint8
@@ -134,7 +142,16 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		desired:   settingsFromStartup(params),
 		stmts:     make(map[string][]byte),
 		stmtNames: make(map[string]string),
+		stmtQuery: make(map[string]string),
 		handoff:   make(chan *pool.ServerConn, 1),
+		cfg:       cfg,
+		in:        in,
+	}
+	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
+		ps.splitCfg = cfg.Split
+		if cfg.Split.Functions != nil {
+			cfg.Split.Functions.Ensure(in.dbname)
+		}
 	}
 	sess.pooled = ps
 	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
@@ -373,7 +390,7 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 			Message: "pgrouter could not apply the session's settings on " + dec.Member.Name, Detail: err.Error()}}
 	}
 	ps.mu.Lock()
-	ps.member, ps.routed = dec.Member.Name, dec.Role
+	ps.member, ps.routed, ps.routedState = dec.Member.Name, dec.Role, dec.Member
 	ps.mu.Unlock()
 	return sc, e, nil
 }
@@ -462,15 +479,14 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	return true
 }
 
+// release gives a server back to the pool it came from (not necessarily
+// the session's current one: the statement split moves between members).
 func (ps *pooled) release(sc *pool.ServerConn, reusable bool) {
-	ps.mu.Lock()
-	e := ps.entry
-	ps.mu.Unlock()
-	if e == nil {
-		sc.Close()
+	if p := sc.Pool(); p != nil {
+		p.Release(sc, reusable)
 		return
 	}
-	e.pool.Release(sc, reusable)
+	sc.Close()
 }
 
 // writeClient writes to the client; both loops use it.

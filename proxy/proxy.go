@@ -35,6 +35,9 @@ type ListenerConfig struct {
 	MaxClientConns int
 	// PoolMode is how sessions get servers; "" means passthrough.
 	PoolMode PoolMode
+	// Split routes each transaction of a pooled single endpoint by what
+	// its statements do (Config.Split); false routes whole sessions.
+	Split bool
 }
 
 // Config is the proxy's part of the configuration.
@@ -65,6 +68,8 @@ type Config struct {
 	// ServerResetQuery cleans a server before another session gets it in
 	// session mode (and after a pinned session). Default "DISCARD ALL".
 	ServerResetQuery string
+	// Split configures the statement split of listeners with Split set.
+	Split *SplitConfig
 }
 
 func (c *Config) setDefaults() {

@@ -73,9 +73,21 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 				ps.flushToServer(sc, out)
 				return io.EOF
 			}
+			if sc == nil && !failing && typ == 'Q' && ps.splitCfg != nil && len(msgs) >= 1+l {
+				if resp, ok := ps.answerRouteSetting(msgs[5 : 1+l]); ok {
+					// SET pgrouter.route is the proxy's own: answered here,
+					// and `primary` needs no quotes although the server's
+					// grammar reserves it.
+					if err := ps.writeClient(resp); err != nil {
+						return err
+					}
+					msgs = msgs[1+l:]
+					continue
+				}
+			}
 			if sc == nil && !failing {
 				var err error
-				sc, err = ps.ensureServer(ctx, cfg, in)
+				sc, err = ps.ensureServerFor(ctx, cfg, in, msgs)
 				if err != nil {
 					ce, ok := asClientError(err)
 					if !ok || ce.Severity == "FATAL" {
@@ -141,16 +153,22 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 	}
 }
 
-// ensureServer returns the held server, acquiring one when the session
-// holds none (transaction mode, between transactions).
-func (ps *pooled) ensureServer(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
+// ensureServerFor returns the held server, acquiring one when the session
+// holds none (transaction mode, between transactions). With the statement
+// split, the transaction that msgs starts is classified first.
+func (ps *pooled) ensureServerFor(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
 	ps.mu.Lock()
 	sc := ps.server
 	ps.mu.Unlock()
 	if sc != nil {
 		return sc, nil
 	}
-	sc, err := ps.acquire(ctx, cfg, in)
+	var err error
+	if ps.splitCfg != nil {
+		sc, err = ps.acquireSplit(ctx, cfg, in, msgs)
+	} else {
+		sc, err = ps.acquire(ctx, cfg, in)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -191,8 +209,10 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 			break
 		}
 		name, rest := string(body[:i]), body[i+1:]
+		var query string
 		if q := indexZero(rest); q >= 0 {
-			ps.pin(pinReason(string(rest[:q])))
+			query = string(rest[:q])
+			ps.pin(pinReason(query))
 		}
 		if name == "" {
 			ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse})
@@ -202,6 +222,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		sn := ps.newServerName()
 		ps.stmts[name] = append([]byte(nil), rest...)
 		ps.stmtNames[name] = sn
+		ps.stmtQuery[name] = query
 		sc.Prepared[sn] = struct{}{}
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse, name: sn})
 		ps.dirty = true
@@ -244,6 +265,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		} else {
 			delete(ps.stmtNames, name)
 			delete(ps.stmts, name)
+			delete(ps.stmtQuery, name)
 			delete(sc.Prepared, sn)
 		}
 		ps.dirty = true
@@ -309,6 +331,13 @@ func (ps *pooled) serverLoop() {
 		bp := serverBufPool.Get().(*[]byte)
 		op := serverBufPool.Get().(*[]byte)
 		err := ps.pump(sc, *bp, (*op)[:0])
+		for err == errRetryOnPrimary {
+			var next *pool.ServerConn
+			if next, err = ps.rerunOnPrimary(); err == nil {
+				sc = next
+				err = ps.pump(sc, *bp, (*op)[:0])
+			}
+		}
 		serverBufPool.Put(bp)
 		serverBufPool.Put(op)
 		if err == nil {
@@ -328,6 +357,9 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 	var scan frameScanner
 	scan.watch = serverWatchPooled
 	drop := false
+	msgStart := 0
+	retry := false
+	flushed := false // some of this lend's answer already reached the client
 	toClient := ps.sess.srv.metrics.bytes.WithLabelValues(ps.sess.ln.cfg.Name, "to_client")
 	for {
 		n, rerr := sc.Read(buf)
@@ -342,6 +374,7 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 			if inHeader {
 				if scan.hdrN == 5 || scan.hdrN == 0 {
 					drop = scan.typ() == '1' && ps.headIs(fifoParseDrop)
+					msgStart = len(out)
 					if !drop {
 						out = append(out, scan.hdr[:]...)
 					}
@@ -351,18 +384,35 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 			}
 			b = b[k:]
 			if done {
+				if scan.typ() == 'E' && ps.retryOnPrimary(scan.msg(), flushed) {
+					// A standby refused a statement the classifier let
+					// through: the client sees none of this answer; it
+					// runs again on the primary below.
+					out = out[:0]
+					retry = true
+				} else if retry && scan.typ() == 'Z' {
+					out = out[:msgStart]
+				}
 				if ps.onServerMessage(sc, scan.typ(), scan.msg(), len(b) == 0) {
 					released = true
 				}
 			}
 		}
-		if len(out) > 0 {
+		if len(out) > 0 && !retry {
 			if err := ps.writeClient(out); err != nil {
 				return err
 			}
+			flushed = true
 			toClient.Add(float64(len(out)))
 		}
 		if released {
+			if retry {
+				ps.release(sc, true)
+				return errRetryOnPrimary
+			}
+			if done := ps.pendingLSN(); done != nil {
+				ps.afterWrite(sc, done)
+			}
 			ps.release(sc, true)
 			return nil
 		}
@@ -417,6 +467,12 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		if ps.mode == PoolTransaction && ps.pinned == "" && ps.txStatus == 'I' &&
 			len(ps.fifo) == 0 && !ps.dirty && lastInChunk {
 			ps.server = nil
+			if ps.splitCfg != nil && ps.splitCfg.ReadYourWrites && ps.split.txWrite && !ps.split.retrying {
+				// Before the client can see this ReadyForQuery and send
+				// its next read, make that read wait for the write's LSN.
+				ps.split.txWrite = false
+				ps.split.lsnDone = make(chan struct{})
+			}
 			return true
 		}
 	}

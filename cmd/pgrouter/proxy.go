@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
@@ -26,6 +29,7 @@ import (
 	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/router/classify"
 	"github.com/pgrouter/pgrouter/topology"
 )
 
@@ -73,6 +77,7 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 	if pcfg.Auth != nil {
 		defer pcfg.Auth.Lookup.Close()
 	}
+	pcfg.Split = splitConfig(cfg, feed, log.Named("split"))
 	srv, err := proxy.New(pcfg, feed, log.Named("proxy"), proxy.NewMetrics(reg))
 	if err != nil {
 		return err
@@ -189,6 +194,7 @@ func reloadProxy(srv *proxy.Server, static *discovery.Static, certs *certReloade
 			return err
 		}
 	}
+	pcfg.Split = srv.Config().Split
 	if old := srv.Config().Auth; old != nil && cfg.Pooled() {
 		hba, err := auth.ParseHBA(cfg.Auth.HBA)
 		if err != nil {
@@ -226,7 +232,8 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 			if err != nil {
 				return proxy.Config{}, err
 			}
-			ls = append(ls, proxy.ListenerConfig{Name: l.name, Addr: l.addr, Kind: l.kind, MaxClientConns: p.MaxClientConns, PoolMode: mode})
+			ls = append(ls, proxy.ListenerConfig{Name: l.name, Addr: l.addr, Kind: l.kind, MaxClientConns: p.MaxClientConns, PoolMode: mode,
+				Split: l.name == "any" && c.Split.Mode == "statement"})
 		}
 	}
 	mode, err := pool.ParseSSLMode(p.ServerSSLMode)
@@ -303,6 +310,42 @@ func authConfig(c configs.Config, feed *topology.Feed, log *zap.Logger) (*proxy.
 		return nil, err
 	}
 	return &proxy.AuthConfig{HBA: hba, Lookup: lookup}, nil
+}
+
+// splitConfig builds the statement split: the classifier, with user
+// functions' volatility read from pg_proc on the primary as the health
+// user.
+func splitConfig(c configs.Config, feed *topology.Feed, log *zap.Logger) *proxy.SplitConfig {
+	if c.Split.Mode != "statement" {
+		return nil
+	}
+	funcs := &proxy.FunctionCatalog{Log: log}
+	funcs.Connect = func(ctx context.Context, db string) (*pgconn.PgConn, error) {
+		snap, _ := feed.Load()
+		m, ok := router.Primary(snap)
+		if !ok {
+			return nil, errors.New("no primary")
+		}
+		host, port, _ := net.SplitHostPort(m.Addr)
+		pc, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=%s sslmode=%s connect_timeout=5", host, port, quoteConnValue(db), c.Health.SSLMode))
+		if err != nil {
+			return nil, err
+		}
+		pc.User, pc.Password = c.Health.User, c.Health.Password
+		return pgconn.ConnectConfig(ctx, pc)
+	}
+	cl := classify.New(classify.Config{
+		ReadOnlyFunctions: c.Split.ReadOnlyFunctions,
+		WriteFunctions:    c.Split.WriteFunctions,
+		Volatility:        funcs.Volatility,
+	})
+	funcs.OnChange = cl.InvalidateFunctions
+	return &proxy.SplitConfig{Classifier: cl, ReadYourWrites: c.Split.ReadYourWrites != "off",
+		RYWMaxWait: c.Split.RYWMaxWait, Functions: funcs}
+}
+
+func quoteConnValue(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
 }
 
 // certReloader serves the newest client-facing certificate, so SIGHUP can

@@ -129,6 +129,7 @@ func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
 				return nil, err
 			}
 			sc.created = time.Now()
+			sc.owner = p
 			return sc, nil
 		}
 		ch := make(chan *ServerConn, 1)

@@ -41,9 +41,14 @@ type ServerConn struct {
 	// the baseline a client that asked for nothing else must see.
 	Initial map[string]string
 
+	owner    *Pool     // the pool that opened it; nil when owned by a session
 	created  time.Time // set by the pool that opened it
 	released time.Time // when it last went back to its pool
 }
+
+// Pool returns the pool the connection belongs to, nil for a connection a
+// session dialed and owns itself. Whoever borrowed it gives it back there.
+func (sc *ServerConn) Pool() *Pool { return sc.owner }
 
 // SSLMode says whether the proxy encrypts its links to servers, with the
 // meaning libpq gives these names.

@@ -1,0 +1,527 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/router/classify"
+	"github.com/pgrouter/pgrouter/topology"
+)
+
+// SplitConfig turns on the statement split on the single endpoint: each
+// transaction (or statement outside one) goes to a standby when PostgreSQL's
+// own grammar says it only reads, to the primary otherwise.
+type SplitConfig struct {
+	Classifier *classify.Classifier
+	// ReadYourWrites: after a session's write commits, its reads go only
+	// to a standby that has replayed it, else to the primary.
+	ReadYourWrites bool
+	// RYWMaxWait is how long a read waits for a standby to catch up before
+	// it goes to the primary. 0: no wait.
+	RYWMaxWait time.Duration
+	// Functions knows user functions' volatility; nil: unknown functions
+	// go to the primary.
+	Functions *FunctionCatalog
+}
+
+// splitState is the per-session state of the statement split; guarded by
+// pooled.mu.
+type splitState struct {
+	force     string                    // SET pgrouter.route: primary, standby or auto
+	minLSN    uint64                    // SET pgrouter.min_lsn: reads must see it
+	lastWrite uint64                    // LSN of the session's last write
+	txWrite   bool                      // the held server was routed as a write
+	lsnDone   chan struct{}             // closed when the last write's LSN is known
+	retryQ    []byte                    // a lone implicit transaction sent to a standby, kept to re-run on 25006
+	retrying  bool
+}
+
+// retryWrites remembers statements that a standby refused as writes
+// (25006) although the classifier said read: never sent to a standby again.
+var retryWrites sync.Map // query text -> struct{}
+
+// splitRoute decides where the transaction that the messages at the head
+// of msgs start must run. It reads only complete messages up to the first
+// Sync or Query.
+func (ps *pooled) splitRoute(msgs []byte, cfg *Config) (classify.Route, string) {
+	cl := cfg.Split.Classifier
+	var parsed []namedQuery // Parses earlier in msgs, not yet recorded
+	route, reason := classify.Read, "read"
+	write := func(r string) { route, reason = classify.Write, r }
+	for len(msgs) >= 5 {
+		typ := msgs[0]
+		l := int(getUint32(msgs[1:5]))
+		if l < 4 || len(msgs) < 1+l {
+			break
+		}
+		body := msgs[5 : 1+l]
+		msgs = msgs[1+l:]
+		switch typ {
+		case 'Q':
+			q := cstring(body)
+			r := cl.Classify(q)
+			ps.noteSessionSettings(q, r)
+			if _, known := retryWrites.Load(q); known {
+				write("refused_by_standby")
+			}
+			applyResult(r, write)
+			return ps.forced(route, reason)
+		case 'P':
+			i := indexZero(body)
+			if i < 0 {
+				break
+			}
+			name := string(body[:i])
+			q := cstring(body[i+1:])
+			r := cl.ClassifyParse(q)
+			if name != "" {
+				parsed = append(parsed, namedQuery{name, q})
+			}
+			applyResult(r, write)
+		case 'B':
+			i := indexZero(body)
+			if i < 0 {
+				break
+			}
+			stmt := cstring(body[i+1:])
+			if stmt == "" {
+				break
+			}
+			// Classify the statement's text again (a cache hit): what is
+			// known of user functions may have changed since its Parse.
+			q, ok := ps.queryOf(stmt, parsed)
+			if !ok {
+				write("unknown_statement")
+				break
+			}
+			applyResult(cl.ClassifyParse(q), write)
+		case 'F':
+			write("function_call")
+		case 'S':
+			return ps.forced(route, reason)
+		}
+	}
+	return ps.forced(route, reason)
+}
+
+type namedQuery struct{ name, query string }
+
+// queryOf returns the text of a client's named statement.
+func (ps *pooled) queryOf(name string, parsed []namedQuery) (string, bool) {
+	for i := len(parsed) - 1; i >= 0; i-- {
+		if parsed[i].name == name {
+			return parsed[i].query, true
+		}
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	q, ok := ps.stmtQuery[name]
+	return q, ok
+}
+
+func applyResult(r classify.Result, write func(string)) {
+	switch {
+	case r.Hint == "primary":
+		write("hint")
+	case r.Hint == "standby":
+	case r.Begin && !r.BeginReadOnly:
+		write("read_write_transaction")
+	case r.Route == classify.Write:
+		write(r.Reason)
+	}
+}
+
+func (ps *pooled) forced(route classify.Route, reason string) (classify.Route, string) {
+	ps.mu.Lock()
+	force := ps.split.force
+	ps.mu.Unlock()
+	switch force {
+	case "primary":
+		return classify.Write, "pgrouter.route"
+	case "standby":
+		return classify.Read, "pgrouter.route"
+	}
+	return route, reason
+}
+
+// noteSessionSettings follows SET pgrouter.route and SET pgrouter.min_lsn.
+// The server accepts them too (custom settings have a dot), so they are
+// also sent on.
+func (ps *pooled) noteSessionSettings(q string, r classify.Result) {
+	if r.SetRoute != "" {
+		ps.mu.Lock()
+		ps.split.force = r.SetRoute
+		ps.mu.Unlock()
+	}
+	if name, value, ok := setStatement(q); ok && strings.EqualFold(name, "pgrouter.min_lsn") {
+		if lsn, ok := parseLSN(value); ok {
+			ps.mu.Lock()
+			ps.split.minLSN = lsn
+			ps.mu.Unlock()
+		}
+	}
+}
+
+// setStatement lexes "SET [SESSION] name {=|TO} value" (value quoted or a
+// word).
+func setStatement(q string) (name, value string, ok bool) {
+	i := skipSpaceAndComments(q, 0)
+	w, i := word(q, i)
+	if !strings.EqualFold(w, "set") {
+		return "", "", false
+	}
+	i = skipSpaceAndComments(q, i)
+	if w2, j := word(q, i); strings.EqualFold(w2, "session") {
+		i = skipSpaceAndComments(q, j)
+	}
+	start := i
+	for i < len(q) && (q[i] == '.' || q[i] == '_' || q[i] >= 'a' && q[i] <= 'z' || q[i] >= 'A' && q[i] <= 'Z' || q[i] >= '0' && q[i] <= '9') {
+		i++
+	}
+	name = q[start:i]
+	i = skipSpaceAndComments(q, i)
+	if i < len(q) && q[i] == '=' {
+		i++
+	} else if w3, j := word(q, i); strings.EqualFold(w3, "to") {
+		i = j
+	} else {
+		return "", "", false
+	}
+	i = skipSpaceAndComments(q, i)
+	if i < len(q) && q[i] == '\'' {
+		end := skipQuoted(q, i, '\'')
+		return name, strings.ReplaceAll(q[i+1:max(end-1, i+1)], "''", "'"), true
+	}
+	j := i
+	for j < len(q) && q[j] != ';' && !isSpace(q[j]) {
+		j++
+	}
+	return name, q[i:j], name != ""
+}
+
+func cstring(b []byte) string {
+	if i := indexZero(b); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// parseLSN parses PostgreSQL's X/Y notation.
+func parseLSN(s string) (uint64, bool) {
+	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, false
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return h<<32 | l, true
+}
+
+func formatLSN(v uint64) string {
+	return strconv.FormatUint(v>>32, 16) + "/" + strconv.FormatUint(v&0xffffffff, 16)
+}
+
+// splitIntent turns a route into the router's intent for this transaction.
+func splitIntent(in sessionIntent, route classify.Route) sessionIntent {
+	in.readOnly = route == classify.Read
+	in.primaryOnly = route == classify.Write
+	return in
+}
+
+// readSees reports whether a standby server has replayed lsn: from the
+// health snapshot when it is fresh enough, else by asking the server.
+func (ps *pooled) readSees(sc *pool.ServerConn, member topology.MemberState, lsn uint64, maxWait time.Duration) bool {
+	if lsn == 0 || member.Health.WALPosition >= lsn {
+		return true
+	}
+	deadline := time.Now().Add(maxWait)
+	for {
+		v, err := queryLSN(sc, "SELECT pg_last_wal_replay_lsn()")
+		if err != nil {
+			return false
+		}
+		if v >= lsn {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// queryLSN runs a one-value LSN query on a held server and parses it.
+func queryLSN(sc *pool.ServerConn, q string) (uint64, error) {
+	_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+	defer sc.SetDeadline(time.Time{})
+	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
+		return 0, err
+	}
+	var val string
+	for {
+		typ, body, err := readMessage(sc, maxStartupMessage)
+		if err != nil {
+			return 0, err
+		}
+		switch typ {
+		case 'D':
+			// int16 count, int32 len, value
+			if len(body) >= 6 {
+				n := int(int32(getUint32(body[2:6])))
+				if n > 0 && 6+n <= len(body) {
+					val = string(body[6 : 6+n])
+				}
+			}
+		case 'S':
+			if name, value, ok := parseParameterStatus(body); ok {
+				sc.Params[name] = value
+			}
+		case 'Z':
+			v, _ := parseLSN(val)
+			return v, nil
+		}
+	}
+}
+
+// afterWrite learns the LSN of the write transaction that just ended on
+// the primary server sc (still held) and reports it to the client as the
+// ParameterStatus pgrouter.last_write_lsn.
+func (ps *pooled) afterWrite(sc *pool.ServerConn, done chan struct{}) {
+	defer close(done)
+	lsn, err := queryLSN(sc, "SELECT pg_current_wal_insert_lsn()")
+	if err != nil {
+		ps.sess.log.Debug("cannot read the write's LSN", zap.Error(err))
+		return
+	}
+	ps.mu.Lock()
+	if lsn > ps.split.lastWrite {
+		ps.split.lastWrite = lsn
+	}
+	ps.mu.Unlock()
+	_ = ps.writeClient(appendParameterStatus(nil, "pgrouter.last_write_lsn", formatLSN(lsn)))
+}
+
+// waitLastWrite blocks a new transaction until the previous write's LSN is
+// known, so a read right after a write can never miss it.
+func (ps *pooled) waitLastWrite(ctx context.Context) uint64 {
+	ps.mu.Lock()
+	ch := ps.split.lsnDone
+	ps.mu.Unlock()
+	if ch != nil {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return max(ps.split.lastWrite, ps.split.minLSN)
+}
+
+var errRetryOnPrimary = errors.New("retry on the primary")
+
+// acquireSplit classifies the transaction at the head of msgs and borrows
+// a server where it may run; a read after the session's own write goes to
+// a standby only once that standby has replayed the write.
+func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
+	route, reason := ps.splitRoute(msgs, cfg)
+	if ce := ps.sess.log.Check(zap.DebugLevel, "split route"); ce != nil && len(msgs) > 0 {
+		ce.Write(zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
+	}
+	ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason).Inc()
+	var need uint64
+	if route == classify.Read && ps.splitCfg.ReadYourWrites {
+		need = ps.waitLastWrite(ctx)
+	}
+	sc, err := ps.acquire(ctx, cfg, splitIntent(in, route))
+	if err != nil {
+		return nil, err
+	}
+	ps.mu.Lock()
+	routed, state := ps.routed, ps.routedState
+	ps.mu.Unlock()
+	if route == classify.Read && routed == topology.RoleStandby && need > 0 &&
+		!ps.readSees(sc, state, need, ps.splitCfg.RYWMaxWait) {
+		ps.release(sc, true)
+		ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "read_your_writes").Inc()
+		route = classify.Write
+		if sc, err = ps.acquire(ctx, cfg, splitIntent(in, classify.Write)); err != nil {
+			return nil, err
+		}
+		ps.mu.Lock()
+		routed = ps.routed
+		ps.mu.Unlock()
+	}
+	ps.mu.Lock()
+	ps.split.txWrite = routed == topology.RolePrimary && route == classify.Write
+	ps.split.retryQ = nil
+	// A read sent to a standby outside a transaction, whole in this chunk
+	// (a Query, or messages ending with Sync), can be run again on the
+	// primary if the standby refuses it as a write (25006).
+	if routed == topology.RoleStandby && ps.txStatus != 'T' && endsImplicitTransaction(msgs) {
+		ps.split.retryQ = append([]byte(nil), msgs...)
+	}
+	ps.mu.Unlock()
+	return sc, nil
+}
+
+// endsImplicitTransaction reports whether msgs is whole messages whose
+// last, and only, Sync or Query is the last message.
+func endsImplicitTransaction(msgs []byte) bool {
+	syncs := 0
+	var last byte
+	for len(msgs) >= 5 {
+		l := int(getUint32(msgs[1:5]))
+		if l < 4 || len(msgs) < 1+l {
+			return false
+		}
+		last = msgs[0]
+		if last == 'S' || last == 'Q' {
+			syncs++
+		}
+		msgs = msgs[1+l:]
+	}
+	return len(msgs) == 0 && syncs == 1 && (last == 'S' || last == 'Q')
+}
+
+func routeName(r classify.Route) string {
+	if r == classify.Read {
+		return "standby"
+	}
+	return "primary"
+}
+
+// pendingLSN returns the channel to close once the LSN of the write
+// that just ended is known, or nil when it was not a write.
+func (ps *pooled) pendingLSN() chan struct{} {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ch := ps.split.lsnDone
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil // an earlier one, already done
+	default:
+		return ch
+	}
+}
+
+// retryOnPrimary reports whether an ErrorResponse from a standby is a
+// read-only-transaction refusal (25006) of a statement that may be run
+// again on the primary: a lone Query outside a transaction.
+func (ps *pooled) retryOnPrimary(errBody []byte, flushed bool) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.split.retryQ == nil || flushed || errorCode(errBody) != "25006" {
+		return false
+	}
+	syncs := 0
+	for _, f := range ps.fifo {
+		if f.kind == fifoSync {
+			syncs++
+		}
+	}
+	if syncs != 1 {
+		return false
+	}
+	ps.split.retrying = true
+	return true
+}
+
+// rerunOnPrimary sends the kept Query to a primary server and makes it the
+// held server; the statement is remembered as a write.
+func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, error) {
+	ps.mu.Lock()
+	q := ps.split.retryQ
+	ps.split.retryQ, ps.split.retrying = nil, false
+	ps.mu.Unlock()
+	if len(q) > 5 && q[0] == 'Q' {
+		retryWrites.Store(cstring(q[5:]), struct{}{})
+	}
+	ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "refused_by_standby").Inc()
+	sc, err := ps.acquire(context.Background(), ps.cfg, splitIntent(ps.in, classify.Write))
+	if err != nil {
+		if ce, ok := asClientError(err); ok {
+			_ = ps.writeClient(appendMessage(appendErrorResponse(nil, ce), 'Z', []byte{'I'}))
+		}
+		return nil, nil
+	}
+	// The client's own messages go through the same rewriting as the
+	// first time, now against the primary's server.
+	var out []byte
+	ps.mu.Lock()
+	ps.server = sc
+	ps.fifo = ps.fifo[:0]
+	ps.dirty = false
+	ps.split.txWrite = true
+	for m := q; len(m) >= 5; {
+		l := int(getUint32(m[1:5]))
+		out = ps.rewriteLocked(out, sc, m[0], m[:1+l], m[5:1+l])
+		if m[0] == 'P' {
+			if i := indexZero(m[5 : 1+l]); i > 0 {
+				if qi := indexZero(m[6+i : 1+l]); qi >= 0 {
+					retryWrites.Store(string(m[6+i:6+i+qi]), struct{}{})
+				}
+			}
+		}
+		m = m[1+l:]
+	}
+	ps.mu.Unlock()
+	if _, err := sc.Write(out); err != nil {
+		return sc, err
+	}
+	return sc, nil
+}
+
+// errorCode extracts the C field of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 1 {
+		t := body[0]
+		i := indexZero(body[1:])
+		if i < 0 {
+			break
+		}
+		if t == 'C' {
+			return string(body[1 : 1+i])
+		}
+		body = body[2+i:]
+	}
+	return ""
+}
+
+// answerRouteSetting answers a lone SET pgrouter.route (or RESET of it)
+// between transactions without a server.
+func (ps *pooled) answerRouteSetting(body []byte) ([]byte, bool) {
+	ps.mu.Lock()
+	idle := ps.server == nil
+	ps.mu.Unlock()
+	if !idle {
+		return nil, false
+	}
+	q := cstring(body)
+	name, _, isSet := setStatement(q)
+	if !isSet || !strings.EqualFold(name, "pgrouter.route") {
+		return nil, false
+	}
+	r := ps.splitCfg.Classifier.Classify(q)
+	if r.SetRoute == "" {
+		return nil, false
+	}
+	ps.mu.Lock()
+	ps.split.force = r.SetRoute
+	ps.mu.Unlock()
+	resp := appendMessage(nil, 'C', []byte("SET\x00"))
+	return appendMessage(resp, 'Z', []byte{'I'}), true
+}
