@@ -44,20 +44,20 @@ type pooled struct {
 
 	wmu sync.Mutex // serializes writes to the client
 
-	mu        sync.Mutex
-	server    *pool.ServerConn
-	entry     *poolEntry
-	fifo      []fifoEntry
-	dirty     bool   // messages sent since the last Sync that need the server
-	pinned    string // why the session may not change server any more
+	mu          sync.Mutex
+	server      *pool.ServerConn
+	entry       *poolEntry
+	fifo        []fifoEntry
+	dirty       bool   // messages sent since the last Sync that need the server
+	pinned      string // why the session may not change server any more
 	member      string
 	routed      topology.Role
 	routedState topology.MemberState
-	txStatus  byte
-	stmts     map[string][]byte // client statement name -> Parse body after the name
-	stmtNames map[string]string // client statement name -> server name
-	stmtQuery map[string]string // client statement name -> its query text
-	stmtSeq   uint64
+	txStatus    byte
+	stmts       map[string][]byte // client statement name -> Parse body after the name
+	stmtNames   map[string]string // client statement name -> server name
+	stmtQuery   map[string]string // client statement name -> its query text
+	stmtSeq     uint64
 
 	handoff chan *pool.ServerConn
 	closing atomic.Bool // the client loop has ended

@@ -34,12 +34,12 @@ type SplitConfig struct {
 // splitState is the per-session state of the statement split; guarded by
 // pooled.mu.
 type splitState struct {
-	force     string                    // SET pgrouter.route: primary, standby or auto
-	minLSN    uint64                    // SET pgrouter.min_lsn: reads must see it
-	lastWrite uint64                    // LSN of the session's last write
-	txWrite   bool                      // the held server was routed as a write
-	lsnDone   chan struct{}             // closed when the last write's LSN is known
-	retryQ    []byte                    // a lone implicit transaction sent to a standby, kept to re-run on 25006
+	force     string        // SET pgrouter.route: primary, standby or auto
+	minLSN    uint64        // SET pgrouter.min_lsn: reads must see it
+	lastWrite uint64        // LSN of the session's last write
+	txWrite   bool          // the held server was routed as a write
+	lsnDone   chan struct{} // closed when the last write's LSN is known
+	retryQ    []byte        // a lone implicit transaction sent to a standby, kept to re-run on 25006
 	retrying  bool
 }
 
