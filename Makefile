@@ -9,7 +9,7 @@ GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
+.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -49,13 +49,17 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$name\$$" -fuzztime=$(PGR_FUZZTIME) "$$pkg" || exit 1; \
 	done
 
-demo: build ensure-postgres
-	./bin/pgrouter demo
-
-# demo-ha: etcd, three pgrouter agents (synchronous) and the proxy following
+# demo: etcd, three pgrouter agents (synchronous) and the proxy following
 # them, on loopback; Ctrl-C stops everything (scripts/demo-ha.sh).
-demo-ha: ensure-postgres ensure-etcd
+demo: ensure-postgres ensure-etcd
 	bash scripts/demo-ha.sh
+
+demo-ha: demo
+
+# demo-static: a primary and two hot standbys made by hand (no agents), the
+# proxy in front with the static member list (`pgrouter demo`).
+demo-static: build ensure-postgres
+	./bin/pgrouter demo
 
 bench:
 	bash bench/run.sh
