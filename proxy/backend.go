@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,6 +17,8 @@ import (
 // maxStartupMessage caps messages read during the startup phase
 // (authentication exchanges, parameter status, errors).
 const maxStartupMessage = 1 << 20
+
+var startupReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
 // Authentication request codes whose answer comes from the client.
 const (
@@ -36,6 +40,15 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 	if _, err := sc.Write(encodeStartup(version, params)); err != nil {
 		return serverLost(sc, err)
 	}
+	// The server sends its whole greeting (AuthenticationOk, a dozen
+	// ParameterStatus, BackendKeyData, ReadyForQuery) in one packet: read it
+	// buffered, not with two syscalls per message.
+	br := startupReaders.Get().(*bufio.Reader)
+	br.Reset(sc)
+	defer func() {
+		br.Reset(nil)
+		startupReaders.Put(br)
+	}()
 	out := make([]byte, 0, 1024) // messages for the client, flushed before it must answer
 	flush := func() error {
 		if len(out) == 0 {
@@ -46,7 +59,7 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 		return err
 	}
 	for {
-		typ, body, err := readMessage(sc, maxStartupMessage)
+		typ, body, err := readMessage(br, maxStartupMessage)
 		if err != nil {
 			return serverLost(sc, err)
 		}
@@ -91,6 +104,12 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 			return nil
 		case 'Z':
 			out = appendMessage(out, 'Z', body)
+			// Anything the server sent after ReadyForQuery (nothing, as a
+			// rule) goes to the client before the relay starts.
+			if n := br.Buffered(); n > 0 {
+				rest, _ := br.Peek(n)
+				out = append(out, rest...)
+			}
 			return flush()
 		default: // ParameterStatus, NoticeResponse, NegotiateProtocolVersion
 			out = appendMessage(out, typ, body)
