@@ -31,6 +31,12 @@ type Etcd struct {
 	// resync is the interval of full reads besides the watch.
 	resync time.Duration
 	now    func() time.Time
+
+	// OnSwitchover, if set, is called with true when a planned switchover
+	// (the switchover key, without a refusal) appears and with false when
+	// it is gone, so a pooled proxy can hold new transactions meanwhile.
+	// It is called from Run's goroutine and must not block.
+	OnSwitchover func(inProgress bool)
 }
 
 // NewEtcd connects to etcd (without waiting for it) for the agents of
@@ -77,6 +83,7 @@ func (e *Etcd) Run(ctx context.Context, publish func([]topology.Member)) error {
 		published bool
 		lastRead  = e.now()
 		failing   bool
+		switching bool
 	)
 	for {
 		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -91,6 +98,11 @@ func (e *Etcd) Run(ctx context.Context, publish func([]topology.Member)) error {
 			}
 			lastRead = e.now()
 			next = Claims(cl)
+			if sw := cl.Switchover != nil && cl.Switchover.Error == ""; sw != switching && e.OnSwitchover != nil {
+				switching = sw
+				e.log.Info("planned switchover", zap.Bool("in_progress", sw))
+				e.OnSwitchover(sw)
+			}
 		case ctx.Err() != nil:
 			return nil
 		default:

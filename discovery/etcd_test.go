@@ -134,3 +134,42 @@ func TestEtcdSourceRun(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestEtcdSourceReportsSwitchover(t *testing.T) {
+	f := &fakeStore{}
+	members := map[string]dcs.Member{"a": {ConnAddr: "h:1"}, "b": {ConnAddr: "h:2"}}
+	f.set(&dcs.Cluster{Leader: "a", Members: members}, nil)
+	src := newEtcd(f, nil)
+	src.resync = 5 * time.Millisecond
+	events := make(chan bool, 10)
+	src.OnSwitchover = func(on bool) { events <- on }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func([]topology.Member) {}) }()
+	expect := func(want bool) {
+		t.Helper()
+		select {
+		case got := <-events:
+			if got != want {
+				t.Fatalf("OnSwitchover(%v), want %v", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no OnSwitchover(%v)", want)
+		}
+	}
+	f.set(&dcs.Cluster{Leader: "a", Members: members, Switchover: &dcs.Switchover{From: "a", To: "b", At: time.Now()}}, nil)
+	expect(true)
+	f.set(&dcs.Cluster{Leader: "b", Members: members}, nil)
+	expect(false)
+	// A refused request is no switchover.
+	f.set(&dcs.Cluster{Leader: "b", Members: members, Switchover: &dcs.Switchover{From: "b", Error: "no candidate"}}, nil)
+	select {
+	case got := <-events:
+		t.Fatalf("OnSwitchover(%v) for a refused request", got)
+	case <-time.After(50 * time.Millisecond):
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +93,9 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 	}
 	if c, ok := source.(io.Closer); ok {
 		defer c.Close()
+	}
+	if e, ok := source.(*discovery.Etcd); ok && cfg.Pooled() {
+		e.OnSwitchover = switchoverPauser(srv, pcfg.PrimaryWait, log.Named("proxy"))
 	}
 	monitor := health.NewMonitor(cfg.Health.Config, feed, log.Named("health"), health.NewMetrics(reg))
 
@@ -205,6 +209,43 @@ func reloadProxy(srv *proxy.Server, static *discovery.Static, certs *certReloade
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
 	srv.Reload(pcfg)
 	return nil
+}
+
+// switchoverPauser pauses the pooled listeners while the agents run a
+// planned switchover (running transactions finish, new ones wait) and
+// resumes when it is over, or after maxPause whatever happens, so that a
+// switchover loses no transaction and a stuck one holds nobody for long.
+func switchoverPauser(srv *proxy.Server, maxPause time.Duration, log *zap.Logger) func(bool) {
+	if maxPause <= 0 {
+		maxPause = 15 * time.Second
+	}
+	var mu sync.Mutex
+	var timer *time.Timer
+	return func(inProgress bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+		if !inProgress {
+			srv.Resume()
+			log.Info("switchover over: resumed")
+			return
+		}
+		log.Info("switchover under way: pausing new transactions")
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), maxPause)
+			defer cancel()
+			if err := srv.Pause(ctx); err != nil {
+				log.Warn("transactions still running while the switchover proceeds", zap.Error(err))
+			}
+		}()
+		timer = time.AfterFunc(maxPause, func() {
+			srv.Resume()
+			log.Warn("switchover took longer than the pause allows: resumed", zap.Duration("after", maxPause))
+		})
+	}
 }
 
 // newSource builds the discovery source; static is nil unless the source
