@@ -11,12 +11,15 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,9 +160,62 @@ func rawStartup(t *testing.T, addr string, b []byte) (pgproto3.BackendMessage, e
 	return fe.Receive()
 }
 
+// A client asking for a newer minor protocol version reaches the server,
+// whose NegotiateProtocolVersion comes back through the proxy.
+func TestNewerMinorProtocolPassesThrough(t *testing.T) {
+	c := sharedCluster(t)
+	p := startProxy(t, c)
+	var b []byte
+	b = append(b, 0, 0, 0, 0, 0, 3, 0, 2) // length, then protocol 3.2
+	b = append(b, "user\x00"+c.TrustUser+"\x00database\x00postgres\x00_pq_.nothing\x00x\x00\x00"...)
+	binary.BigEndian.PutUint32(b, uint32(len(b)))
+	msg, err := rawStartup(t, p.RW, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	npv, ok := msg.(*pgproto3.NegotiateProtocolVersion)
+	if !ok || npv.NewestMinorProtocol&0xffff != 0 || len(npv.UnrecognizedOptions) != 1 {
+		t.Fatalf("got %#v, want the server's NegotiateProtocolVersion", msg)
+	}
+}
+
+// metricValue reads one unlabelled series from the proxy's /metrics.
+func metricValue(t *testing.T, admin, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
+}
+
 func TestMalformedInputIsRefusedCleanly(t *testing.T) {
 	c := sharedCluster(t)
 	p := startProxy(t, c, "--max-startup-packet", "2048", "--startup-timeout", "2s")
+	fds0 := metricValue(t, p.Admin, "process_open_fds")
+	goroutines0 := metricValue(t, p.Admin, "go_goroutines")
+	defer func() {
+		// Nothing the hostile clients did leaves a descriptor or goroutine.
+		eventually(t, 10*time.Second, "descriptors and goroutines back to their baseline", func() error {
+			fds, gs := metricValue(t, p.Admin, "process_open_fds"), metricValue(t, p.Admin, "go_goroutines")
+			if fds > fds0 || gs > goroutines0 {
+				return fmt.Errorf("fds %v (was %v), goroutines %v (was %v)", fds, fds0, gs, goroutines0)
+			}
+			return nil
+		})
+	}()
 	version := func(v uint32, rest ...byte) []byte {
 		b := make([]byte, 8)
 		binary.BigEndian.PutUint32(b, uint32(8+len(rest)))
@@ -204,10 +260,14 @@ func TestMalformedInputIsRefusedCleanly(t *testing.T) {
 		}
 	})
 	// Everyone else is still served.
-	conn := mustConnect(t, c, p.RW, nil)
+	conn, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, rec := where(t, conn); rec {
 		t.Fatal("rw landed on a standby")
 	}
+	conn.Close(context.Background())
 }
 
 func TestMaxClientConns(t *testing.T) {
