@@ -93,7 +93,7 @@ func trial(bin, mode string, syncRep bool) (*result, error) {
 	}
 	defer os.RemoveAll(dir)
 	authFile := filepath.Join(dir, "userlist.txt")
-	if err := writeAuthFile(ctx, c, authFile); err != nil {
+	if err := c.WriteAuthFile(ctx, authFile); err != nil {
 		return nil, err
 	}
 	if err := setup(ctx, c); err != nil {
@@ -310,27 +310,6 @@ func setup(ctx context.Context, c *pgtest.Cluster) error {
 	defer conn.Close(ctx)
 	_, err = conn.Exec(ctx, "CREATE TABLE bench_w (seq int PRIMARY KEY)")
 	return err
-}
-
-func writeAuthFile(ctx context.Context, c *pgtest.Cluster, path string) error {
-	conn, err := pgx.Connect(ctx, c.ConnString(c.Nodes[0], c.SuperUser, c.SuperPassword, "postgres"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")
-	if err != nil {
-		return err
-	}
-	var b strings.Builder
-	for rows.Next() {
-		var n, s string
-		if err := rows.Scan(&n, &s); err != nil {
-			return err
-		}
-		fmt.Fprintf(&b, "%q %q\n", n, s)
-	}
-	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
 func waitReady(admin string) error {

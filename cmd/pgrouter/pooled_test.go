@@ -20,33 +20,11 @@ import (
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
-// writeAuthFile writes a PgBouncer userlist with every role's secret as
-// the server stores it, so the proxy can verify clients and log in as them.
+// writeAuthFile writes the cluster's roles and secrets as a userlist.
 func writeAuthFile(t *testing.T, c *pgtest.Cluster) string {
 	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, c.ConnString(c.Primary(), c.SuperUser, c.SuperPassword, "postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for rows.Next() {
-		var name, secret string
-		if err := rows.Scan(&name, &secret); err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "%q %q\n", name, secret)
-	}
-	if rows.Err() != nil {
-		t.Fatal(rows.Err())
-	}
 	path := filepath.Join(t.TempDir(), "userlist.txt")
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+	if err := c.WriteAuthFile(context.Background(), path); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -3,6 +3,7 @@ package pgtest
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -98,4 +99,31 @@ func createUsers(ctx context.Context, conn *pgx.Conn, u Users) error {
 // literal quotes s as an SQL string literal.
 func literal(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// WriteAuthFile writes a PgBouncer-format userlist with every role's
+// secret as the primary stores it (SCRAM secrets, md5 hashes), so that a
+// pooling proxy can verify clients and log in to servers as them.
+func (c *Cluster) WriteAuthFile(ctx context.Context, path string) error {
+	conn, err := c.connect(ctx, c.Primary())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL ORDER BY rolname")
+	if err != nil {
+		return fmt.Errorf("read pg_authid: %w", err)
+	}
+	var b strings.Builder
+	for rows.Next() {
+		var name, secret string
+		if err := rows.Scan(&name, &secret); err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%q %q\n", name, secret)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
