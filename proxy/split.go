@@ -335,6 +335,7 @@ var errRetryOnPrimary = errors.New("retry on the primary")
 // a standby only once that standby has replayed the write.
 func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
 	route, reason := ps.splitRoute(msgs, cfg)
+	wrote := route == classify.Write
 	if ce := ps.sess.log.Check(zap.DebugLevel, "split route"); ce != nil && len(msgs) > 0 {
 		ce.Write(zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
 	}
@@ -363,7 +364,8 @@ func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionInten
 		ps.mu.Unlock()
 	}
 	ps.mu.Lock()
-	ps.split.txWrite = routed == topology.RolePrimary && route == classify.Write
+	// A read that fell back to the primary wrote nothing: no LSN to learn.
+	ps.split.txWrite = routed == topology.RolePrimary && wrote
 	ps.split.retryQ = nil
 	// A read sent to a standby outside a transaction, whole in this chunk
 	// (a Query, or messages ending with Sync), can be run again on the
