@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/run.sh: side-by-side pgbench comparison of pgrouter against a direct
 # connection, PgBouncer (session mode), HAProxy (TCP) and a plain Go relay, on a
-# throwaway primary + 2 streaming hot standbys on loopback.
+# throwaway primary + 2 streaming hot standbys on loopback; and of pgrouter's
+# transaction pooling (pgrouter-tx) against PgBouncer in transaction mode
+# (pgbouncer-tx), same pool size, same run.
 #
 # Usage: bench/run.sh            (or: make bench)
 # Knobs (environment):
@@ -9,8 +11,19 @@
 #   PGR_BENCH_ROUNDS      interleaved rounds (default 2)
 #   PGR_BENCH_CASES       extended regex; keeps cases whose name or flags match,
 #                         e.g. 'S-simple' or 'c8$' (default: all)
-#   PGR_BENCH_TARGETS     extended regex on target names (default: all)
+#   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
+#                         pgrouter-rw pgrouter-ro pgbouncer haproxy plainrelay
+#                         pgrouter-tx pgbouncer-tx (direct is always kept), e.g.
+#                         '-tx$' for the pooled comparison alone
 #   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
+#   PGR_BENCH_TX_IDLE_CONNS  clients for the pooled targets' memory test, 0 skips
+#                         (default 1000)
+#   PGR_BENCH_TX_ACTIVE   of those, how many run queries in its active phase (default 64)
+#   PGR_BENCH_POOL_SIZE   server connections per pool of pgrouter-tx and
+#                         pgbouncer-tx (default 20)
+#   PGR_BENCH_JOBS        pgbench -j, threads (default 2)
+#   PGR_BENCH_LATENCY_LOG 1: pgbench writes a per-transaction log (--log) from
+#                         which the p99 latency is computed; 0: no p99 (default 1)
 #   PGR_BENCH_SCALE       pgbench -i scale (default 10)
 #   PGR_BENCH_KEEP        1 keeps the data directories after the run (default 0)
 #   PGR_BENCH_MAX_LOAD    if set (e.g. 1.0), first wait up to 15 min for the 1-min
@@ -29,18 +42,32 @@ ROUNDS=${PGR_BENCH_ROUNDS:-2}
 CASES_FILTER=${PGR_BENCH_CASES:-}
 TARGETS_FILTER=${PGR_BENCH_TARGETS:-}
 IDLE_N=${PGR_BENCH_IDLE_CONNS:-300}
+TX_IDLE_N=${PGR_BENCH_TX_IDLE_CONNS:-1000}
+TX_ACTIVE=${PGR_BENCH_TX_ACTIVE:-64}
+POOL_SIZE=${PGR_BENCH_POOL_SIZE:-20}
+LATLOG=${PGR_BENCH_LATENCY_LOG:-1}
+JOBS=${PGR_BENCH_JOBS:-2}
 SCALE=${PGR_BENCH_SCALE:-10}
 KEEP=${PGR_BENCH_KEEP:-0}
 MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
-CMDLINE="${PGR_BENCH_MAX_LOAD:+PGR_BENCH_MAX_LOAD=$PGR_BENCH_MAX_LOAD }PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'} bench/run.sh"
+CMDLINE="${PGR_BENCH_MAX_LOAD:+PGR_BENCH_MAX_LOAD=$PGR_BENCH_MAX_LOAD }PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'}"
+for v in PGR_BENCH_IDLE_CONNS PGR_BENCH_TX_IDLE_CONNS PGR_BENCH_TX_ACTIVE PGR_BENCH_POOL_SIZE PGR_BENCH_LATENCY_LOG PGR_BENCH_JOBS PGR_BENCH_SCALE; do
+	[ -n "${!v:-}" ] && CMDLINE="$CMDLINE $v=${!v}"
+done
+CMDLINE="$CMDLINE bench/run.sh"
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for n in DURATION ROUNDS IDLE_N SCALE; do
+for n in DURATION ROUNDS IDLE_N SCALE TX_IDLE_N TX_ACTIVE POOL_SIZE LATLOG JOBS; do
 	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
 done
 [ "$DURATION" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || die "PGR_BENCH_DURATION and PGR_BENCH_ROUNDS must be > 0"
+[ "$POOL_SIZE" -gt 0 ] || die "PGR_BENCH_POOL_SIZE must be > 0"
+[ "$JOBS" -gt 0 ] || die "PGR_BENCH_JOBS must be > 0"
+
+# want NAME: the target passes PGR_BENCH_TARGETS (direct always does).
+want() { [ -z "$TARGETS_FILTER" ] || [ "$1" = direct ] || printf '%s\n' "$1" | grep -Eq -- "$TARGETS_FILTER"; }
 
 # Every figure shares 2 cores with whatever else runs: optionally wait for quiet.
 if [ -n "$MAX_LOAD" ]; then
@@ -267,7 +294,7 @@ pg_conf() { # DATADIR PORT
 listen_addresses = '127.0.0.1'
 port = $2
 unix_socket_directories = '$PG/sock'
-max_connections = 300
+max_connections = 500
 shared_buffers = 128MB
 EOF
 }
@@ -326,7 +353,7 @@ fi
 TARGETS=() # name:port:pid (pid of the proxy process, empty for direct)
 TARGETS+=("direct:$P_PRIMARY:")
 
-if [ "$HAVE_PGROUTER" -eq 1 ]; then
+if [ "$HAVE_PGROUTER" -eq 1 ] && { want pgrouter-rw || want pgrouter-ro; }; then
 	free_port P_PGR
 	free_port P_PGR_RW
 	free_port P_PGR_RO
@@ -347,52 +374,96 @@ if [ "$HAVE_PGROUTER" -eq 1 ]; then
 		PGROUTER_NOTE="pgrouter skipped: built, but its rw/ro ports did not answer within 30 s (log: $(tail -n1 "$LOGS/pgrouter.log" 2>/dev/null))"
 		log "$PGROUTER_NOTE"
 		tail -n 20 "$LOGS/pgrouter.log" >&2 || true
-		HAVE_PGROUTER=0
 		alive "$PGR_PID" && kill "$PGR_PID" 2>/dev/null && wait_gone "$PGR_PID" 10 || true
 	fi
 fi
 
-# PgBouncer: session mode, trust, in front of the primary.
-free_port P_BOUNCER
-mkdir -p "$W/pgbouncer"
-cat >"$W/pgbouncer/pgbouncer.ini" <<EOF
+# pgrouter-tx: a second pgrouter process, transaction pooling on its rw port
+# (its own process, so that its RSS and CPU are its own). Clients are
+# authenticated at the proxy by a trust rule; the servers trust too, so the
+# proxy logs in to them as the client without a secret. The auth file lists the
+# bench user with an md5 hash (of a password nobody uses) in PgBouncer's
+# userlist format.
+PGR_TX_ADMIN=""
+if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
+	free_port P_PGR_TX
+	free_port P_PGR_TX_ADMIN
+	mkdir -p "$W/pgrouter-tx"
+	printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
+	"$OUT/pgrouter" proxy \
+		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
+		--listen-rw "127.0.0.1:$P_PGR_TX" --admin-listen "127.0.0.1:$P_PGR_TX_ADMIN" \
+		--pool-mode transaction --pool-size "$POOL_SIZE" \
+		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust' \
+		--health-user postgres --health-database postgres \
+		--server-sslmode disable --health-sslmode disable \
+		>"$LOGS/pgrouter-tx.log" 2>&1 </dev/null &
+	PGR_TX_PID=$!
+	track pgrouter-tx "$PGR_TX_PID" TERM
+	if wait_for 30 "pgrouter-tx to reach the primary" answers "$P_PGR_TX" "select pg_is_in_recovery()" f; then
+		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $PGR_TX_PID)"
+		TARGETS+=("pgrouter-tx:$P_PGR_TX:$PGR_TX_PID")
+		PGR_TX_ADMIN=127.0.0.1:$P_PGR_TX_ADMIN
+	else
+		PGROUTER_NOTE="${PGROUTER_NOTE:+$PGROUTER_NOTE; }pgrouter-tx skipped: its port did not answer within 30 s (log: $(tail -n1 "$LOGS/pgrouter-tx.log" 2>/dev/null))"
+		log "$PGROUTER_NOTE"
+		tail -n 20 "$LOGS/pgrouter-tx.log" >&2 || true
+		alive "$PGR_TX_PID" && kill "$PGR_TX_PID" 2>/dev/null && wait_gone "$PGR_TX_PID" 10 || true
+	fi
+fi
+
+# start_pgbouncer NAME POOL_MODE POOL_SIZE MAX_CLIENT_CONN: PgBouncer with trust
+# in front of the primary; appends the target.
+start_pgbouncer() {
+	local name=$1 mode=$2 size=$3 maxc=$4 port pid
+	free_port port
+	mkdir -p "$W/$name"
+	cat >"$W/$name/pgbouncer.ini" <<EOC
 [databases]
 * = host=127.0.0.1 port=$P_PRIMARY
 
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = $P_BOUNCER
+listen_port = $port
 unix_socket_dir =
 auth_type = trust
-auth_file = $W/pgbouncer/userlist.txt
-pool_mode = session
-max_client_conn = 1000
-default_pool_size = 100
+auth_file = $W/$name/userlist.txt
+pool_mode = $mode
+max_client_conn = $maxc
+default_pool_size = $size
 ignore_startup_parameters = extra_float_digits
 log_connections = 0
 log_disconnections = 0
-logfile = $LOGS/pgbouncer.log
-pidfile = $W/pgbouncer/pgbouncer.pid
-EOF
-echo '"postgres" ""' >"$W/pgbouncer/userlist.txt"
-[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$W/pgbouncer"
-"${AS_PG[@]}" "$PGBOUNCER" "$W/pgbouncer/pgbouncer.ini" >"$LOGS/pgbouncer.stderr" 2>&1 </dev/null &
-BOUNCER_PID=$!
-track pgbouncer "$BOUNCER_PID" TERM
-wait_for 30 "pgbouncer" answers "$P_BOUNCER" "select pg_is_in_recovery()" f || die "pgbouncer did not come up, see $LOGS/pgbouncer.log"
-log "pgbouncer up on 127.0.0.1:$P_BOUNCER (pid $BOUNCER_PID)"
-TARGETS+=("pgbouncer:$P_BOUNCER:$BOUNCER_PID")
+logfile = $LOGS/$name.log
+pidfile = $W/$name/pgbouncer.pid
+EOC
+	echo '"postgres" ""' >"$W/$name/userlist.txt"
+	[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$W/$name"
+	"${AS_PG[@]}" "$PGBOUNCER" "$W/$name/pgbouncer.ini" >"$LOGS/$name.stderr" 2>&1 </dev/null &
+	pid=$!
+	track "$name" "$pid" TERM
+	wait_for 30 "$name" answers "$port" "select pg_is_in_recovery()" f || die "$name did not come up, see $LOGS/$name.log"
+	log "$name up on 127.0.0.1:$port (pid $pid, pool_mode $mode, default_pool_size $size)"
+	TARGETS+=("$name:$port:$pid")
+}
+# PgBouncer: session mode, trust, in front of the primary.
+want pgbouncer && start_pgbouncer pgbouncer session 100 1000
+# PgBouncer in transaction mode, the pool size of pgrouter-tx. PgBouncer 1.18 has
+# no max_prepared_statements (1.21+): protocol-level named statements are not
+# carried across servers.
+want pgbouncer-tx && start_pgbouncer pgbouncer-tx transaction "$POOL_SIZE" 2000
 
 # HAProxy: TCP mode, all three servers listed, and a health check that logs in
 # and runs `select pg_is_in_recovery()`, accepting only a DataRow holding 'f'.
-hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
-STARTUP_BODY=00030000$(hex user)00$(hex postgres)00$(hex database)00$(hex postgres)0000
-STARTUP=$(printf '%08x' $((4 + ${#STARTUP_BODY} / 2)))$STARTUP_BODY
-QUERY_BODY=$(hex "select pg_is_in_recovery()")00
-QUERY=51$(printf '%08x' $((4 + ${#QUERY_BODY} / 2)))$QUERY_BODY
-free_port P_HAPROXY
-mkdir -p "$W/haproxy"
-cat >"$W/haproxy/haproxy.cfg" <<EOF
+if want haproxy; then
+	hex() { printf '%s' "$1" | od -An -tx1 | tr -d ' \n'; }
+	STARTUP_BODY=00030000$(hex user)00$(hex postgres)00$(hex database)00$(hex postgres)0000
+	STARTUP=$(printf '%08x' $((4 + ${#STARTUP_BODY} / 2)))$STARTUP_BODY
+	QUERY_BODY=$(hex "select pg_is_in_recovery()")00
+	QUERY=51$(printf '%08x' $((4 + ${#QUERY_BODY} / 2)))$QUERY_BODY
+	free_port P_HAPROXY
+	mkdir -p "$W/haproxy"
+	cat >"$W/haproxy/haproxy.cfg" <<EOF
 # No log target: nothing is logged per connection. Server state changes still
 # reach stderr as [WARNING] lines, which is how this script sees the check work.
 global
@@ -425,26 +496,29 @@ listen pg_primary
     server standby1 127.0.0.1:$P_STANDBY1 check
     server standby2 127.0.0.1:$P_STANDBY2 check
 EOF
-"$HAPROXY" -c -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy-check.log" 2>&1 || die "haproxy config invalid, see $LOGS/haproxy-check.log"
-"$HAPROXY" -db -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy.log" 2>&1 </dev/null &
-HAPROXY_PID=$!
-track haproxy "$HAPROXY_PID" TERM
-haproxy_ready() {
-	grep -q 'standby1 is DOWN' "$LOGS/haproxy.log" && grep -q 'standby2 is DOWN' "$LOGS/haproxy.log" &&
-		! grep -q 'primary is DOWN' "$LOGS/haproxy.log" && answers "$P_HAPROXY" "select pg_is_in_recovery()" f
-}
-wait_for 30 "haproxy to mark both standbys DOWN and the primary UP" haproxy_ready ||
-	die "haproxy's pg_is_in_recovery() check did not settle, see $LOGS/haproxy.log"
-log "haproxy up on 127.0.0.1:$P_HAPROXY (pid $HAPROXY_PID); check marked both standbys DOWN"
-TARGETS+=("haproxy:$P_HAPROXY:$HAPROXY_PID")
+	"$HAPROXY" -c -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy-check.log" 2>&1 || die "haproxy config invalid, see $LOGS/haproxy-check.log"
+	"$HAPROXY" -db -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy.log" 2>&1 </dev/null &
+	HAPROXY_PID=$!
+	track haproxy "$HAPROXY_PID" TERM
+	haproxy_ready() {
+		grep -q 'standby1 is DOWN' "$LOGS/haproxy.log" && grep -q 'standby2 is DOWN' "$LOGS/haproxy.log" &&
+			! grep -q 'primary is DOWN' "$LOGS/haproxy.log" && answers "$P_HAPROXY" "select pg_is_in_recovery()" f
+	}
+	wait_for 30 "haproxy to mark both standbys DOWN and the primary UP" haproxy_ready ||
+		die "haproxy's pg_is_in_recovery() check did not settle, see $LOGS/haproxy.log"
+	log "haproxy up on 127.0.0.1:$P_HAPROXY (pid $HAPROXY_PID); check marked both standbys DOWN"
+	TARGETS+=("haproxy:$P_HAPROXY:$HAPROXY_PID")
+fi
 
-free_port P_RELAY
-"$OUT/plainrelay" -listen "127.0.0.1:$P_RELAY" -target "127.0.0.1:$P_PRIMARY" >"$LOGS/plainrelay.log" 2>&1 </dev/null &
-RELAY_PID=$!
-track plainrelay "$RELAY_PID" TERM
-wait_for 30 "plainrelay" answers "$P_RELAY" "select pg_is_in_recovery()" f || die "plainrelay did not come up, see $LOGS/plainrelay.log"
-log "plainrelay up on 127.0.0.1:$P_RELAY (pid $RELAY_PID)"
-TARGETS+=("plainrelay:$P_RELAY:$RELAY_PID")
+if want plainrelay; then
+	free_port P_RELAY
+	"$OUT/plainrelay" -listen "127.0.0.1:$P_RELAY" -target "127.0.0.1:$P_PRIMARY" >"$LOGS/plainrelay.log" 2>&1 </dev/null &
+	RELAY_PID=$!
+	track plainrelay "$RELAY_PID" TERM
+	wait_for 30 "plainrelay" answers "$P_RELAY" "select pg_is_in_recovery()" f || die "plainrelay did not come up, see $LOGS/plainrelay.log"
+	log "plainrelay up on 127.0.0.1:$P_RELAY (pid $RELAY_PID)"
+	TARGETS+=("plainrelay:$P_RELAY:$RELAY_PID")
+fi
 
 if [ -n "$TARGETS_FILTER" ]; then
 	kept=()
@@ -496,24 +570,129 @@ if [ "$IDLE_N" -gt 0 ]; then
 	log "idle session memory: $IDLE_N sessions per proxy, one proxy at a time"
 	for t in "${TARGETS[@]}"; do
 		IFS=: read -r name port pid <<<"$t"
-		case $name in direct | pgrouter-ro) continue ;; esac
+		case $name in direct | pgrouter-ro | *-tx) continue ;; esac
 		idle_test "$name" "$port" "$pid"
+	done
+fi
+
+# Pooled targets: TX_IDLE_N clients through the transaction-mode port, in
+# phases: open (connected, no query yet), warm (each has run one transaction and
+# idles), active (TX_ACTIVE of them run pgbench -S's SELECT back to back while
+# the rest idle) and idle again. The proxy's VmRSS is read at the end of each
+# phase (while active: the largest of samples every 0.25 s over 5 s), and
+# pgrouter's goroutine count from its admin server's /debug/pprof/goroutine.
+TX_IDLE_TSV=$W/tx-idle.tsv
+: >"$TX_IDLE_TSV"
+goroutines() { # ADMIN_ADDR: the count, or - without an admin server
+	local g=""
+	[ -n "$1" ] && g=$(curl -s --max-time 5 "http://$1/debug/pprof/goroutine?debug=1" 2>/dev/null |
+		sed -n 's/^goroutine profile: total \([0-9]*\).*/\1/p' | head -n1)
+	echo "${g:--}"
+}
+max_rss_kb() { # PID SECONDS
+	local i m=0 v
+	for ((i = 0; i < $2 * 4; i++)); do
+		v=$(rss_kb "$1")
+		[ "${v:-0}" -gt "$m" ] && m=$v
+		sleep 0.25
+	done
+	echo "$m"
+}
+
+tx_idle_test() { # NAME PORT PID ADMIN_ADDR
+	local name=$1 port=$2 pid=$3 admin=$4 fifo out ipid rc=0 note=""
+	local before open="" warm="" act="" after="" opened="" g0 g1=- g2=- g3=- g4=- qn=- qe=- we=- t0 t1 qps=-
+	fifo=$W/txidle-$name.fifo
+	out=$LOGS/idleconns-tx-$name.log
+	rm -f "$fifo" && mkfifo "$fifo"
+	before=$(rss_kb "$pid")
+	g0=$(goroutines "$admin")
+	"$OUT/idleconns" -n "$TX_IDLE_N" -active "$TX_ACTIVE" -scale "$SCALE" \
+		-dsn "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable" <"$fifo" >"$out" 2>&1 &
+	ipid=$!
+	track "idleconns-tx-$name" "$ipid" TERM
+	exec 9>"$fifo" # holds idleconns' stdin open; commands go through it
+	if wait_for 300 "$TX_IDLE_N clients through $name" grep -q '^ready' "$out"; then
+		sleep 2
+		open=$(rss_kb "$pid")
+		g1=$(goroutines "$admin")
+		opened=$(sed -n 's/^opened \([0-9]*\) of.*/\1/p' "$out")
+		log "tx idle: $name RSS ${before} kB -> ${open} kB with ${opened:-?} clients open (no query yet)"
+		if alive "$ipid"; then echo warm >&9; fi
+		if wait_for 120 "$name clients to run one query each" grep -q '^warmed' "$out"; then
+			we=$(sed -n 's/^warmed [0-9]* errors \([0-9]*\).*/\1/p' "$out")
+			sleep 2
+			warm=$(rss_kb "$pid")
+			g2=$(goroutines "$admin")
+			log "tx idle: $name RSS ${warm} kB after each client ran one query (errors: $we)"
+			if [ "$TX_ACTIVE" -gt 0 ] && alive "$ipid"; then
+				t0=$(now_ms)
+				echo active >&9
+				if wait_for 30 "$name active clients" grep -q '^active' "$out"; then
+					sleep 1
+					act=$(max_rss_kb "$pid" 5)
+					g3=$(goroutines "$admin")
+				fi
+				if alive "$ipid"; then echo idle >&9; fi
+				wait_for 60 "$name active clients to stop" grep -q '^idled' "$out" || true
+				t1=$(now_ms)
+				qn=$(sed -n 's/^idled queries \([0-9]*\) errors.*/\1/p' "$out")
+				qe=$(sed -n 's/^idled queries [0-9]* errors \([0-9]*\).*/\1/p' "$out")
+				[ -n "$qn" ] && qps=$(awk -v q="$qn" -v ms=$((t1 - t0)) 'BEGIN { printf "%.0f", q / (ms / 1000) }')
+				log "tx idle: $name RSS max ${act:-?} kB with $TX_ACTIVE of them active (${qn:-?} queries, ${qe:-?} errors, about $qps/s)"
+				sleep 2
+			fi
+			after=$(rss_kb "$pid")
+			g4=$(goroutines "$admin")
+		else
+			rc=1
+		fi
+	else
+		rc=1
+	fi
+	exec 9>&-
+	wait "$ipid" 2>/dev/null || true
+	rm -f "$fifo"
+	[ -n "$opened" ] && [ "$opened" -lt "$TX_IDLE_N" ] && note="only $opened of $TX_IDLE_N opened: $(grep -m1 '^connect' "$out")"
+	[ "$rc" -ne 0 ] && note="${note:+$note; }failed, see log/$(basename "$out"): $(grep -m1 -E 'warm:|active:|connect' "$out" | cut -c1-160)"
+	[ "${we:-0}" != 0 ] && [ "$we" != - ] && note="${note:+$note; }warm errors $we: $(grep -m1 '^warm:' "$out" | cut -c1-160)"
+	[ "${qe:-0}" != 0 ] && [ "$qe" != - ] && note="${note:+$note; }active errors $qe: $(grep -m1 '^active:' "$out" | cut -c1-160)"
+	per() { [ -n "$1" ] && [ -n "$opened" ] && [ "$opened" -gt 0 ] && awk -v a="$1" -v b="$before" -v n="$opened" 'BEGIN { printf "%.1f", (a - b) / n }' || echo -; }
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$before" "${open:--}" "${warm:--}" "${act:--}" \
+		"${after:--}" "${opened:--}" "$(per "$open")" "$(per "$warm")" "$(per "$act")" "$qps" "${qe:--}" \
+		"$g0/$g1/$g2/$g3/$g4" "${we:--}" "$note" >>"$TX_IDLE_TSV"
+}
+
+if [ "$TX_IDLE_N" -gt 0 ]; then
+	for t in "${TARGETS[@]}"; do
+		IFS=: read -r name port pid <<<"$t"
+		case $name in pgrouter-tx) tx_idle_test "$name" "$port" "$pid" "$PGR_TX_ADMIN" ;; pgbouncer-tx) tx_idle_test "$name" "$port" "$pid" "" ;; esac
 	done
 fi
 
 # ----------------------------------------------------------------- pgbench --
 
+# Cases with 256 clients and -N -M prepared are run by direct and the pooled
+# targets only (pooled_only): the relays hold a server per client, and PgBouncer
+# in session mode, pool 100, would leave 156 of 256 clients waiting all run.
 CASE_NAMES=()
 CASE_FLAGS=()
-for mode in "S simple" "S extended" "S prepared" "N simple" "N extended"; do
+for mode in "S simple" "S extended" "S prepared" "N simple" "N extended" "N prepared"; do
 	set -- $mode
-	for c in 8 64; do
+	for c in 8 64 256; do
 		CASE_NAMES+=("$1-$2-c$c")
 		CASE_FLAGS+=("-$1 -M $2 -c $c")
 	done
 done
 CASE_NAMES+=("C-S-simple-c8")
 CASE_FLAGS+=("-C -S -M simple -c 8")
+pooled_only() { case $1 in *-c256 | N-prepared-*) return 0 ;; esac; return 1; }
+# runs_case TARGET CASE FLAGS: whether TARGET runs the case.
+runs_case() {
+	case "$1:$3" in pgrouter-ro:*-N*) return 1 ;; esac
+	case $1 in direct | *-tx) return 0 ;; esac
+	! pooled_only "$2"
+}
 if [ -n "$CASES_FILTER" ]; then
 	kn=()
 	kf=()
@@ -534,14 +713,26 @@ for p in "$P_PRIMARY" "$P_STANDBY1" "$P_STANDBY2"; do
 done
 
 RUNS_TSV=$W/runs.tsv
-printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\tother_cores\n' >"$RUNS_TSV"
+printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\tother_cores\tp99_ms\tnote\n' >"$RUNS_TSV"
 nt=${#TARGETS[@]}
 total=0
 for i in "${!CASE_NAMES[@]}"; do
 	for t in "${TARGETS[@]}"; do
-		case "${t%%:*}:${CASE_FLAGS[$i]}" in pgrouter-ro:*-N*) ;; *) total=$((total + 1)) ;; esac
+		if runs_case "${t%%:*}" "${CASE_NAMES[$i]}" "${CASE_FLAGS[$i]}"; then total=$((total + 1)); fi
 	done
 done
+TXLOGS=$W/txlog
+mkdir -p "$TXLOGS"
+# p99_ms PREFIX: the 99th percentile (nearest rank) of the transaction latencies
+# in pgbench's per-transaction logs PREFIX.* (third field, µs; lines of failed
+# or skipped transactions are left out), in ms; then the logs are removed.
+p99_ms() {
+	local v
+	v=$(cat "$1".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }' | sort -n |
+		awk '{ a[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int(NR * 0.99); if (i < NR * 0.99) i++; printf "%.3f", a[i] / 1000 }')
+	rm -f "$1".*
+	echo "${v:--}"
+}
 log "pgbench: ${#CASE_NAMES[@]} cases x $nt targets, $ROUNDS rounds of $total runs of ${DURATION}s (about $((ROUNDS * total * (DURATION + 2) / 60)) min)"
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -551,8 +742,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
 		# Rotate the target order each round so that no target always runs first.
 		for ((k = 0; k < nt; k++)); do
 			IFS=: read -r name port pid <<<"${TARGETS[$(((k + r - 1) % nt))]}"
-			case "$name:$cflags" in pgrouter-ro:*-N*) continue ;; esac
+			runs_case "$name" "$cname" "$cflags" || continue
 			runlog=$LOGS/pgbench/r$r-$cname-$name.log
+			latflags=()
+			[ "$LATLOG" = 1 ] && latflags=(--log "--log-prefix=$TXLOGS/r$r-$cname-$name")
 			load1=$(cut -d' ' -f1 /proc/loadavg) # includes this bench's own previous run
 			t0=$(cpu_ticks "$pid")
 			b0=$(busy_ticks)
@@ -560,7 +753,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			w0=$(now_ms)
 			status=ok
 			# shellcheck disable=SC2086 # cflags is a list of flags
-			timeout $((DURATION + 60)) "$PGBENCH" -h 127.0.0.1 -p "$port" -T "$DURATION" -j 2 -n $cflags \
+			timeout $((DURATION + 60)) "$PGBENCH" -h 127.0.0.1 -p "$port" -T "$DURATION" -j "$JOBS" -n "${latflags[@]}" $cflags \
 				>"$runlog" 2>&1 || status="exit$?"
 			w1=$(now_ms)
 			t1=$(cpu_ticks "$pid")
@@ -573,15 +766,19 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
 			failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
 			[ -n "$tps" ] && [ -n "$tx" ] || status=${status/ok/noparse}
+			p99=-
+			[ "$LATLOG" = 1 ] && p99=$(p99_ms "$TXLOGS/r$r-$cname-$name")
+			# The first error pgbench printed, if any (one line, no tabs or pipes).
+			note=$(grep -m1 -E 'ERROR|FATAL|error|aborted|timeout|could not' "$runlog" | tr '\t|' '  ' | cut -c1-200 || true)
 			cpu=-
 			cores=-
 			if [ -n "$pid" ] && [ -n "$tx" ] && [ "${tx:-0}" -gt 0 ]; then
 				cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
 				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) 'BEGIN{printf "%.2f", d / hz / (ms / 1000)}')
 			fi
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
-				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" >>"$RUNS_TSV"
-			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms cpu ${cpu} us/tx, other ${other} cores, $status"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
+				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$p99" "$note" >>"$RUNS_TSV"
+			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms p99 $p99 ms cpu ${cpu} us/tx, other ${other} cores, $status${note:+ ($note)}"
 		done
 	done
 done
@@ -590,6 +787,8 @@ done
 
 # summarize prints one row per case and target: medians over the rounds that
 # succeeded, and the ratio of median tps to direct's median tps in that case.
+# Fields: case flags target tps ratio lat_ms us/tx cores ok/runs tps-by-round
+# other p99_ms note p99-by-round.
 summarize() {
 	awk -F'\t' '
 	function median(s,   a, n, i, j, x) {
@@ -603,10 +802,13 @@ summarize() {
 		key = $2 SUBSEP $4
 		if (!(key in seen)) { seen[key] = 1; order[++nk] = key; flags[key] = $3 }
 		all[key] = all[key] " " $5
+		allp99[key] = allp99[key] " " ($14 == "" ? "-" : $14)
 		if ($13 + 0 > other[key] + 0) other[key] = $13
+		if (note[key] == "" && $15 != "") note[key] = "round " $1 ": " $15
 		runs[key]++
 		if ($11 == "ok" && $8 == 0) {
 			tps[key] = tps[key] " " $5; lat[key] = lat[key] " " $6; ok[key]++
+			if ($14 != "" && $14 != "-") p99[key] = p99[key] " " $14
 			if ($9 != "-") { cpu[key] = cpu[key] " " $9; cores[key] = cores[key] " " $10 }
 		}
 	}
@@ -620,23 +822,62 @@ summarize() {
 			d = m[kk[1] SUBSEP "direct"]
 			ratio = (m[key] != "" && d != "" && d > 0) ? sprintf("%.2f", m[key] / d) : "-"
 			c = median(cpu[key]); co = median(cores[key])
-			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\n", kk[1], flags[key], kk[2],
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", kk[1], flags[key], kk[2],
 				(m[key] == "" ? "-" : sprintf("%.0f", m[key])), ratio,
 				(lat[key] == "" ? "-" : sprintf("%.3f", median(lat[key]))),
 				(c == "" ? "-" : sprintf("%.1f", c)), (co == "" ? "-" : sprintf("%.2f", co)),
-				ok[key] + 0, runs[key], substr(all[key], 2), sprintf("%.2f", other[key])
+				ok[key] + 0, runs[key], substr(all[key], 2), sprintf("%.2f", other[key]),
+				(p99[key] == "" ? "-" : sprintf("%.3f", median(p99[key]))), note[key], substr(allp99[key], 2)
 		}
 	}' "$RUNS_TSV"
 }
 SUMMARY=$(summarize)
 
+# pooled_compare: one row per case that pgrouter-tx or pgbouncer-tx ran: their
+# median tps, the ratio pgrouter-tx / pgbouncer-tx, latency average and p99,
+# proxy CPU per transaction, ok/runs, direct's tps, and the first error seen.
+pooled_compare() {
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '
+	$3 == "pgrouter-tx" || $3 == "pgbouncer-tx" || $3 == "direct" {
+		if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1; flags[$1] = $2 }
+		for (f = 1; f <= 14; f++) v[$1, $3, f] = $f
+	}
+	END {
+		for (i = 1; i <= n; i++) {
+			c = order[i]; a = c SUBSEP "pgrouter-tx"; b = c SUBSEP "pgbouncer-tx"
+			if (v[a, 3] == "" && v[b, 3] == "") continue
+			ta = v[a, 4]; tb = v[b, 4]
+			ratio = (ta != "" && ta != "-" && tb != "" && tb != "-" && tb > 0) ? sprintf("%.2f", ta / tb) : "-"
+			nt = ""
+			if (v[a, 13] != "") nt = "pgrouter-tx " v[a, 13]
+			if (v[b, 13] != "") nt = nt (nt == "" ? "" : "; ") "pgbouncer-tx " v[b, 13]
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c, flags[c],
+				(ta == "" ? "-" : ta), (tb == "" ? "-" : tb), ratio,
+				(v[a, 6] == "" ? "-" : v[a, 6]), (v[b, 6] == "" ? "-" : v[b, 6]),
+				(v[a, 12] == "" ? "-" : v[a, 12]), (v[b, 12] == "" ? "-" : v[b, 12]),
+				(v[a, 7] == "" ? "-" : v[a, 7]), (v[b, 7] == "" ? "-" : v[b, 7]),
+				(v[a, 9] == "" ? "-" : v[a, 9]), (v[b, 9] == "" ? "-" : v[b, 9]),
+				(v[c SUBSEP "direct", 4] == "" ? "-" : v[c SUBSEP "direct", 4]), nt,
+				(v[a, 14] == "" ? "-" : v[a, 14]) " / " (v[b, 14] == "" ? "-" : v[b, 14])
+		}
+	}'
+}
+POOLED=$(pooled_compare)
+
 {
-	printf '\n%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio lat_ms us/tx cores ok other "tps by round"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %8s %6s %5s %6s  %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $10}'
+	printf '\n%-16s %-22s %-12s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio lat_ms p99_ms us/tx cores ok other "tps by round"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n", $1, $2, $3, $4, $5, $6, $12, $7, $8, $9, $11, $10}'
 	echo
 	echo "tps: median over rounds; ratio: to direct (the primary) in the same case; us/tx: proxy CPU"
 	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second;"
 	echo "other: most CPU (cores) that processes outside this bench used during any round of the row."
+	if [ -n "$POOLED" ]; then
+		echo
+		echo "transaction pooling, pool size $POOL_SIZE: pgrouter-tx (a) against pgbouncer-tx (b)"
+		printf '%-17s %8s %8s %6s %8s %8s %8s %8s %6s %6s %5s %5s %8s\n' case tps_a tps_b a/b lat_a lat_b p99_a p99_b us_a us_b ok_a ok_b direct
+		printf '%s\n' "$POOLED" | awk -F'\t' '{printf "%-17s %8s %8s %6s %8s %8s %8s %8s %6s %6s %5s %5s %8s\n", $1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14}'
+		printf '%s\n' "$POOLED" | awk -F'\t' '$15 != "" { printf "  %s: %s\n", $1, $15 }'
+	fi
 } >&2
 
 MD=$OUT/results-$STAMP.md
@@ -651,19 +892,40 @@ MD=$OUT/results-$STAMP.md
 	echo "- $PG_VERSION"
 	echo "- $("$PGBOUNCER" --version 2>&1 | head -n1); $("$HAPROXY" -v 2>&1 | head -n1); $(go version)"
 	echo "- cluster: primary + 2 streaming hot standbys (pg_basebackup), pgbench scale $SCALE, auth trust, defaults except"
-	echo "  listen/port/socket dir, max_connections=300, shared_buffers=128MB (fsync and synchronous_commit on)"
-	echo "- pgbench: \`pgbench -T $DURATION -j 2 -n <flags>\` over TCP to 127.0.0.1, PGSSLMODE=disable; rounds interleaved"
+	echo "  listen/port/socket dir, max_connections=500, shared_buffers=128MB (fsync and synchronous_commit on)"
+	if [ "$LATLOG" = 1 ]; then
+		echo "- pgbench: \`pgbench -T $DURATION -j $JOBS -n --log --log-prefix=... <flags>\` over TCP to 127.0.0.1, PGSSLMODE=disable;"
+		echo "  p99 = 99th percentile (nearest rank) of the per-transaction latencies in pgbench's log (every transaction,"
+		echo "  failed ones left out), median over the rounds; rounds interleaved"
+	else
+		echo "- pgbench: \`pgbench -T $DURATION -j $JOBS -n <flags>\` over TCP to 127.0.0.1, PGSSLMODE=disable; rounds interleaved"
+	fi
 	echo "  (round by round, case by case, target order rotated each round); \`-P 0\` is rejected by pgbench 15, so no -P"
 	echo "- targets: direct = the primary; pgrouter-rw/-ro = \`pgrouter proxy\` rw/ro ports (ro ratio is still to the"
 	echo "  primary; run with --server-sslmode disable --health-sslmode disable, as the servers have ssl off and"
 	echo "  PgBouncer's server_tls_sslmode defaults to disable); pgbouncer = session mode, pool 100, trust, log_connections=0; haproxy = TCP mode, all 3 servers"
 	echo "  listed, tcp-check that logs in and runs \`select pg_is_in_recovery()\` expecting a DataRow 'f' (both"
-	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways)"
+	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways); pgrouter-tx = a second \`pgrouter proxy\`"
+	echo "  with --pool-mode transaction --pool-size $POOL_SIZE on its rw port, --auth-hba 'host all all 127.0.0.1/32 trust' and"
+	echo "  an --auth-file listing the user (servers trust); pgbouncer-tx = PgBouncer, pool_mode transaction,"
+	echo "  default_pool_size $POOL_SIZE, max_client_conn 2000, trust. Cases with 256 clients and \`-N -M prepared\` run on direct"
+	echo "  and the -tx targets only."
 	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
 	echo
-	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) |"
-	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11}'
+	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | p99 ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) | first error |"
+	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $12, $7, $8, $9, $10, $11, $13}'
+	if [ -n "$POOLED" ]; then
+		echo
+		echo "## Transaction pooling: pgrouter-tx against pgbouncer-tx (pool size $POOL_SIZE)"
+		echo
+		echo "| case | pgbench flags | pgrouter-tx tps | pgbouncer-tx tps | ratio | latency avg ms (pgrouter / pgbouncer) | p99 ms (pgrouter / pgbouncer) | proxy CPU µs/tx (pgrouter / pgbouncer) | ok/runs (pgrouter / pgbouncer) | direct tps | p99 ms by round (pgrouter / pgbouncer) | first error |"
+		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+		printf '%s\n' "$POOLED" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $15}'
+		echo
+		echo "Ratio: median tps of pgrouter-tx over that of pgbouncer-tx, over the rounds that succeeded with no failed"
+		echo "transaction. A run in which pgbench aborted a client (exit status 2) does not count: see the first error."
+	fi
 	echo
 	echo "Proxy CPU: utime+stime of the proxy process from /proc/PID/stat around each run, divided by the transactions"
 	echo "pgbench processed (µs/tx = CPU-ms per 1000 transactions). Other cores: CPU time of the whole machine"
@@ -680,6 +942,18 @@ MD=$OUT/results-$STAMP.md
 		echo "PgBouncer holds client sessions without a server connection until the first query, so its figure is"
 		echo "client-side state only; the relays hold one server connection per session."
 	fi
+	if [ -s "$TX_IDLE_TSV" ]; then
+		echo
+		echo "## Pooled targets: $TX_IDLE_N mostly idle clients (bench/idleconns, pgx, simple protocol)"
+		echo
+		echo "| target | VmRSS before kB | open (no query yet) kB | warm (each ran one query) kB | $TX_ACTIVE active (max) kB | idle again kB | clients | kB/client open | kB/client warm | kB/client with $TX_ACTIVE active | active queries/s | active errors | goroutines before/open/warm/active/idle | warm errors | note |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+		awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15}' "$TX_IDLE_TSV"
+		echo
+		echo "kB/client = (VmRSS in the phase − VmRSS before) / clients open; it includes the pool's server"
+		echo "connections (up to $POOL_SIZE) opened by the warm and active phases. Active: $TX_ACTIVE of the clients run"
+		echo "pgbench -S's SELECT back to back (simple protocol) for about 6 s; VmRSS is the largest of samples every 0.25 s."
+	fi
 } >"$MD"
 cp "$RUNS_TSV" "$OUT/runs-$STAMP.tsv"
 if [ -s "$IDLE_TSV" ]; then
@@ -687,5 +961,12 @@ if [ -s "$IDLE_TSV" ]; then
 		echo "idle session memory ($IDLE_N sessions):"
 		awk -F'\t' '{printf "  %-12s VmRSS %s -> %s kB, %s sessions, %s kB/session %s\n", $1, $2, $3, $4, $5, $6}' "$IDLE_TSV"
 	} >&2
+fi
+if [ -s "$TX_IDLE_TSV" ]; then
+	{
+		echo "pooled targets, $TX_IDLE_N clients (VmRSS kB before / open / warm / $TX_ACTIVE active / idle; kB per client open / warm / active):"
+		awk -F'\t' '{printf "  %-12s %s / %s / %s / %s / %s kB; %s clients; %s / %s / %s kB per client; %s q/s active, %s errors; goroutines %s %s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15}' "$TX_IDLE_TSV"
+	} >&2
+	cp "$TX_IDLE_TSV" "$OUT/tx-idle-$STAMP.tsv"
 fi
 log "results: $MD (raw runs: $OUT/runs-$STAMP.tsv)"
