@@ -784,9 +784,11 @@ WHERE=$(where_ran)
 {
 	printf '\n%-16s %-13s %9s %6s %9s %8s %6s %5s %6s %8s  %s\n' case target tps ratio lat_ms us/tx cores ok other standby "tps by round"
 	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-13s %9s %6s %9s %8s %6s %5s %6s %8s  %s\n", $1, $3, $4, $5, $6, $7, $8, $9, $11, $12, $10}'
-	echo
-	printf '%-16s %12s %-18s %4s %14s %-18s %4s\n' case split/rw "by round" ">=.9" split/pgpool "by round" ">=2"
-	printf '%s\n' "$RATIOS" | awk -F'\t' '{printf "%-16s %12s %-18s %4s %14s %-18s %4s\n", $1, $2, $3, $4, $5, $6, $7}'
+	if [ -n "$RATIOS" ]; then
+		echo
+		printf '%-16s %12s %-18s %4s %14s %-18s %4s\n' case split/rw "by round" ">=.9" split/pgpool "by round" ">=2"
+		printf '%s\n' "$RATIOS" | awk -F'\t' '{printf "%-16s %12s %-18s %4s %14s %-18s %4s\n", $1, $2, $3, $4, $5, $6, $7}'
+	fi
 	if [ -n "$WHERE" ]; then
 		echo
 		echo "mixed script, calls on primary / standbys (sum over rounds): UPDATE, SELECT abalance, bbalance, tbalance, LSN queries; routes"
@@ -817,10 +819,12 @@ MD=$OUT/split-results-$STAMP.md
 	echo "| case | target | tps (median) | ratio to direct | latency avg ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) | SELECTs on standbys |"
 	echo "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"
 	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12}'
-	echo
-	echo "| case | split / rw (medians) | per round | ≥ 0.9? | split / pgpool (medians) | per round | ≥ 2? |"
-	echo "|---|---:|---|---|---:|---|---|"
-	printf '%s\n' "$RATIOS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}'
+	if [ -n "$RATIOS" ]; then
+		echo
+		echo "| case | split / rw (medians) | per round | ≥ 0.9? | split / pgpool (medians) | per round | ≥ 2? |"
+		echo "|---|---:|---|---|---:|---|---|"
+		printf '%s\n' "$RATIOS" | awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}'
+	fi
 	if [ -n "$WHERE" ]; then
 		echo
 		echo "Mixed script (\`UPDATE pgbench_accounts\`, then \`SELECT abalance\`, \`bbalance\`, \`tbalance\`, each autocommit): calls"
