@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 // View is the agent's state as the HTTP API shows it (/status).
@@ -49,7 +51,7 @@ func (a *Agent) setView(st PGState, cl *dcs.Cluster, storeErr error) {
 		SyncStandby: st.SyncStandby, UpdatedAt: a.now().UTC(),
 	}
 	if st.Running && st.Answering {
-		v.ReceivedLSN, v.ReplayedLSN = FormatLSN(st.ReceivedLSN), FormatLSN(st.ReplayedLSN)
+		v.ReceivedLSN, v.ReplayedLSN = topology.FormatLSN(st.ReceivedLSN), topology.FormatLSN(st.ReplayedLSN)
 	}
 	if st.Err != nil {
 		v.PGError = st.Err.Error()

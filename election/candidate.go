@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 // Policy is what Choose needs of the configuration.
@@ -113,12 +115,12 @@ func Choose(c *dcs.Cluster, p Policy, now time.Time) Choice {
 	case target != "":
 		ch.Reason = "switchover target"
 	case len(cands) == 1:
-		ch.Reason = fmt.Sprintf("only eligible member (timeline %d, lsn %s)", best.tl, FormatLSN(best.lsn))
+		ch.Reason = fmt.Sprintf("only eligible member (timeline %d, lsn %s)", best.tl, topology.FormatLSN(best.lsn))
 	default:
-		ch.Reason = fmt.Sprintf("most advanced of %d eligible (timeline %d, lsn %s)", len(cands), best.tl, FormatLSN(best.lsn))
+		ch.Reason = fmt.Sprintf("most advanced of %d eligible (timeline %d, lsn %s)", len(cands), best.tl, topology.FormatLSN(best.lsn))
 	}
 	for _, o := range cands[1:] {
-		ch.Rejected[o.name] = fmt.Sprintf("less advanced than %s (timeline %d, lsn %s)", best.name, o.tl, FormatLSN(o.lsn))
+		ch.Rejected[o.name] = fmt.Sprintf("less advanced than %s (timeline %d, lsn %s)", best.name, o.tl, topology.FormatLSN(o.lsn))
 	}
 	return ch
 }
@@ -149,9 +151,6 @@ func orUnknown(s string) string {
 	}
 	return s
 }
-
-// FormatLSN writes a WAL position as PostgreSQL does, "X/Y".
-func FormatLSN(lsn uint64) string { return fmt.Sprintf("%X/%X", lsn>>32, uint32(lsn)) }
 
 // SyncChoice is the result of ChooseSync.
 type SyncChoice struct {

@@ -8,6 +8,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -294,17 +296,17 @@ func TestConfigValidate(t *testing.T) {
 
 func TestLSN(t *testing.T) {
 	for _, s := range []string{"0/0", "0/16B3748", "1/FF000028", "FFFFFFFF/FFFFFFFF"} {
-		v, err := ParseLSN(s)
+		v, err := topology.ParseLSN(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := FormatLSN(v); got != s {
-			t.Errorf("FormatLSN(ParseLSN(%q)) = %q", s, got)
+		if got := topology.FormatLSN(v); got != s {
+			t.Errorf("topology.FormatLSN(topology.ParseLSN(%q)) = %q", s, got)
 		}
 	}
 	for _, bad := range []string{"", "0", "x/1", "1/", "100000000/0"} {
-		if _, err := ParseLSN(bad); err == nil {
-			t.Errorf("ParseLSN(%q) accepted", bad)
+		if _, err := topology.ParseLSN(bad); err == nil {
+			t.Errorf("topology.ParseLSN(%q) accepted", bad)
 		}
 	}
 }

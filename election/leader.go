@@ -9,6 +9,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 // leadResult is why the leader loop returned.
@@ -364,6 +366,6 @@ func (a *Agent) manageSync(ctx context.Context, st PGState, cl *dcs.Cluster, p *
 			a.log.Warn("record the synchronous standby", zap.Error(err))
 			return
 		}
-		a.log.Info("synchronous standby confirmed", zap.String("standby", want.Standby), zap.String("flushed", FormatLSN(r.FlushLSN)))
+		a.log.Info("synchronous standby confirmed", zap.String("standby", want.Standby), zap.String("flushed", topology.FormatLSN(r.FlushLSN)))
 	}
 }

@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 var _ Postgres = (*PGCtl)(nil)
@@ -866,7 +868,7 @@ func (p *PGCtl) WaitReplayed(ctx context.Context, target dcs.Member, lsn uint64)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%s replayed up to %s, not %s: %w", target.Name, FormatLSN(uint64(at)), FormatLSN(lsn), ctx.Err())
+			return fmt.Errorf("%s replayed up to %s, not %s: %w", target.Name, topology.FormatLSN(uint64(at)), topology.FormatLSN(lsn), ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -935,9 +937,9 @@ func (p *PGCtl) controlData(ctx context.Context) (controlData, error) {
 		case "Database system identifier":
 			cd.systemID = v
 		case "Latest checkpoint location":
-			cd.checkpoint, _ = ParseLSN(v)
+			cd.checkpoint, _ = topology.ParseLSN(v)
 		case "Minimum recovery ending location":
-			cd.minRecovery, _ = ParseLSN(v)
+			cd.minRecovery, _ = topology.ParseLSN(v)
 		case "Latest checkpoint's TimeLineID":
 			n, _ := strconv.ParseUint(v, 10, 32)
 			cd.checkpointTLI = uint32(n)
@@ -947,23 +949,6 @@ func (p *PGCtl) controlData(ctx context.Context) (controlData, error) {
 		}
 	}
 	return cd, nil
-}
-
-// ParseLSN reads a WAL position written "X/Y".
-func ParseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("lsn %q: no slash", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("lsn %q: %w", s, err)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("lsn %q: %w", s, err)
-	}
-	return h<<32 | l, nil
 }
 
 // logTail returns the last lines of a log, indented, or "".

@@ -8,6 +8,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/dcs"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 // switchoverRequestTTL is how long a request waits for the leader.
@@ -74,7 +76,7 @@ func (a *Agent) switchover(ctx context.Context, st PGState, cl *dcs.Cluster) (le
 		return leadResult{reason: "switchover: handover failed: " + err.Error(), code: "switchover_failed"}, true
 	}
 	a.metrics.switchedOver()
-	a.log.Info("switchover: handed over", zap.String("to", target), zap.String("final_lsn", FormatLSN(final)),
+	a.log.Info("switchover: handed over", zap.String("to", target), zap.String("final_lsn", topology.FormatLSN(final)),
 		zap.Duration("stopped_for", a.now().Sub(began)))
 	return leadResult{reason: "switchover to " + target, code: "switchover", handedOver: true}, true
 }

@@ -130,7 +130,7 @@ func parseProbeRow(row [][]byte) (topology.Health, error) {
 		return h, fmt.Errorf("probe: pg_is_in_recovery() = %q", row[0])
 	}
 	if row[1] != nil { // NULL on a standby that has replayed nothing yet
-		lsn, err := parseLSN(string(row[1]))
+		lsn, err := topology.ParseLSN(string(row[1]))
 		if err != nil {
 			return h, fmt.Errorf("probe: %w", err)
 		}
@@ -153,24 +153,6 @@ func parseProbeRow(row [][]byte) (topology.Health, error) {
 		}
 	}
 	return h, nil
-}
-
-// parseLSN reads a pg_lsn in its text form "X/Y" (two hex numbers of up to
-// 32 bits each) as a byte position.
-func parseLSN(s string) (uint64, error) {
-	hi, lo, ok := strings.Cut(s, "/")
-	if !ok {
-		return 0, fmt.Errorf("lsn %q: no slash", s)
-	}
-	h, err := strconv.ParseUint(hi, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("lsn %q: %w", s, err)
-	}
-	l, err := strconv.ParseUint(lo, 16, 32)
-	if err != nil {
-		return 0, fmt.Errorf("lsn %q: %w", s, err)
-	}
-	return h<<32 | l, nil
 }
 
 // notAccepting reports whether err is the server refusing connections

@@ -30,9 +30,9 @@ func TestParseLSN(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
-			got, err := parseLSN(tc.in)
+			got, err := topology.ParseLSN(tc.in)
 			if (err == nil) != tc.ok || got != tc.want {
-				t.Fatalf("parseLSN(%q) = %#x, %v; want %#x ok=%v", tc.in, got, err, tc.want, tc.ok)
+				t.Fatalf("topology.ParseLSN(%q) = %#x, %v; want %#x ok=%v", tc.in, got, err, tc.want, tc.ok)
 			}
 		})
 	}

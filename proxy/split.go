@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -161,7 +160,7 @@ func (ps *pooled) noteSessionSettings(q string, r classify.Result) {
 		ps.mu.Unlock()
 	}
 	if name, value, ok := setStatement(q); ok && strings.EqualFold(name, "pgrouter.min_lsn") {
-		if lsn, ok := parseLSN(value); ok {
+		if lsn, err := topology.ParseLSN(value); err == nil {
 			ps.mu.Lock()
 			ps.split.minLSN = lsn
 			ps.mu.Unlock()
@@ -211,24 +210,6 @@ func cstring(b []byte) string {
 		b = b[:i]
 	}
 	return string(b)
-}
-
-// parseLSN parses PostgreSQL's X/Y notation.
-func parseLSN(s string) (uint64, bool) {
-	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
-	if !ok {
-		return 0, false
-	}
-	h, err1 := strconv.ParseUint(hi, 16, 32)
-	l, err2 := strconv.ParseUint(lo, 16, 32)
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return h<<32 | l, true
-}
-
-func formatLSN(v uint64) string {
-	return strconv.FormatUint(v>>32, 16) + "/" + strconv.FormatUint(v&0xffffffff, 16)
 }
 
 // splitIntent turns a route into the router's intent for this transaction.
@@ -287,7 +268,7 @@ func queryLSN(sc *pool.ServerConn, q string) (uint64, error) {
 				sc.Params[name] = value
 			}
 		case 'Z':
-			v, _ := parseLSN(val)
+			v, _ := topology.ParseLSN(val)
 			return v, nil
 		}
 	}
@@ -308,7 +289,7 @@ func (ps *pooled) afterWrite(sc *pool.ServerConn, done chan struct{}) {
 		ps.split.lastWrite = lsn
 	}
 	ps.mu.Unlock()
-	_ = ps.writeClient(appendParameterStatus(nil, "pgrouter.last_write_lsn", formatLSN(lsn)))
+	_ = ps.writeClient(appendParameterStatus(nil, "pgrouter.last_write_lsn", topology.FormatLSN(lsn)))
 }
 
 // waitLastWrite blocks a new transaction until the previous write's LSN is
