@@ -429,7 +429,7 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q.String()), 0))); err != nil {
 		return err
 	}
-	if err := readUntilReady(sc, sc); err != nil {
+	if _, err := readUntilReady(sc); err != nil {
 		return err
 	}
 	for name, want := range ps.desired {
@@ -471,7 +471,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
 		return false
 	}
-	if err := readUntilReady(sc, sc); err != nil {
+	if _, err := readUntilReady(sc); err != nil {
 		return false
 	}
 	clear(sc.Prepared)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -177,28 +176,15 @@ func loginServer(sc *pool.ServerConn, key pool.Key, creds auth.Credentials) erro
 	sc.Params = make(map[string]string)
 	sc.Prepared = make(map[string]struct{})
 	sc.Applied = make(map[string]string)
-	for {
-		typ, body, err := readMessage(sc, maxStartupMessage)
-		if err != nil {
-			return err
+	if _, err := readUntilReady(sc); err != nil {
+		var se *serverError
+		if errors.As(err, &se) {
+			return fmt.Errorf("%w: %s", errServerRefused, se.msg)
 		}
-		switch typ {
-		case 'S':
-			if name, value, ok := parseParameterStatus(body); ok {
-				sc.Params[name] = value
-			}
-		case 'K':
-			if len(body) >= 8 {
-				sc.PID = getUint32(body)
-				sc.Key = append([]byte(nil), body[4:]...)
-			}
-		case 'E':
-			return fmt.Errorf("%w: %s", errServerRefused, errorMessage(body))
-		case 'Z':
-			sc.Initial = maps.Clone(sc.Params)
-			return nil
-		}
+		return err
 	}
+	sc.Initial = maps.Clone(sc.Params)
+	return nil
 }
 
 func parseParameterStatus(body []byte) (string, string, bool) {
@@ -214,42 +200,71 @@ func parseParameterStatus(body []byte) (string, string, bool) {
 	return string(body[:i]), string(rest[:j]), true
 }
 
-// errorMessage extracts the M field of an ErrorResponse body.
-func errorMessage(body []byte) string {
+// errorField extracts one field (M for the message, C for the SQLSTATE)
+// of an ErrorResponse body.
+func errorField(body []byte, field byte) string {
 	for len(body) > 1 {
 		t := body[0]
 		i := indexZero(body[1:])
 		if i < 0 {
 			break
 		}
-		if t == 'M' {
+		if t == field {
 			return string(body[1 : 1+i])
 		}
 		body = body[2+i:]
 	}
-	return "unknown error"
+	return ""
 }
 
-// readUntilReady reads and discards a server's answers up to the next
-// ReadyForQuery, recording ParameterStatus; an ErrorResponse is returned.
-func readUntilReady(r io.Reader, sc *pool.ServerConn) error {
+// serverError is an ErrorResponse a server sent the proxy itself.
+type serverError struct{ msg string }
+
+func (e *serverError) Error() string { return e.msg }
+
+// readUntilReady reads a server's answers to the proxy's own request up
+// to the next ReadyForQuery: it records ParameterStatus and BackendKeyData
+// on sc, returns the first column of the last DataRow, and the first
+// ErrorResponse as a *serverError (also when the server closes after it,
+// as it does with a FATAL one).
+func readUntilReady(sc *pool.ServerConn) (string, error) {
 	var firstErr error
+	var value string
 	for {
-		typ, body, err := readMessage(r, maxStartupMessage)
+		typ, body, err := readMessage(sc, maxStartupMessage)
 		if err != nil {
-			return err
+			if firstErr != nil {
+				return "", firstErr
+			}
+			return "", err
 		}
 		switch typ {
 		case 'S':
-			if name, value, ok := parseParameterStatus(body); ok {
-				sc.Params[name] = value
+			if name, v, ok := parseParameterStatus(body); ok {
+				sc.Params[name] = v
+			}
+		case 'K':
+			if len(body) >= 8 {
+				sc.PID = getUint32(body)
+				sc.Key = append([]byte(nil), body[4:]...)
+			}
+		case 'D':
+			// int16 column count, int32 length, value
+			if len(body) >= 6 {
+				if n := int(int32(getUint32(body[2:6]))); n > 0 && 6+n <= len(body) {
+					value = string(body[6 : 6+n])
+				}
 			}
 		case 'E':
 			if firstErr == nil {
-				firstErr = fmt.Errorf("%s", errorMessage(body))
+				msg := errorField(body, 'M')
+				if msg == "" {
+					msg = "unknown error"
+				}
+				firstErr = &serverError{msg: msg}
 			}
 		case 'Z':
-			return firstErr
+			return value, firstErr
 		}
 	}
 }

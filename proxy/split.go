@@ -248,30 +248,12 @@ func queryLSN(sc *pool.ServerConn, q string) (uint64, error) {
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
 		return 0, err
 	}
-	var val string
-	for {
-		typ, body, err := readMessage(sc, maxStartupMessage)
-		if err != nil {
-			return 0, err
-		}
-		switch typ {
-		case 'D':
-			// int16 count, int32 len, value
-			if len(body) >= 6 {
-				n := int(int32(getUint32(body[2:6])))
-				if n > 0 && 6+n <= len(body) {
-					val = string(body[6 : 6+n])
-				}
-			}
-		case 'S':
-			if name, value, ok := parseParameterStatus(body); ok {
-				sc.Params[name] = value
-			}
-		case 'Z':
-			v, _ := topology.ParseLSN(val)
-			return v, nil
-		}
+	val, err := readUntilReady(sc)
+	if err != nil {
+		return 0, err
 	}
+	v, _ := topology.ParseLSN(val)
+	return v, nil
 }
 
 // afterWrite learns the LSN of the write transaction that just ended on
@@ -407,7 +389,7 @@ func (ps *pooled) pendingLSN() chan struct{} {
 func (ps *pooled) retryOnPrimary(errBody []byte, flushed bool) bool {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.split.retryQ == nil || flushed || errorCode(errBody) != "25006" {
+	if ps.split.retryQ == nil || flushed || errorField(errBody, 'C') != "25006" {
 		return false
 	}
 	syncs := 0
@@ -466,22 +448,6 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, error) {
 		return sc, err
 	}
 	return sc, nil
-}
-
-// errorCode extracts the C field of an ErrorResponse body.
-func errorCode(body []byte) string {
-	for len(body) > 1 {
-		t := body[0]
-		i := indexZero(body[1:])
-		if i < 0 {
-			break
-		}
-		if t == 'C' {
-			return string(body[1 : 1+i])
-		}
-		body = body[2+i:]
-	}
-	return ""
 }
 
 // answerRouteSetting answers a lone SET pgrouter.route (or RESET of it)
