@@ -46,7 +46,6 @@ type pooled struct {
 
 	mu          sync.Mutex
 	server      *pool.ServerConn
-	entry       *poolEntry
 	fifo        []fifoEntry
 	dirty       bool   // messages sent since the last Sync that need the server
 	pinned      string // why the session may not change server any more
@@ -320,11 +319,8 @@ func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*
 	deadline := time.Now().Add(max(cfg.PrimaryWait, 0))
 	for {
 		_, changed := sess.srv.feed.Load()
-		sc, e, err := ps.tryAcquire(ctx, cfg, in)
+		sc, err := ps.tryAcquire(ctx, cfg, in)
 		if err == nil {
-			ps.mu.Lock()
-			ps.entry = e
-			ps.mu.Unlock()
 			return sc, nil
 		}
 		// A member that cannot be reached is what a failover looks like
@@ -354,11 +350,11 @@ type memberUnreachable struct{ ce *clientError }
 
 func (m *memberUnreachable) Error() string { return m.ce.Error() }
 
-func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, *poolEntry, error) {
+func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
 	sess := ps.sess
 	dec, err := sess.route(ctx, cfg, in)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
 	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
@@ -366,33 +362,33 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 	if err != nil {
 		switch {
 		case errors.Is(err, pool.ErrWaitTimeout):
-			return nil, nil, &clientError{Severity: "ERROR", Code: codeTooManyConnections,
+			return nil, &clientError{Severity: "ERROR", Code: codeTooManyConnections,
 				Message: "no server connection became free within query-wait-timeout",
 				Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, dec.Member.Name)}
 		case errors.Is(err, errServerRefused):
-			return nil, nil, &clientError{Severity: "FATAL", Code: "28000",
+			return nil, &clientError{Severity: "FATAL", Code: "28000",
 				Message: "pgrouter could not log in to " + dec.Member.Name + " as " + ps.user, Detail: err.Error()}
 		case errors.Is(err, pool.ErrClosed):
-			return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+			return nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
 				Message: "the pool of " + dec.Member.Name + " was closed after a role change"}}
 		}
 		var ae *auth.Error
 		if errors.As(err, &ae) {
-			return nil, nil, &clientError{Severity: "FATAL", Code: ae.Code,
+			return nil, &clientError{Severity: "FATAL", Code: ae.Code,
 				Message: "pgrouter could not log in to " + dec.Member.Name + " as " + ps.user + ": " + ae.Message, Detail: ae.Detail}
 		}
-		return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+		return nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
 			Message: "pgrouter could not get a server connection to " + dec.Member.Name, Detail: err.Error()}}
 	}
 	if err := ps.applySettings(sc); err != nil {
 		e.pool.Release(sc, false)
-		return nil, nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+		return nil, &memberUnreachable{ce: &clientError{Severity: "ERROR", Code: codeConnectionFailure,
 			Message: "pgrouter could not apply the session's settings on " + dec.Member.Name, Detail: err.Error()}}
 	}
 	ps.mu.Lock()
 	ps.member, ps.routed, ps.routedState = dec.Member.Name, dec.Role, dec.Member
 	ps.mu.Unlock()
-	return sc, e, nil
+	return sc, nil
 }
 
 // applySettings makes the server's settings match what the client wants,
