@@ -289,3 +289,29 @@ func sqlState(err error) string {
 	}
 	return ""
 }
+
+// sleepAndCancel runs a long pg_sleep on conn and sends cancel requests
+// (through the connection's own address, so through the proxy) until it
+// ends; an early cancel, before the sleep runs, is a no-op, hence the
+// repeats. It returns the statement's error.
+func sleepAndCancel(t *testing.T, conn *pgx.Conn) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(context.Background(), "SELECT pg_sleep(30)")
+		errc <- err
+	}()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cerr := conn.PgConn().CancelRequest(ctx)
+		cancel()
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}

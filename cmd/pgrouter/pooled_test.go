@@ -198,22 +198,7 @@ func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
 		t.Fatalf("client unusable after the wait timeout: %v", err)
 	}
 	// Cancel reaches the server the client holds at that moment.
-	errc := make(chan error, 1)
-	go func() {
-		_, err := b.Exec(ctx, "SELECT pg_sleep(30)")
-		errc <- err
-	}()
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		b.PgConn().CancelRequest(cctx)
-		cancel()
-		select {
-		case err = <-errc:
-		case <-time.After(300 * time.Millisecond):
-			continue
-		}
-		break
-	}
+	err = sleepAndCancel(t, b)
 	if sqlState(err) != "57014" {
 		t.Fatalf("cancel: %v", err)
 	}

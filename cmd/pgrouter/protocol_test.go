@@ -75,27 +75,8 @@ func TestCancelThroughEveryPort(t *testing.T) {
 		if pid != conn.PgConn().PID() {
 			t.Fatalf("BackendKeyData pid %d != pg_backend_pid() %d", conn.PgConn().PID(), pid)
 		}
-		errc := make(chan error, 1)
-		go func() {
-			_, err := conn.Exec(context.Background(), "SELECT pg_sleep(30)")
-			errc <- err
-		}()
-		// Cancel until the sleep is running; an early cancel is a no-op.
 		start := time.Now()
-		var err error
-	wait:
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if cerr := conn.PgConn().CancelRequest(ctx); cerr != nil {
-				t.Fatal(cerr)
-			}
-			cancel()
-			select {
-			case err = <-errc:
-				break wait
-			case <-time.After(300 * time.Millisecond):
-			}
-		}
+		err := sleepAndCancel(t, conn)
 		if sqlState(err) != "57014" {
 			t.Fatalf("%s: err = %v, want 57014 query_canceled", addr, err)
 		}
