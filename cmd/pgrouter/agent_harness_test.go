@@ -747,40 +747,11 @@ func (c *agentCluster) waitHealthy(d time.Duration) *agentProc {
 // it knows a primary.
 func startEtcdProxy(t *testing.T, bin, etcd string) *proxyProc {
 	t.Helper()
-	p := &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "proxy", "--discovery", "etcd", "--etcd-endpoints", etcd, "--scope", agentScope,
+	p := newProxyProc(t)
+	p.launch(bin, []string{"proxy", "--discovery", "etcd", "--etcd-endpoints", etcd, "--scope", agentScope,
 		"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
-		"--health-user", agentSuper, "--health-interval", "200ms", "--primary-wait", "20s", "--log-level", "debug")
-	p.cmd.Env = append(cleanAgentEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Stdout = p.cmd.Stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			p.logMu.Lock()
-			p.log.WriteString(sc.Text() + "\n")
-			p.logMu.Unlock()
-		}
-		p.exitErr = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			logs := p.logs()
-			if len(logs) > 20000 {
-				logs = logs[len(logs)-20000:]
-			}
-			t.Logf("pgrouter proxy log (tail):\n%s", logs)
-		}
-	})
+		"--health-user", agentSuper, "--health-interval", "200ms", "--primary-wait", "20s", "--log-level", "debug"},
+		append(cleanAgentEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass))
 	p.waitReady()
 	return p
 }

@@ -124,7 +124,7 @@ func startProxy(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
 // answers, whether or not a primary is known.
 func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
 	t.Helper()
-	p := &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
+	p := newProxyProc(t)
 	args := []string{"proxy"}
 	if !slices.Contains(extra, "--config") {
 		args = append(args, "--backends", backends(c.Nodes))
@@ -133,8 +133,34 @@ func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyPr
 		"--health-user", c.SuperUser, "--health-database", "postgres",
 		"--health-interval", "200ms", "--log-level", "debug")
 	args = append(args, extra...)
-	p.cmd = exec.Command(binPath, args...)
-	p.cmd.Env = append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword)
+	p.launch(binPath, args, append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword))
+	eventually(t, 20*time.Second, "admin server up", func() error {
+		select {
+		case <-p.done:
+			t.Fatalf("pgrouter exited: %v\n%s", p.exitErr, p.logs())
+		default:
+		}
+		resp, err := http.Get("http://" + p.Admin + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	return p
+}
+
+// newProxyProc picks free loopback addresses for every listener.
+func newProxyProc(t *testing.T) *proxyProc {
+	return &proxyProc{t: t, Any: freeAddr(t), RW: freeAddr(t), RO: freeAddr(t), Admin: freeAddr(t), done: make(chan struct{})}
+}
+
+// launch starts the binary, collects its output, and stops it (SIGTERM)
+// when the test ends, showing the tail of its log if the test failed.
+func (p *proxyProc) launch(bin string, args, env []string) {
+	t := p.t
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = env
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -157,23 +183,13 @@ func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyPr
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
-			t.Logf("pgrouter log:\n%s", p.logs())
+			logs := p.logs()
+			if len(logs) > 20000 {
+				logs = logs[len(logs)-20000:]
+			}
+			t.Logf("pgrouter log (tail):\n%s", logs)
 		}
 	})
-	eventually(t, 20*time.Second, "admin server up", func() error {
-		select {
-		case <-p.done:
-			t.Fatalf("pgrouter exited: %v\n%s", p.exitErr, p.logs())
-		default:
-		}
-		resp, err := http.Get("http://" + p.Admin + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
-	return p
 }
 
 func asPgError(err error, pe **pgconn.PgError) bool { return errors.As(err, pe) }
