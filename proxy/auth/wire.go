@@ -87,9 +87,9 @@ func watchContext(ctx context.Context, rw any) (stop func()) {
 	if !ok || ctx.Done() == nil {
 		return func() {}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = d.SetDeadline(dl)
-	}
+	// Only the context's own end sets the deadline: a deadline copied from
+	// ctx.Deadline() can fire before ctx.Err() is set, and the caller could
+	// not tell a silent client from a slow clock.
 	var fired sync.WaitGroup
 	fired.Add(1)
 	stopAfter := context.AfterFunc(ctx, func() {
