@@ -209,11 +209,13 @@ func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (
 	ri := router.Intent{
 		Listener: sess.ln.cfg.Kind,
 		ReadOnly: in.readOnly,
-		Seq:      sess.srv.seq.Add(1),
 		Sessions: sess.srv.sessionsOn,
 	}
 	if in.primaryOnly && ri.Listener == router.ListenerAny {
 		ri.ReadOnly = false
+	}
+	if ri.MayUseStandby() {
+		ri.Seq = sess.srv.seq.Add(1)
 	}
 	var timer *time.Timer
 	start := time.Now()

@@ -82,8 +82,8 @@ type Intent struct {
 	// startup (for example target_session_attrs or
 	// default_transaction_read_only=on). Only ListenerAny looks at it.
 	ReadOnly bool
-	// Seq is the caller's counter for round-robin; the caller increments it
-	// per session.
+	// Seq is the caller's counter for round-robin; the caller advances it
+	// for each intent that MayUseStandby.
 	Seq uint64
 	// Sessions reports the open sessions per member for LeastConnections;
 	// nil counts every member as zero.
@@ -112,13 +112,21 @@ var (
 	ErrNoStandby = errors.New("router: no usable standby")
 )
 
+// MayUseStandby reports whether Route may send the intent to a standby, the
+// only case in which it reads Seq: a caller advances its round-robin
+// counter for these intents alone, so that writes interleaved with reads do
+// not keep every read on the same standby.
+func (in Intent) MayUseStandby() bool {
+	return in.Listener == ListenerReadOnly || (in.Listener == ListenerAny && in.ReadOnly)
+}
+
 // Route picks the member for a new session. s may be nil, which routes
 // nowhere. The snapshot is only read.
 func Route(in Intent, s *topology.Snapshot, p Policy) (Decision, error) {
 	switch {
 	case in.Listener == ListenerReadOnly:
 		return routeRead(in, s, p, p.FallbackToPrimary)
-	case in.Listener == ListenerAny && in.ReadOnly:
+	case in.MayUseStandby():
 		// On the single endpoint a read-only session may always use
 		// the primary: it asked for no more than any session gets.
 		return routeRead(in, s, p, true)

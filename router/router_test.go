@@ -259,3 +259,19 @@ func TestPrimary(t *testing.T) {
 		})
 	}
 }
+
+func TestMayUseStandby(t *testing.T) {
+	for _, tc := range []struct {
+		in   Intent
+		want bool
+	}{
+		{Intent{Listener: ListenerReadOnly}, true},
+		{Intent{Listener: ListenerAny, ReadOnly: true}, true},
+		{Intent{Listener: ListenerAny}, false},
+		{Intent{Listener: ListenerReadWrite, ReadOnly: true}, false},
+	} {
+		if got := tc.in.MayUseStandby(); got != tc.want {
+			t.Errorf("%+v.MayUseStandby() = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -94,6 +94,23 @@ func TestStatementSplit(t *testing.T) {
 		}
 	}
 
+	// Reads interleaved with writes still take turns over the standbys: a
+	// write must not advance the round-robin.
+	ports := map[int]int{}
+	for i := range 6 {
+		if _, err := conn.Exec(ctx, "INSERT INTO split_t (v) VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+		var port int
+		if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+			t.Fatal(err)
+		}
+		ports[port]++
+	}
+	if len(ports) != 2 {
+		t.Errorf("reads between writes ran on ports %v, want both standbys", ports)
+	}
+
 	// A read-write transaction runs wholly on the primary; a read-only one
 	// on a standby.
 	tx, err := conn.Begin(ctx)
