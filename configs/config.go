@@ -153,6 +153,15 @@ type Proxy struct {
 	ServerCAFile string `yaml:"serverCAFile"`
 	// ServerConnectTimeout bounds dialing a member. Default 5s.
 	ServerConnectTimeout time.Duration `yaml:"serverConnectTimeout"`
+	// PeerListen is host:port of the peer port, where other replicas of
+	// this proxy pass on cancel requests whose key they do not know.
+	// Default: none.
+	PeerListen string `yaml:"peerListen"`
+	// Peers are the other replicas' peer ports, host:port each; a host
+	// resolving to several addresses (a headless Service) names them all.
+	// A cancel request with a key unknown here goes to every one. Default:
+	// none.
+	Peers []string `yaml:"peers"`
 }
 
 // Admin configures the HTTP admin server.
@@ -285,8 +294,12 @@ func (c *Config) Validate() error {
 	addr("listen-rw", p.ListenRW)
 	addr("listen-ro", p.ListenRO)
 	addr("admin-listen", c.Admin.Listen)
+	addr("peer-listen", p.PeerListen)
+	for _, peer := range p.Peers {
+		addr("peers", peer)
+	}
 	seen := map[string]string{}
-	for name, v := range map[string]string{"listen": p.Listen, "listen-rw": p.ListenRW, "listen-ro": p.ListenRO, "admin-listen": c.Admin.Listen} {
+	for name, v := range map[string]string{"listen": p.Listen, "listen-rw": p.ListenRW, "listen-ro": p.ListenRO, "admin-listen": c.Admin.Listen, "peer-listen": p.PeerListen} {
 		if v == "" {
 			continue
 		}

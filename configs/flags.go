@@ -37,6 +37,9 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	f.str("server-sslmode", d.Proxy.ServerSSLMode, "sslmode for links to PostgreSQL: disable, prefer, require, verify-ca, verify-full", func(c *Config) *string { return &c.Proxy.ServerSSLMode })
 	f.str("server-ca", d.Proxy.ServerCAFile, "CA file to verify PostgreSQL servers", func(c *Config) *string { return &c.Proxy.ServerCAFile })
 	f.dur("server-connect-timeout", d.Proxy.ServerConnectTimeout, "deadline for connecting to a member", func(c *Config) *time.Duration { return &c.Proxy.ServerConnectTimeout })
+	f.str("peer-listen", d.Proxy.PeerListen, "peer port host:port: other replicas pass on cancel requests here", func(c *Config) *string { return &c.Proxy.PeerListen })
+	peers := fs.StringSlice("peers", nil, "other replicas' peer ports, host:port,...; a cancel key unknown here goes to each (a headless Service name covers all)")
+	f.apply["peers"] = func(c *Config) { c.Proxy.Peers = append([]string(nil), *peers...) }
 
 	f.str("balance", d.Routing.Balance, "standby choice for read-only sessions: round-robin or least-connections", func(c *Config) *string { return &c.Routing.Balance })
 	f.uint64("max-replica-lag-bytes", d.Routing.MaxReplicaLagBytes, "skip standbys whose replay is further behind, in bytes (0: no limit)", func(c *Config) *uint64 { return &c.Routing.MaxReplicaLagBytes })

@@ -43,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgrouter_sessions_terminated_total", Help: "Sessions the proxy ended itself, by reason (role_change, shutdown).",
 		}, []string{"reason"}),
 		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pgrouter_cancel_requests_total", Help: "Cancel requests by outcome (forwarded, unknown_key, failed).",
+			Name: "pgrouter_cancel_requests_total", Help: "Cancel requests by outcome (forwarded, unknown_key, failed, no_server, to_peers, to_peers_dropped, peer_unknown_key, peer_refused).",
 		}, []string{"outcome"}),
 		primaryWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "pgrouter_primary_wait_seconds", Help: "Time read-write sessions waited for a primary to appear.",

@@ -70,6 +70,9 @@ type Config struct {
 	ServerResetQuery string
 	// Split configures the statement split of listeners with Split set.
 	Split *SplitConfig
+	// Peer passes cancel requests between replicas of one proxy. The peer
+	// list is reloadable; the peer port is bound at start only.
+	Peer PeerConfig
 }
 
 func (c *Config) setDefaults() {
@@ -97,9 +100,11 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	cancels *cancelRegistry
+	peers   *peerForwarder
 	pools   *pools
 
 	listeners []*listener
+	peerLn    net.Listener
 	seq       atomic.Uint64
 	nextID    atomic.Uint64
 
@@ -132,7 +137,7 @@ func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server,
 	}
 	cfg.setDefaults()
 	s := &Server{
-		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), pools: newPools(),
+		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), peers: newPeerForwarder(), pools: newPools(),
 		sessions: make(map[*session]struct{}), perMember: make(map[string]int),
 	}
 	s.cfg.Store(&cfg)
@@ -150,11 +155,23 @@ func (s *Server) Listen() error {
 		}
 		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln, conns: s.metrics.clientConns.WithLabelValues(lc.Name)})
 	}
+	if cfg.Peer.Listen != "" {
+		ln, err := net.Listen("tcp", cfg.Peer.Listen)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen %s (peer): %w", cfg.Peer.Listen, err)
+		}
+		s.peerLn = ln
+	}
 	return nil
 }
 
-// Addr returns the bound address of the named listener, nil if none.
+// Addr returns the bound address of the named listener ("peer" for the
+// peer port), nil if none.
 func (s *Server) Addr(name string) net.Addr {
+	if name == "peer" && s.peerLn != nil {
+		return s.peerLn.Addr()
+	}
 	for _, l := range s.listeners {
 		if l.cfg.Name == name {
 			return l.ln.Addr()
@@ -192,6 +209,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.acceptLoop(ctx, l)
 		}()
 	}
+	if s.peerLn != nil {
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			s.servePeers(ctx, s.peerLn)
+		}()
+	}
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	watchDone := make(chan struct{}, 2)
 	go func() {
@@ -218,6 +242,9 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
 		l.ln.Close()
+	}
+	if s.peerLn != nil {
+		s.peerLn.Close()
 	}
 }
 

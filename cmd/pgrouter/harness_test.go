@@ -311,6 +311,12 @@ func sqlState(err error) string {
 // ends; an early cancel, before the sleep runs, is a no-op, hence the
 // repeats. It returns the statement's error.
 func sleepAndCancel(t *testing.T, conn *pgx.Conn) error {
+	return sleepAndCancelWith(t, conn, conn.PgConn().CancelRequest)
+}
+
+// sleepAndCancelWith is sleepAndCancel with the cancel request sent by
+// cancel, for requests that go elsewhere than the session's own port.
+func sleepAndCancelWith(t *testing.T, conn *pgx.Conn, cancel func(context.Context) error) error {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -318,9 +324,9 @@ func sleepAndCancel(t *testing.T, conn *pgx.Conn) error {
 		errc <- err
 	}()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		cerr := conn.PgConn().CancelRequest(ctx)
-		cancel()
+		ctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+		cerr := cancel(ctx)
+		stop()
 		if cerr != nil {
 			t.Fatal(cerr)
 		}

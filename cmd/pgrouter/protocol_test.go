@@ -331,3 +331,47 @@ func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
 }
+
+// A cancel request that a load balancer hands to another replica than the
+// one holding the session still cancels it: the replica passes the key it
+// does not know to its peers' peer ports. Passthrough and pooled sessions.
+func TestCancelAcrossReplicas(t *testing.T) {
+	c := sharedCluster(t)
+	peerA, peerB := freeAddr(t), freeAddr(t)
+	for _, pooled := range []bool{false, true} {
+		start := func(self, other string) *proxyProc {
+			args := []string{"--peer-listen", self, "--peers", other}
+			if pooled {
+				return startPooled(t, c, "transaction", args...)
+			}
+			return startProxy(t, c, args...)
+		}
+		a := start(peerA, peerB)
+		b := start(peerB, peerA)
+		conn := appConn(t, c, a.RW)
+		pid, key := conn.PgConn().PID(), conn.PgConn().SecretKey()
+		err := sleepAndCancelWith(t, conn, func(context.Context) error {
+			sendCancel(t, b.RW, pid, key)
+			return nil
+		})
+		if sqlState(err) != "57014" {
+			t.Fatalf("pooled=%v: cancel through the other replica: err = %v, want 57014\n%s", pooled, err, b.logs())
+		}
+		// The peer port takes cancel requests only.
+		nc, err := net.Dial("tcp", peerB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,
+			Parameters: map[string]string{"user": c.AppUser}}).Encode(nil)
+		_, _ = nc.Write(startup)
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := nc.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Fatalf("peer port answered a startup message (n=%d, err=%v)", n, err)
+		}
+		nc.Close()
+		conn.Close(context.Background())
+		a.stop()
+		b.stop()
+	}
+}

@@ -289,6 +289,7 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 		DrainTimeout:     p.DrainTimeout,
 		MaxStartupPacket: p.MaxStartupPacket,
 		ServerResetQuery: c.Pool.ServerResetQuery,
+		Peer:             proxy.PeerConfig{Listen: p.PeerListen, Peers: p.Peers},
 		Pool: pool.Config{
 			Size: c.Pool.Size, MinSize: c.Pool.MinSize, IdleTimeout: c.Pool.ServerIdleTimeout,
 			Lifetime: c.Pool.ServerLifetime, WaitTimeout: c.Pool.QueryWaitTimeout,
