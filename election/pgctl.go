@@ -1,6 +1,8 @@
 package election
 
 import (
+	"github.com/pgrouter/pgrouter/internal/proc"
+
 	"bytes"
 	"context"
 	"errors"
@@ -90,7 +92,7 @@ var pgTools = []string{"initdb", "pg_ctl", "postgres", "pg_basebackup", "pg_rewi
 // PATH).
 func FindBinDir(dir string) (string, error) {
 	if dir != "" {
-		if missing := missingTools(dir); len(missing) > 0 {
+		if missing := proc.MissingPrograms(dir, pgTools); len(missing) > 0 {
 			return "", fmt.Errorf("pg-bin %s lacks %s", dir, strings.Join(missing, ", "))
 		}
 		return dir, nil
@@ -98,14 +100,14 @@ func FindBinDir(dir string) (string, error) {
 	var tried []string
 	if p, err := exec.LookPath("pg_ctl"); err == nil {
 		d := filepath.Dir(p)
-		if len(missingTools(d)) == 0 {
+		if len(proc.MissingPrograms(d, pgTools)) == 0 {
 			return d, nil
 		}
 		tried = append(tried, d+" (PATH)")
 	}
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
 		d := strings.TrimSpace(string(out))
-		if len(missingTools(d)) == 0 {
+		if len(proc.MissingPrograms(d, pgTools)) == 0 {
 			return d, nil
 		}
 		tried = append(tried, d+" (pg_config)")
@@ -113,7 +115,7 @@ func FindBinDir(dir string) (string, error) {
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	sort.Slice(dirs, func(i, j int) bool { return versionOf(dirs[i]) > versionOf(dirs[j]) })
 	for _, d := range dirs {
-		if len(missingTools(d)) == 0 {
+		if len(proc.MissingPrograms(d, pgTools)) == 0 {
 			return d, nil
 		}
 		tried = append(tried, d)
@@ -125,16 +127,6 @@ func FindBinDir(dir string) (string, error) {
 func versionOf(binDir string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
 	return v
-}
-
-func missingTools(dir string) []string {
-	var missing []string
-	for _, t := range pgTools {
-		if fi, err := os.Stat(filepath.Join(dir, t)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			missing = append(missing, t)
-		}
-	}
-	return missing
 }
 
 // PGCtl drives a local PostgreSQL server with its own programs (initdb,
@@ -348,7 +340,7 @@ func (p *PGCtl) closeConn() {
 // or, when the file is gone (the data directory was deleted), the PID seen
 // last if that process is still a postgres. 0 when none runs.
 func (p *PGCtl) postmasterPID() int {
-	if pid, err := readPID(p.path("postmaster.pid")); err == nil && alive(pid) {
+	if pid, err := proc.ReadPID(p.path("postmaster.pid")); err == nil && proc.Alive(pid) {
 		p.mu.Lock()
 		p.pid = pid
 		p.mu.Unlock()
@@ -356,7 +348,7 @@ func (p *PGCtl) postmasterPID() int {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.pid > 0 && alive(p.pid) && isPostgres(p.pid) {
+	if p.pid > 0 && proc.Alive(p.pid) && proc.Runs(p.pid, "postgres") {
 		return p.pid
 	}
 	p.pid = 0
@@ -607,8 +599,8 @@ func (p *PGCtl) removeStaleLocks() error {
 		locks = append(locks, filepath.Join(d, ".s.PGSQL."+p.port+".lock"))
 	}
 	for _, f := range locks {
-		pid, err := readPID(f)
-		if err != nil || alive(pid) {
+		pid, err := proc.ReadPID(f)
+		if err != nil || proc.Alive(pid) {
 			continue
 		}
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -762,28 +754,28 @@ func (p *PGCtl) Stop(ctx context.Context, mode string) error {
 			sig = syscall.SIGQUIT
 		}
 		_ = syscall.Kill(pid, sig)
-		err = waitGone(ctx, []int{pid})
+		err = proc.WaitGone(ctx, []int{pid})
 	}
 	if err == nil {
 		// pg_ctl returns once postmaster.pid is gone; the process may take
 		// a moment more to exit.
 		gctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err = waitGone(gctx, []int{pid})
+		err = proc.WaitGone(gctx, []int{pid})
 		cancel()
 		if err == nil {
 			return nil
 		}
 	}
 	p.log.Warn("postgres did not stop in time; killing it", zap.Int("pid", pid), zap.String("mode", mode), zap.Error(err))
-	procs := append(children(pid), pid)
+	procs := append(proc.Children(pid), pid)
 	_ = syscall.Kill(pid, syscall.SIGSTOP)
-	procs = append(children(pid), procs...)
+	procs = append(proc.Children(pid), procs...)
 	for _, c := range procs {
 		_ = syscall.Kill(c, syscall.SIGKILL)
 	}
 	kctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := waitGone(kctx, procs); err != nil {
+	if err := proc.WaitGone(kctx, procs); err != nil {
 		return fmt.Errorf("stop postgres %d: %w", pid, err)
 	}
 	_ = p.removeStaleLocks()

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgrouter/pgrouter/internal/proc"
 )
 
 // installHint is appended to every "PostgreSQL is missing" error.
@@ -39,7 +41,7 @@ func BinDir() (string, error) { return binDir() }
 
 func findBinDir() (string, error) {
 	if d := os.Getenv("PGR_PG_BINDIR"); d != "" {
-		if missing := missingTools(d); len(missing) > 0 {
+		if missing := proc.MissingPrograms(d, serverTools); len(missing) > 0 {
 			return "", fmt.Errorf("PGR_PG_BINDIR=%s lacks %s: %s", d, strings.Join(missing, ", "), installHint)
 		}
 		return d, nil
@@ -47,27 +49,17 @@ func findBinDir() (string, error) {
 	var tried []string
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
 		d := strings.TrimSpace(string(out))
-		if len(missingTools(d)) == 0 {
+		if len(proc.MissingPrograms(d, serverTools)) == 0 {
 			return d, nil
 		}
 		tried = append(tried, d+" (from pg_config --bindir)")
 	}
-	if len(missingTools(debianBinDir)) == 0 {
+	if len(proc.MissingPrograms(debianBinDir, serverTools)) == 0 {
 		return debianBinDir, nil
 	}
 	tried = append(tried, debianBinDir)
 	return "", fmt.Errorf("PostgreSQL server not found (looked in %s for %s): %s",
 		strings.Join(tried, ", "), strings.Join(serverTools, ", "), installHint)
-}
-
-func missingTools(dir string) []string {
-	var missing []string
-	for _, t := range serverTools {
-		if fi, err := os.Stat(filepath.Join(dir, t)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			missing = append(missing, t)
-		}
-	}
-	return missing
 }
 
 // runner runs the PostgreSQL programs of one bin directory as the OS user
@@ -188,64 +180,6 @@ func freePort() (int, error) {
 	return 0, errors.New("find a free port: every port offered was handed out before")
 }
 
-// alive reports whether pid is a process that has not exited. A zombie has
-// exited: nobody may reap the orphaned postmaster (PID 1 in a container).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name, which may itself
-	// hold parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
-}
-
-// children lists the processes whose parent is pid.
-func children(pid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var kids []int
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			kids = append(kids, p)
-		}
-	}
-	return kids
-}
-
-// waitGone polls until none of pids is alive or the deadline passes.
-func waitGone(pids []int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var left []int
-		for _, p := range pids {
-			if alive(p) {
-				left = append(left, p)
-			}
-		}
-		if len(left) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v still alive after %s", left, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // tmpfsMagic is the f_type statfs reports for a tmpfs.
 const tmpfsMagic = 0x01021994
 
@@ -284,39 +218,27 @@ func reapStale(parent string, logf func(string, ...any)) {
 			continue // not ours, or still being made
 		}
 		owner, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || alive(owner) {
+		if err != nil || proc.Alive(owner) {
 			continue
 		}
 		pidFiles, _ := filepath.Glob(filepath.Join(dir, "*", "data", "postmaster.pid"))
 		for _, pf := range pidFiles {
-			pid, err := readPID(pf)
-			if err != nil || !alive(pid) {
+			pid, err := proc.ReadPID(pf)
+			if err != nil || !proc.Alive(pid) {
 				continue
 			}
 			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			if bytes.Contains(cmdline, []byte(filepath.Dir(pf))) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
-				_ = waitGone([]int{pid}, 5*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = proc.WaitGone(ctx, []int{pid})
+				cancel()
 			}
 		}
 		if err := os.RemoveAll(dir); err == nil {
 			logf("pgtest: removed %s left by dead process %d", dir, owner)
 		}
 	}
-}
-
-// readPID reads the postmaster's PID from the first line of postmaster.pid.
-func readPID(pidFile string) (int, error) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || pid <= 0 {
-		return 0, fmt.Errorf("%s: no PID on its first line", pidFile)
-	}
-	return pid, nil
 }
 
 // canTraverse reports whether uid/gid may enter the directory fi describes.

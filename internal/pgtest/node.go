@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgrouter/pgrouter/internal/proc"
 )
 
 // Node is one PostgreSQL server of a Cluster. Its methods are safe for
@@ -53,7 +55,7 @@ func (n *Node) Running() bool {
 
 // PID returns the postmaster's PID, read from postmaster.pid.
 func (n *Node) PID() (int, error) {
-	pid, err := readPID(n.pidFile())
+	pid, err := proc.ReadPID(n.pidFile())
 	if err != nil {
 		return 0, n.errorf("read PID: %w", err)
 	}
@@ -88,12 +90,12 @@ func (n *Node) Stop(ctx context.Context) error {
 
 // stop runs pg_ctl stop in mode; n.mu is held.
 func (n *Node) stop(ctx context.Context, mode string) error {
-	pid, err := readPID(n.pidFile())
+	pid, err := proc.ReadPID(n.pidFile())
 	if errors.Is(err, os.ErrNotExist) {
 		n.running = false
 		return nil
 	}
-	if err == nil && !alive(pid) {
+	if err == nil && !proc.Alive(pid) {
 		n.running = false
 		return n.removeStalePID()
 	}
@@ -117,7 +119,7 @@ func (n *Node) Kill() error {
 
 // kill is Kill with n.mu held.
 func (n *Node) kill() error {
-	pid, err := readPID(n.pidFile())
+	pid, err := proc.ReadPID(n.pidFile())
 	if errors.Is(err, os.ErrNotExist) {
 		n.running = false
 		return nil
@@ -125,7 +127,7 @@ func (n *Node) kill() error {
 	if err != nil {
 		return n.errorf("kill: %w", err)
 	}
-	if !alive(pid) {
+	if !proc.Alive(pid) {
 		n.running = false
 		return n.removeStalePID()
 	}
@@ -133,11 +135,13 @@ func (n *Node) kill() error {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return n.errorf("kill: SIGSTOP postmaster %d: %w", pid, err)
 	}
-	procs := append(children(pid), pid)
+	procs := append(proc.Children(pid), pid)
 	for _, p := range procs {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
-	if err := waitGone(procs, 10*time.Second); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := proc.WaitGone(ctx, procs); err != nil {
 		return n.errorf("kill: %w", err)
 	}
 	n.running = false

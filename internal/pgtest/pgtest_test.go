@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/pgrouter/pgrouter/internal/proc"
 	"go.uber.org/goleak"
 )
 
@@ -206,7 +207,7 @@ func TestKillRestartClose(t *testing.T) {
 	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if alive(pid) || p.Running() {
+	if proc.Alive(pid) || p.Running() {
 		t.Fatalf("postmaster %d alive after Kill", pid)
 	}
 	if err := conn.Ping(ctx); err == nil {
@@ -238,7 +239,7 @@ func TestKillRestartClose(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 	for i, n := range c.Nodes {
-		if alive(pids[i]) {
+		if proc.Alive(pids[i]) {
 			t.Errorf("%s: postmaster %d alive after Close", n.Name, pids[i])
 		}
 		if conn, err := net.DialTimeout("tcp", n.Addr, time.Second); err == nil {
