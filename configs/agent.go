@@ -3,7 +3,6 @@ package configs
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/pgrouter/pgrouter/election"
 )
@@ -135,21 +133,7 @@ func AgentDefaults() Agent {
 
 // LoadAgent reads a YAML file over the defaults; unknown keys are errors.
 func LoadAgent(path string) (Agent, error) {
-	c := AgentDefaults()
-	if path == "" {
-		return c, nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return c, fmt.Errorf("read config: %w", err)
-	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("parse %s: %w", path, err)
-	}
-	return c, nil
+	return loadYAML(path, AgentDefaults())
 }
 
 // ElectionConfig is the election package's part.

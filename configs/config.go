@@ -233,7 +233,13 @@ func Defaults() Config {
 // Load reads a YAML file over the defaults. Unknown keys are errors, so a
 // typo is not silently ignored.
 func Load(path string) (Config, error) {
-	c := Defaults()
+	return loadYAML(path, Defaults())
+}
+
+// loadYAML decodes the file at path over c, which holds the defaults; an
+// empty path leaves them, and an unknown field is an error, not a silent
+// typo.
+func loadYAML[T any](path string, c T) (T, error) {
 	if path == "" {
 		return c, nil
 	}
