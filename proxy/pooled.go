@@ -58,7 +58,14 @@ type pooled struct {
 	stmtQuery   map[string]string // client statement name -> its query text
 	stmtSeq     uint64
 
-	handoff chan *pool.ServerConn
+	// A server's output is pumped to the client by a goroutine that runs
+	// only while the session holds a server: an idle client costs one
+	// goroutine, not two. pumping is true while it runs; queued holds a
+	// server lent before the previous pump returned, which that pump takes
+	// next so the client sees answers in order. Guarded by mu.
+	pumping bool
+	queued  []*pool.ServerConn
+	pumps   sync.WaitGroup
 	closing atomic.Bool // the client loop has ended
 
 	// Statement split (nil splitCfg: off).
@@ -142,7 +149,6 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		stmts:     make(map[string][]byte),
 		stmtNames: make(map[string]string),
 		stmtQuery: make(map[string]string),
-		handoff:   make(chan *pool.ServerConn, 1),
 		cfg:       cfg,
 		in:        in,
 	}
@@ -216,17 +222,9 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		sc = nil
 	}
 	if sc != nil {
-		ps.mu.Lock()
-		ps.server = sc
-		ps.mu.Unlock()
-		ps.handoff <- sc
+		ps.lend(sc)
 	}
 
-	serverDone := make(chan struct{})
-	go func() {
-		defer close(serverDone)
-		ps.serverLoop()
-	}()
 	err = ps.clientLoop(ctx, cfg, in)
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()
@@ -242,8 +240,7 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 			held.Close()
 		}
 	}
-	close(ps.handoff)
-	<-serverDone
+	ps.pumps.Wait()
 	ps.mu.Lock()
 	held = ps.server
 	ps.server = nil

@@ -172,10 +172,7 @@ func (ps *pooled) ensureServerFor(ctx context.Context, cfg *Config, in sessionIn
 	if err != nil {
 		return nil, err
 	}
-	ps.mu.Lock()
-	ps.server = sc
-	ps.mu.Unlock()
-	ps.handoff <- sc
+	ps.lend(sc)
 	return sc, nil
 }
 
@@ -322,33 +319,74 @@ var serverWatchPooled = func() *[256]bool {
 	return &w
 }()
 
-// serverLoop pumps each server the session is lent, until the client
-// loop closes handoff.
-func (ps *pooled) serverLoop() {
-	for sc := range ps.handoff {
-		// Buffers are borrowed per lend: a client between transactions
-		// holds none.
-		bp := serverBufPool.Get().(*[]byte)
-		op := serverBufPool.Get().(*[]byte)
-		err := ps.pump(sc, *bp, (*op)[:0])
-		for err == errRetryOnPrimary {
-			var next *pool.ServerConn
-			if next, err = ps.rerunOnPrimary(); err == nil {
-				sc = next
-				err = ps.pump(sc, *bp, (*op)[:0])
-			}
-		}
-		serverBufPool.Put(bp)
-		serverBufPool.Put(op)
-		if err == nil {
-			continue
-		}
-		var ne interface{ Timeout() bool }
-		if ps.closing.Load() && errors.As(err, &ne) && ne.Timeout() {
-			return // the client left; runPooled gives the idle server back
-		}
-		ps.serverLost(sc, err)
+// lend makes sc the session's server and has its output pumped to the
+// client: by a new pump goroutine, or by the running one once it is done
+// with the server before.
+func (ps *pooled) lend(sc *pool.ServerConn) {
+	ps.mu.Lock()
+	ps.server = sc
+	if ps.pumping {
+		ps.queued = append(ps.queued, sc)
+		ps.mu.Unlock()
+		return
 	}
+	ps.pumping = true
+	ps.mu.Unlock()
+	ps.pumps.Add(1)
+	go ps.serverLoop(sc)
+}
+
+// serverLoop pumps sc, then each server queued meanwhile, and returns
+// when none is left or the client has gone.
+func (ps *pooled) serverLoop(sc *pool.ServerConn) {
+	defer ps.pumps.Done()
+	for sc != nil {
+		if !ps.pumpOne(sc) {
+			ps.mu.Lock()
+			ps.pumping = false
+			ps.queued = ps.queued[:0]
+			ps.mu.Unlock()
+			return
+		}
+		ps.mu.Lock()
+		sc = nil
+		if len(ps.queued) > 0 {
+			sc = ps.queued[0]
+			ps.queued = append(ps.queued[:0], ps.queued[1:]...)
+		} else {
+			ps.pumping = false
+		}
+		ps.mu.Unlock()
+	}
+}
+
+// pumpOne pumps one lent server until it is given back or fails. It
+// reports false when the client has left, whose server runPooled gives
+// back.
+func (ps *pooled) pumpOne(sc *pool.ServerConn) bool {
+	// Buffers are borrowed per lend: a client between transactions holds
+	// none.
+	bp := serverBufPool.Get().(*[]byte)
+	op := serverBufPool.Get().(*[]byte)
+	defer serverBufPool.Put(bp)
+	defer serverBufPool.Put(op)
+	err := ps.pump(sc, *bp, (*op)[:0])
+	for err == errRetryOnPrimary {
+		var next *pool.ServerConn
+		if next, err = ps.rerunOnPrimary(); err == nil {
+			sc = next
+			err = ps.pump(sc, *bp, (*op)[:0])
+		}
+	}
+	if err == nil {
+		return true
+	}
+	var ne interface{ Timeout() bool }
+	if ps.closing.Load() && errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	ps.serverLost(sc, err)
+	return true
 }
 
 // pump copies one lent server's output to the client until the server
