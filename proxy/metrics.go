@@ -16,6 +16,7 @@ type Metrics struct {
 	primaryWait      prometheus.Histogram
 	pins             *prometheus.CounterVec
 	splitRoutes      *prometheus.CounterVec
+	deferredPrepares prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: none).
@@ -55,10 +56,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		pins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_pool_pins_total", Help: "Transaction-pooled sessions pinned to their server, by the state that could not be carried.",
 		}, []string{"reason"}),
+		deferredPrepares: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrouter_pool_deferred_prepares_total", Help: "Statements a transaction-pooled client prepared between transactions, answered by the proxy and prepared on a server at first use.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.routes,
-			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes)
+			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes, m.deferredPrepares)
 	}
 	return m
 }

@@ -86,6 +86,13 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 				}
 			}
 			if sc == nil && !failing {
+				if resp, n := ps.deferPrepare(msgs); n > 0 {
+					if err := ps.writeClient(resp); err != nil {
+						return err
+					}
+					msgs = msgs[n:]
+					continue
+				}
 				var err error
 				sc, err = ps.ensureServerFor(ctx, cfg, in, msgs)
 				if err != nil {
@@ -286,6 +293,82 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 	}
 	ps.dirty = true
 	return append(out, raw...)
+}
+
+// deferPrepare answers, between transactions, a prepare that needs no
+// server yet: named Parse messages and a Sync, which is what libpq's
+// PQprepare sends. The statements are recorded and prepared on whichever
+// server runs their first Bind or Describe (ensurePrepared). A client that
+// prepares synchronously while holding servers for its other connections
+// (pgbench -M prepared with fewer threads than clients) cannot then wait
+// on a pool its own open transactions exhaust. The cost: an invalid
+// statement is reported at its first use, not here. It returns the answer
+// and how many bytes of msgs it consumed; 0 when msgs is anything else.
+func (ps *pooled) deferPrepare(msgs []byte) ([]byte, int) {
+	if ps.mode != PoolTransaction {
+		return nil, 0
+	}
+	type parse struct {
+		name, query string
+		rest        []byte
+	}
+	var parses [4]parse
+	list := parses[:0]
+	end := 0
+	for m := msgs; ; {
+		if len(m) < 5 {
+			return nil, 0
+		}
+		l := int(getUint32(m[1:5]))
+		if l < 4 || len(m) < 1+l {
+			return nil, 0
+		}
+		body := m[5 : 1+l]
+		end += 1 + l
+		if m[0] == 'S' {
+			break
+		}
+		if m[0] != 'P' || len(list) == cap(parses) {
+			return nil, 0
+		}
+		i := indexZero(body)
+		if i <= 0 {
+			return nil, 0 // the unnamed statement lives only until the next Parse
+		}
+		rest := body[i+1:]
+		q := indexZero(rest)
+		if q < 0 {
+			return nil, 0
+		}
+		query := string(rest[:q])
+		if pinReason(query) != pinNone {
+			return nil, 0
+		}
+		list = append(list, parse{name: string(body[:i]), query: query, rest: rest})
+		m = m[1+l:]
+	}
+	if len(list) == 0 {
+		return nil, 0
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.server != nil || ps.pinned != "" || len(ps.fifo) > 0 || ps.dirty || (ps.txStatus != 'I' && ps.txStatus != 0) {
+		return nil, 0
+	}
+	var resp []byte
+	for _, p := range list {
+		if _, taken := ps.stmtNames[p.name]; taken {
+			return nil, 0 // PostgreSQL's error for a duplicate name comes from a server
+		}
+	}
+	for _, p := range list {
+		ps.stmts[p.name] = append([]byte(nil), p.rest...)
+		ps.stmtNames[p.name] = ps.newServerName()
+		ps.stmtQuery[p.name] = p.query
+		resp = appendMessage(resp, '1', nil)
+	}
+	ps.sess.srv.metrics.deferredPrepares.Add(float64(len(list)))
+	return appendMessage(resp, 'Z', []byte{'I'}), end
 }
 
 // ensurePrepared injects the client's Parse under the server name when

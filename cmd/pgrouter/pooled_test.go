@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
@@ -413,5 +414,51 @@ func TestSessionPoolingResetAndTLS(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "channel binding") {
 		t.Fatalf("channel_binding=require: %v %s", err, out)
+	}
+}
+
+// A prepare between transactions (Parse and Sync, as libpq's PQprepare
+// sends) is answered by the proxy and prepared at first use: a good
+// statement runs, a bad one fails when it is first executed, and the
+// session goes on either way.
+func TestDeferredPrepare(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "1")
+	conn := appConn(t, c, p.RW)
+	pc := conn.PgConn()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.Parse{Name: "good", Query: "SELECT $1::int + 1"})
+	fe.Send(&pgproto3.Parse{Name: "bad", Query: "SELEC 1"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%T", msg))
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if want := "[*pgproto3.ParseComplete *pgproto3.ParseComplete *pgproto3.ReadyForQuery]"; fmt.Sprint(got) != want {
+		t.Fatalf("prepare answered %v, want %s", got, want)
+	}
+	res := pc.ExecPrepared(ctx, "good", [][]byte{[]byte("41")}, nil, nil).Read()
+	if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+		t.Fatalf("good statement: rows %q, err %v", res.Rows, res.Err)
+	}
+	res = pc.ExecPrepared(ctx, "bad", nil, nil, nil).Read()
+	if sqlState(res.Err) != "42601" {
+		t.Fatalf("bad statement: err = %v, want 42601 syntax_error", res.Err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT 7").Scan(&n); err != nil || n != 7 {
+		t.Fatalf("session after the failed statement: %d, %v", n, err)
 	}
 }
