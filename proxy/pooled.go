@@ -134,7 +134,7 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 	if method != auth.MethodTrust && method != auth.MethodReject && cfg.Auth.Lookup != nil {
 		secret, lookupErr = cfg.Auth.Lookup.Secret(ctx, in.user)
 		if lookupErr != nil && !errors.Is(lookupErr, auth.ErrUnknownUser) {
-			sess.log.Warn("cannot look up the user's secret", zap.String("user", in.user), zap.Error(lookupErr))
+			sess.logger().Warn("cannot look up the user's secret", zap.String("user", in.user), zap.Error(lookupErr))
 		}
 	} else if cfg.Auth.Lookup == nil {
 		lookupErr = auth.ErrUnknownUser
@@ -215,7 +215,7 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
 	sess.srv.perMember[ps.member]++
 	sess.srv.mu.Unlock()
-	sess.log.Debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
+	sess.logger().Debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
 
 	if sc != nil && mode == PoolTransaction {
 		ps.release(sc, true)
@@ -503,7 +503,7 @@ func (ps *pooled) pin(reason string) {
 	}
 	ps.pinned = reason
 	ps.sess.srv.metrics.pins.WithLabelValues(reason).Inc()
-	ps.sess.log.Info("session pinned to its server", zap.String("reason", reason))
+	ps.sess.logger().Info("session pinned to its server", zap.String("reason", reason))
 }
 
 // current returns the held server for cancel requests.

@@ -446,7 +446,7 @@ func (s *Server) terminateStale(sess *session, why string) {
 		Message: "terminating connection because of a role change: " + why,
 		Hint:    "Reconnect: pgrouter routes new sessions to the current " + sess.role.String() + "."}) {
 		s.metrics.terminated.WithLabelValues("role_change").Inc()
-		sess.log.Info("closing session after role change", zap.String("reason", why))
+		sess.logger().Info("closing session after role change", zap.String("reason", why))
 	}
 }
 

@@ -27,7 +27,10 @@ type session struct {
 	id  uint64
 	srv *Server
 	ln  *listener
-	log *zap.Logger
+	// lg is the session's logger, built on first use by logger(); logMember
+	// names the member once routed, for the logger's fields.
+	lg        atomic.Pointer[zap.Logger]
+	logMember atomic.Pointer[string]
 
 	client net.Conn
 
@@ -47,8 +50,25 @@ type session struct {
 
 func (s *Server) newSession(l *listener, nc net.Conn) *session {
 	id := s.nextID.Add(1)
-	return &session{id: id, srv: s, ln: l, client: nc,
-		log: s.log.With(zap.Uint64("session", id), zap.String("listener", l.cfg.Name))}
+	return &session{id: id, srv: s, ln: l, client: nc}
+}
+
+// logger returns the session's logger, made on first use: zap's With
+// copies an encoder with its buffer (about 1 KiB), too much to keep for
+// every idle session when most never log.
+func (sess *session) logger() *zap.Logger {
+	if l := sess.lg.Load(); l != nil {
+		return l
+	}
+	fields := []zap.Field{zap.Uint64("session", sess.id), zap.String("listener", sess.ln.cfg.Name)}
+	if m := sess.logMember.Load(); m != nil {
+		fields = append(fields, zap.String("member", *m))
+	}
+	l := sess.srv.log.With(fields...)
+	if sess.lg.CompareAndSwap(nil, l) {
+		return l
+	}
+	return sess.lg.Load()
 }
 
 // kill ends the session with e as the reason the client is told. It
@@ -82,10 +102,10 @@ func (sess *session) serve(ctx context.Context) {
 		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
 		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
 		writeClientError(sess.client, ce)
-		sess.log.Debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
+		sess.logger().Debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
 		return
 	}
-	sess.log.Debug("session ended", zap.Error(err))
+	sess.logger().Debug("session ended", zap.Error(err))
 }
 
 // run goes through the startup and relays until either side ends.
@@ -110,7 +130,7 @@ func (sess *session) run(ctx context.Context) error {
 	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
 	sc, err := pool.Dial(ctx, dec.Member.Name, dec.Member.Addr, cfg.Server)
 	if err != nil {
-		sess.log.Warn("cannot reach member", zap.String("member", dec.Member.Name), zap.Error(err))
+		sess.logger().Warn("cannot reach member", zap.String("member", dec.Member.Name), zap.Error(err))
 		return &clientError{Severity: "FATAL", Code: codeConnectionFailure,
 			Message: "pgrouter could not connect to " + dec.Member.Role.String() + " " + dec.Member.Name,
 			Detail:  err.Error()}
@@ -142,8 +162,9 @@ func (sess *session) run(ctx context.Context) error {
 	sess.srv.perMember[dec.Member.Name]++
 	sess.srv.mu.Unlock()
 	sess.srv.metrics.routes.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name, dec.Role.String()).Inc()
-	sess.log = sess.log.With(zap.String("member", dec.Member.Name))
-	sess.log.Debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
+	sess.logMember.Store(&dec.Member.Name)
+	sess.lg.Store(nil)
+	sess.logger().Debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
 		zap.Stringer("role", dec.Role), zap.Bool("fallback", dec.Fallback))
 
 	// The topology may have changed between routing and now; the watcher
@@ -237,7 +258,7 @@ func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (
 		if timer == nil {
 			timer = time.NewTimer(cfg.PrimaryWait)
 			defer timer.Stop()
-			sess.log.Debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
+			sess.logger().Debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
 		}
 		select {
 		case <-changed:
