@@ -110,13 +110,29 @@ func settingsFromStartup(params []param) map[string]string {
 }
 
 func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
+	ps, pid, err := sess.startPooled(ctx, cfg, version, in, params)
+	if err != nil {
+		return err
+	}
+	defer sess.srv.cancels.remove(pid, sess.clientPK)
+	return ps.run(ctx, cfg, in)
+}
+
+// startPooled authenticates the client, greets it and lends the first
+// server in session mode. It is kept out of line: its frame and those of
+// the calls it makes once are big, and an idle client's goroutine should
+// not carry them under its client loop, or the stack that a first query
+// grows can never shrink back.
+//
+//go:noinline
+func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) (*pooled, uint32, error) {
 	mode := sess.ln.cfg.PoolMode
 	if cfg.Auth == nil || cfg.Auth.HBA == nil {
-		return fatalf(codeInvalidAuthSpec, "pooled mode needs client authentication rules")
+		return nil, 0, fatalf(codeInvalidAuthSpec, "pooled mode needs client authentication rules")
 	}
 	for _, kv := range params {
 		if kv.name == "replication" && kv.value != "" && !strings.EqualFold(kv.value, "false") && kv.value != "0" && !strings.EqualFold(kv.value, "off") {
-			return fatalf(codeFeatureNotSupported, "replication connections are not supported in %s pooling mode", mode)
+			return nil, 0, fatalf(codeFeatureNotSupported, "replication connections are not supported in %s pooling mode", mode)
 		}
 	}
 	if version != 3<<16 {
@@ -141,7 +157,7 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 	}
 	creds, err := auth.Authenticate(ctx, sess.client, in.user, method, secret, lookupErr)
 	if err != nil {
-		return authClientError(err)
+		return nil, 0, authClientError(err)
 	}
 	ps := &pooled{
 		sess: sess, mode: mode, user: in.user, db: in.dbname, creds: creds,
@@ -168,14 +184,14 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 	var initial map[string]string
 	if mode == PoolTransaction {
 		if e, err := ps.poolFor(ctx, cfg, in); err != nil {
-			return err
+			return nil, 0, err
 		} else if m := e.initial.Load(); m != nil {
 			initial = *m
 		}
 	}
 	if initial == nil {
 		if sc, err = ps.acquire(ctx, cfg, in); err != nil {
-			return err
+			return nil, 0, err
 		}
 		initial = sc.Initial
 	}
@@ -187,10 +203,9 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		if sc != nil {
 			ps.release(sc, false)
 		}
-		return err
+		return nil, 0, err
 	}
 	sess.clientPK = key
-	defer sess.srv.cancels.remove(pid, key)
 
 	out := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
 	for name, value := range initial {
@@ -207,7 +222,8 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		if sc != nil {
 			ps.release(sc, false)
 		}
-		return err
+		sess.srv.cancels.remove(pid, key)
+		return nil, 0, err
 	}
 	_ = sess.client.SetDeadline(time.Time{})
 
@@ -225,7 +241,13 @@ func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32,
 		ps.lend(sc)
 	}
 
-	err = ps.clientLoop(ctx, cfg, in)
+	return ps, pid, nil
+}
+
+// run relays the client's transactions until it leaves, then gives back
+// or closes whatever server it holds.
+func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
+	err := ps.clientLoop(ctx, cfg, in)
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()
 	held := ps.server

@@ -94,10 +94,17 @@ func (sess *session) serve(ctx context.Context) {
 		return
 	}
 	defer sess.srv.untrack(sess)
-	err := sess.run(ctx)
-	if err == nil {
-		return
+	if err := sess.run(ctx); err != nil {
+		sess.ended(err)
 	}
+}
+
+// ended tells the client why its session ends, when the proxy ended it.
+// Out of line, like everything an idle session's goroutine does once: the
+// frames under a parked client loop decide whether its stack can shrink.
+//
+//go:noinline
+func (sess *session) ended(err error) {
 	if ce, ok := asClientError(err); ok {
 		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
 		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
@@ -123,6 +130,15 @@ func (sess *session) run(ctx context.Context) error {
 	if sess.ln.cfg.PoolMode != "" && sess.ln.cfg.PoolMode != PoolPassthrough {
 		return sess.runPooled(ctx, cfg, p.version, intent, params)
 	}
+	return sess.runPassthrough(ctx, cfg, p, intent, params)
+}
+
+// runPassthrough routes the session, logs in to the member as the client
+// and relays. Out of line so that its frame is not under a pooled
+// session's client loop (see startPooled).
+//
+//go:noinline
+func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startupPacket, intent sessionIntent, params []param) error {
 	dec, err := sess.route(ctx, cfg, intent)
 	if err != nil {
 		return err
