@@ -53,9 +53,7 @@ type pooled struct {
 	routed      topology.Role
 	routedState topology.MemberState
 	txStatus    byte
-	stmts       map[string][]byte // client statement name -> Parse body after the name
-	stmtNames   map[string]string // client statement name -> server name
-	stmtQuery   map[string]string // client statement name -> its query text
+	stmts       map[string]*clientStmt // by the client's name; nil until the first
 	stmtSeq     uint64
 
 	// A server's output is pumped to the client by a goroutine that runs
@@ -73,6 +71,34 @@ type pooled struct {
 	split    splitState
 	cfg      *Config
 	in       sessionIntent
+}
+
+// clientStmt is a named statement a client prepared, as the proxy keeps it
+// to prepare again on every server the client is lent.
+type clientStmt struct {
+	server string // the proxy's name for it on servers
+	parse  []byte // the Parse body after the name
+	query  string
+}
+
+// remember records a client's named statement under a fresh server name
+// and returns that name. Called with mu held.
+func (ps *pooled) remember(name string, parse []byte, query string) string {
+	if ps.stmts == nil {
+		ps.stmts = make(map[string]*clientStmt)
+	}
+	st := &clientStmt{server: ps.newServerName(), parse: append([]byte(nil), parse...), query: query}
+	ps.stmts[name] = st
+	return st.server
+}
+
+// serverName returns the proxy's name for a client statement.
+func (ps *pooled) serverName(name string) (string, bool) {
+	st, ok := ps.stmts[name]
+	if !ok {
+		return "", false
+	}
+	return st.server, true
 }
 
 type fifoKind uint8
@@ -161,12 +187,9 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	}
 	ps := &pooled{
 		sess: sess, mode: mode, user: in.user, db: in.dbname, creds: creds,
-		desired:   settingsFromStartup(params),
-		stmts:     make(map[string][]byte),
-		stmtNames: make(map[string]string),
-		stmtQuery: make(map[string]string),
-		cfg:       cfg,
-		in:        in,
+		desired: settingsFromStartup(params),
+		cfg:     cfg,
+		in:      in,
 	}
 	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
 		ps.splitCfg = cfg.Split

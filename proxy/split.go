@@ -121,8 +121,10 @@ func (ps *pooled) queryOf(name string, parsed []namedQuery) (string, bool) {
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	q, ok := ps.stmtQuery[name]
-	return q, ok
+	if st, ok := ps.stmts[name]; ok {
+		return st.query, true
+	}
+	return "", false
 }
 
 func applyResult(r classify.Result, write func(string)) {

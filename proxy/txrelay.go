@@ -16,7 +16,7 @@ const maxClientMessage = 64 << 20
 
 // idleReadBuf is what a pooled client holds while it waits for its next
 // message; bigger reads borrow a clientReadBuf.
-const idleReadBuf = 1 << 10
+const idleReadBuf = 512
 
 // clientLoop reads client messages until the client leaves, writing each
 // chunk's messages to the server the session holds, acquired on demand.
@@ -223,10 +223,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 			ps.dirty = true
 			return append(out, raw...)
 		}
-		sn := ps.newServerName()
-		ps.stmts[name] = append([]byte(nil), rest...)
-		ps.stmtNames[name] = sn
-		ps.stmtQuery[name] = query
+		sn := ps.remember(name, rest, query)
 		sc.Prepared[sn] = struct{}{}
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse, name: sn})
 		ps.dirty = true
@@ -242,7 +239,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		if j <= 0 {
 			break
 		}
-		sn, ok := ps.stmtNames[string(rest[:j])]
+		sn, ok := ps.serverName(string(rest[:j]))
 		if !ok {
 			break
 		}
@@ -260,16 +257,14 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 			break
 		}
 		name := string(body[1 : len(body)-1])
-		sn, ok := ps.stmtNames[name]
+		sn, ok := ps.serverName(name)
 		if !ok {
 			break
 		}
 		if typ == 'D' {
 			out = ps.ensurePrepared(out, sc, name, sn)
 		} else {
-			delete(ps.stmtNames, name)
 			delete(ps.stmts, name)
-			delete(ps.stmtQuery, name)
 			delete(sc.Prepared, sn)
 		}
 		ps.dirty = true
@@ -357,14 +352,12 @@ func (ps *pooled) deferPrepare(msgs []byte) ([]byte, int) {
 	}
 	var resp []byte
 	for _, p := range list {
-		if _, taken := ps.stmtNames[p.name]; taken {
+		if _, taken := ps.stmts[p.name]; taken {
 			return nil, 0 // PostgreSQL's error for a duplicate name comes from a server
 		}
 	}
 	for _, p := range list {
-		ps.stmts[p.name] = append([]byte(nil), p.rest...)
-		ps.stmtNames[p.name] = ps.newServerName()
-		ps.stmtQuery[p.name] = p.query
+		ps.remember(p.name, p.rest, p.query)
 		resp = appendMessage(resp, '1', nil)
 	}
 	ps.sess.srv.metrics.deferredPrepares.Add(float64(len(list)))
@@ -379,7 +372,7 @@ func (ps *pooled) ensurePrepared(out []byte, sc *pool.ServerConn, name, sn strin
 	}
 	sc.Prepared[sn] = struct{}{}
 	ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParseDrop, name: sn})
-	return appendParse(out, sn, ps.stmts[name])
+	return appendParse(out, sn, ps.stmts[name].parse)
 }
 
 func appendParse(out []byte, name string, rest []byte) []byte {
