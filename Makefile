@@ -9,13 +9,18 @@ GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
+.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium pgx-suite
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
 
 ensure-postgres:
 	sh scripts/ensure-postgres.sh
+
+# ensure-chromium installs Debian's chromium for the dashboard test
+# (as root; otherwise it prints the command and the test skips).
+ensure-chromium:
+	sh scripts/ensure-chromium.sh
 
 vet:
 	$(GO) vet ./...
@@ -32,7 +37,7 @@ fmt-check:
 ensure-etcd:
 	sh tools/etcd/ensure.sh >/dev/null
 
-test: ensure-postgres ensure-etcd vet fmt-check
+test: ensure-postgres ensure-etcd ensure-chromium vet fmt-check
 	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/pgrouter/pgrouter/dcs"
 	"github.com/pgrouter/pgrouter/election"
-	"github.com/pgrouter/pgrouter/topology"
 )
 
 // statusRow is one member as `pgrouter status` prints it. It merges what
@@ -55,12 +54,22 @@ type clusterStatus struct {
 
 // proxyTopology is the subset of the proxy's /api/v1/topology we read.
 type proxyTopology struct {
-	Primary string `json:"primary"`
-	Members []struct {
-		topology.MemberState
-		Sessions int `json:"sessions"`
-	} `json:"members"`
+	Primary   string         `json:"primary"`
+	Members   []proxyMember  `json:"members"`
 	Listeners map[string]int `json:"listeners"`
+}
+
+type proxyMember struct {
+	Name     string `json:"name"`
+	Addr     string `json:"addr"`
+	Role     string `json:"role"`
+	Sessions int    `json:"sessions"`
+	Health   struct {
+		Up                 bool   `json:"up"`
+		AcceptsConnections bool   `json:"accepts_connections"`
+		Timeline           uint32 `json:"timeline"`
+		ReplayLagBytes     uint64 `json:"replay_lag_bytes"`
+	} `json:"health"`
 }
 
 func statusCommand() *cobra.Command {
@@ -226,11 +235,11 @@ func mergeStatus(view *election.View, topo *proxyTopology) clusterStatus {
 				r.Address = m.Addr
 			}
 			if r.Role == "" {
-				r.Role = m.Role.String()
+				r.Role = m.Role
 				r.Leader = m.Name == topo.Primary
 			}
 			if r.State == "" {
-				r.State = healthState(m.Health)
+				r.State = healthState(m.Health.Up, m.Health.AcceptsConnections)
 			} else if !m.Health.Up {
 				r.State += ", proxy: down"
 			}
@@ -261,11 +270,11 @@ func replayed(m dcs.Member) uint64 {
 	return m.ReceivedLSN
 }
 
-func healthState(h topology.Health) string {
+func healthState(up, accepts bool) string {
 	switch {
-	case !h.Up:
+	case !up:
 		return "down"
-	case !h.AcceptsConnections:
+	case !accepts:
 		return "not accepting connections"
 	default:
 		return "running"
