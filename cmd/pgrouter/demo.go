@@ -73,7 +73,7 @@ etcd P+10 and P+11, PostgreSQL P+101..P+103, agent APIs P+201..P+203.`,
 			return runDemo(ctx, o, cmd.OutOrStdout())
 		},
 	}
-	cmd.Flags().StringVar(&o.dir, "dir", filepath.Join(os.TempDir(), "pgrouter-demo"), "directory for the data and logs (wiped at start)")
+	cmd.Flags().StringVar(&o.dir, "dir", "", "directory for the data and logs, wiped at start (default $TMPDIR/pgrouter-demo)")
 	cmd.Flags().IntVar(&o.port, "port", 6432, "first port (see above for the layout)")
 	cmd.Flags().StringVar(&o.etcdBin, "etcd-bin", "", "etcd binary (default $PGR_ETCD_BIN, then etcd on PATH)")
 	cmd.Flags().BoolVar(&o.synchronous, "synchronous", true, "synchronous replication: no acknowledged write is lost on failover")
@@ -113,6 +113,9 @@ func (d *demo) step(format string, args ...any) {
 }
 
 func runDemo(ctx context.Context, o demoOptions, out io.Writer) error {
+	if o.dir == "" {
+		o.dir = filepath.Join(os.TempDir(), "pgrouter-demo")
+	}
 	dir, err := filepath.Abs(o.dir)
 	if err != nil {
 		return err
