@@ -4,18 +4,29 @@
 #   PGR_FUZZTIME      time per fuzz target in `make fuzz` (default 10s)
 #   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
 #   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary (default bin/)
+#   PGR_DEMO_DIR      data and logs of `make demo` (default .demo/ha; wiped at start)
+#   PGR_DEMO_PORT     first port of `make demo` (default 6432; see `pgrouter demo --help`)
+#   PGR_CHAOS_INTERVAL time between kills in `make demo-chaos` (default 20s)
 
 GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
+PGR_DEMO_DIR ?= .demo/ha
+PGR_DEMO_PORT ?= 6432
+PGR_CHAOS_INTERVAL ?= 20s
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
+.PHONY: build test vet fmt-check fuzz demo demo-chaos bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium pgx-suite
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
 
 ensure-postgres:
 	sh scripts/ensure-postgres.sh
+
+# ensure-chromium installs Debian's chromium for the dashboard test
+# (as root; otherwise it prints the command and the test skips).
+ensure-chromium:
+	sh scripts/ensure-chromium.sh
 
 vet:
 	$(GO) vet ./...
@@ -32,7 +43,7 @@ fmt-check:
 ensure-etcd:
 	sh tools/etcd/ensure.sh >/dev/null
 
-test: ensure-postgres ensure-etcd vet fmt-check
+test: ensure-postgres ensure-etcd ensure-chromium vet fmt-check
 	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
@@ -50,16 +61,15 @@ fuzz:
 	done
 
 # demo: etcd, three pgrouter agents (synchronous) and the proxy following
-# them, on loopback; Ctrl-C stops everything (scripts/demo-ha.sh).
-demo: ensure-postgres ensure-etcd
-	bash scripts/demo-ha.sh
+# them, on loopback, under PGR_DEMO_DIR; prints the connection strings and
+# the dashboard URL; Ctrl-C stops everything (`pgrouter demo`).
+# demo-chaos adds a writer and a reader through the proxy and kills the
+# primary every PGR_CHAOS_INTERVAL (`pgrouter demo --chaos`).
+demo: build ensure-postgres ensure-etcd
+	./bin/pgrouter demo --dir $(PGR_DEMO_DIR) --port $(PGR_DEMO_PORT) --etcd-bin "$$(sh tools/etcd/ensure.sh)"
 
-demo-ha: demo
-
-# demo-static: a primary and two hot standbys made by hand (no agents), the
-# proxy in front with the static member list (`pgrouter demo`).
-demo-static: build ensure-postgres
-	./bin/pgrouter demo
+demo-chaos: build ensure-postgres ensure-etcd
+	./bin/pgrouter demo --chaos --interval $(PGR_CHAOS_INTERVAL) --dir $(PGR_DEMO_DIR) --port $(PGR_DEMO_PORT) --etcd-bin "$$(sh tools/etcd/ensure.sh)"
 
 bench:
 	bash bench/run.sh

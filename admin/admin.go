@@ -1,5 +1,6 @@
 // Package admin serves pgrouter's HTTP admin API: liveness, readiness,
-// Prometheus metrics and the topology as JSON.
+// Prometheus metrics, the topology as JSON, and the dashboard at / that
+// shows it all live.
 package admin
 
 import (
@@ -38,6 +39,8 @@ type Hooks struct {
 	// Resume lets them go.
 	Pause  func(ctx context.Context) error
 	Resume func()
+	// Timeline holds the role changes the dashboard shows; nil shows none.
+	Timeline *Timeline
 }
 
 // New binds addr and prepares the handlers; Run serves them.
@@ -69,6 +72,7 @@ func New(addr string, feed *topology.Feed, hooks Hooks, gather prometheus.Gather
 		snap, _ := feed.Load()
 		writeJSON(w, topologyView(snap, sessions))
 	})
+	serveDashboard(mux, feed, hooks)
 	if hooks.Pools != nil {
 		mux.HandleFunc("GET /api/v1/pools", func(w http.ResponseWriter, _ *http.Request) {
 			writeJSON(w, hooks.Pools())
@@ -112,8 +116,10 @@ func New(addr string, feed *topology.Feed, hooks Hooks, gather prometheus.Gather
 // Addr is the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Run serves until ctx ends.
+// Run serves until ctx ends. Requests' contexts end with ctx too, so the
+// dashboard's event streams return instead of holding Shutdown up.
 func (s *Server) Run(ctx context.Context) error {
+	s.http.BaseContext = func(net.Listener) context.Context { return ctx }
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	select {

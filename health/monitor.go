@@ -27,6 +27,10 @@ type Monitor struct {
 	// newProber builds the prober for a member; tests replace it.
 	newProber func(topology.Member, Config) prober
 
+	// OnEvent, when set before Run, is called on Run's goroutine with each
+	// availability and role change as it is logged; it must not block.
+	OnEvent func(topology.Event)
+
 	mu         sync.Mutex
 	members    []topology.Member // newest list from SetMembers
 	membersSet chan struct{}     // cap 1: SetMembers wakes Run
@@ -245,12 +249,21 @@ func (r *run) logChanges(prev, next *topology.Snapshot, reasons map[string]strin
 				reason = reasons[ms.Name]
 			}
 			lvl("member "+to, zap.String("from", from), zap.String("to", to), zap.String("reason", reason))
+			r.emit(topology.Event{Member: ms.Name, Kind: "availability", From: from, To: to, Reason: reason})
 		}
 		if ms.Role != was.Role {
 			log.Info("member role changed", zap.Stringer("from", was.Role), zap.Stringer("to", ms.Role),
 				zap.String("reason", reasons[ms.Name]))
 			r.metrics.roleChanged(ms.Name, was.Role, ms.Role)
+			r.emit(topology.Event{Member: ms.Name, Kind: "role", From: was.Role.String(), To: ms.Role.String(), Reason: reasons[ms.Name]})
 		}
+	}
+}
+
+func (r *run) emit(e topology.Event) {
+	if r.OnEvent != nil {
+		e.At = time.Now().UTC()
+		r.OnEvent(e)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -108,6 +109,13 @@ func TestMonitorFake(t *testing.T) {
 	feed.Publish(&topology.Snapshot{Version: 41})
 	m := NewMonitor(Config{Interval: 2 * time.Millisecond, FailureThreshold: 2}, feed, zaptest.NewLogger(t), NewMetrics(reg))
 	m.newProber = f.newProber
+	var evMu sync.Mutex
+	var events []topology.Event
+	m.OnEvent = func(e topology.Event) {
+		evMu.Lock()
+		events = append(events, e)
+		evMu.Unlock()
+	}
 	m.SetMembers([]topology.Member{{Name: "b", Addr: "b:1"}, {Name: "a", Addr: "a:1"}})
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -143,6 +151,21 @@ func TestMonitorFake(t *testing.T) {
 		return !a.Health.Up && a.Health.Err == "connection refused"
 	})
 
+	// Each logged change reached OnEvent once, in order, with its time.
+	evMu.Lock()
+	var seen []string
+	for _, e := range events {
+		if e.At.IsZero() {
+			t.Errorf("event without a time: %+v", e)
+		}
+		seen = append(seen, e.Member+" "+e.Kind+" "+e.From+">"+e.To)
+	}
+	evMu.Unlock()
+	for _, want := range []string{"b role standby>primary", "a availability up>down"} {
+		if !slices.Contains(seen, want) {
+			t.Errorf("no event %q in %v", want, seen)
+		}
+	}
 	if v := metricValue(t, reg, "pgrouter_member_role", "b", "primary"); v != 1 {
 		t.Errorf("pgrouter_member_role{b,primary} = %v", v)
 	}

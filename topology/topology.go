@@ -36,6 +36,13 @@ func (r Role) String() string {
 // MarshalText makes a Role read as its name in JSON.
 func (r Role) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
 
+// UnmarshalText reads a name written by MarshalText (or any ParseRole
+// accepts), so clients of the admin API can decode what it serves.
+func (r *Role) UnmarshalText(b []byte) error {
+	*r = ParseRole(string(b))
+	return nil
+}
+
 // ParseRole maps the names operators use for roles to a Role; unrecognised
 // names are RoleUnknown.
 func ParseRole(s string) Role {

@@ -139,26 +139,9 @@ func switchoverCommand() *cobra.Command {
 		Short: "Hand the primary role to a standby without losing data (through any agent's API)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			body, _ := json.Marshal(election.SwitchoverRequest{To: to})
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+api+"/switchover", bytes.NewReader(body))
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := http.DefaultClient.Do(req)
+			res, err := requestSwitchover(api, to, timeout)
 			if err != nil {
 				return fmt.Errorf("switchover: %w", err)
-			}
-			defer resp.Body.Close()
-			b, _ := io.ReadAll(resp.Body)
-			var res election.SwitchoverResult
-			if err := json.Unmarshal(b, &res); err != nil {
-				return fmt.Errorf("switchover: %s: %s", resp.Status, bytes.TrimSpace(b))
-			}
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("switchover from %s refused: %s", res.From, res.Error)
 			}
 			fmt.Printf("switchover: %s -> %s in %dms\n", res.From, res.To, res.TookMS)
 			return nil
@@ -168,4 +151,39 @@ func switchoverCommand() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "member to promote (default: the synchronous standby, or the most advanced streaming one)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the new leader")
 	return cmd
+}
+
+// requestSwitchover posts a switchover request to an agent's API and waits
+// for its outcome; a refusal comes back as an error carrying the leader's
+// reason.
+func requestSwitchover(api, to string, timeout time.Duration) (election.SwitchoverResult, error) {
+	var res election.SwitchoverResult
+	body, _ := json.Marshal(election.SwitchoverRequest{To: to})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+api+"/switchover", bytes.NewReader(body))
+	if err != nil {
+		return res, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &res); err != nil {
+		return res, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
+	}
+	if resp.StatusCode != http.StatusOK {
+		return res, fmt.Errorf("refused by the leader (%s): %s", orNone(res.From), res.Error)
+	}
+	return res, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

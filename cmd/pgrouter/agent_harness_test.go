@@ -95,37 +95,6 @@ func reapStaleAgentDirs(t *testing.T) {
 	}
 }
 
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
-}
-
-// killPostmaster kills the postmaster of pidFile if its command line
-// mentions mustMention, and waits for it to go.
-func killPostmaster(pidFile, mustMention string) {
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		return
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || !processAlive(pid) {
-		return
-	}
-	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !bytes.Contains(cmdline, []byte(mustMention)) {
-		return
-	}
-	_ = syscall.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 500 && processAlive(pid); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // etcdProc is a running etcd.
 type etcdProc struct {
 	Client string // host:port

@@ -98,6 +98,8 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 		e.OnSwitchover = switchoverPauser(srv, pcfg.PrimaryWait, log.Named("proxy"))
 	}
 	monitor := health.NewMonitor(cfg.Health.Config, feed, log.Named("health"), health.NewMetrics(reg))
+	timeline := admin.NewTimeline(0)
+	monitor.OnEvent = timeline.Add
 
 	var adminSrv *admin.Server
 	if cfg.Admin.Listen != "" {
@@ -106,9 +108,10 @@ func runProxy(ctx context.Context, cfg configs.Config, flags *configs.Flags) err
 				st := srv.Stats()
 				return st.Listeners, st.Members
 			},
-			Pools:  func() any { return srv.PoolStats() },
-			Pause:  srv.Pause,
-			Resume: srv.Resume,
+			Pools:    func() any { return srv.PoolStats() },
+			Pause:    srv.Pause,
+			Resume:   srv.Resume,
+			Timeline: timeline,
 		}, reg, log.Named("admin"))
 		if err != nil {
 			return fmt.Errorf("admin listen %s: %w", cfg.Admin.Listen, err)

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/pgrouter/pgrouter/health"
+	"github.com/pgrouter/pgrouter/proxy"
+)
+
+// describer records the names of every metric its collectors describe:
+// unlike a scrape, it sees vectors that have no child yet (pools, pins,
+// split routes on a proxy that has not used them).
+type describer map[string]bool
+
+func (d describer) Register(c prometheus.Collector) error {
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	re := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for desc := range ch {
+		if m := re.FindStringSubmatch(desc.String()); m != nil {
+			d[m[1]] = true
+		}
+	}
+	return nil
+}
+
+func (d describer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		_ = d.Register(c)
+	}
+}
+
+func (d describer) Unregister(prometheus.Collector) bool { return true }
+
+// proxyMetricNames registers what runProxy registers.
+func proxyMetricNames() describer {
+	d := describer{}
+	d.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	proxy.NewMetrics(d)
+	d.MustRegister((&proxy.Server{}).PoolCollector())
+	health.NewMetrics(d)
+	return d
+}
+
+// exported says whether a series name is one the proxy exports, counting
+// a histogram's _bucket, _sum and _count series.
+func (d describer) exported(name string) bool {
+	if d[name] {
+		return true
+	}
+	for _, suf := range []string{"_bucket", "_sum", "_count"} {
+		if base, ok := strings.CutSuffix(name, suf); ok && d[base] {
+			return true
+		}
+	}
+	return false
+}
+
+var promql = parser.NewParser(parser.Options{})
+
+// metricNames parses a PromQL expression and returns the series names it
+// selects.
+func metricNames(t *testing.T, expr string) []string {
+	t.Helper()
+	e, err := promql.ParseExpr(expr)
+	if err != nil {
+		t.Errorf("%q: %v", expr, err)
+		return nil
+	}
+	var names []string
+	for _, sel := range parser.ExtractSelectors(e) {
+		for _, m := range sel {
+			if m.Name == model.MetricNameLabel {
+				names = append(names, m.Value)
+			}
+		}
+	}
+	if len(names) == 0 {
+		t.Errorf("%q selects no series by name", expr)
+	}
+	return names
+}
+
+// grafanaVars are the dashboard's variables, replaced by values PromQL
+// accepts before parsing.
+var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1m", "$job", ".*")
+
+// TestGrafanaDashboardMetricsExported checks that every query of
+// configs/grafana-dashboard.json parses and names only series the proxy
+// exports, and that a real running proxy exports nothing the check does
+// not know of (so the list it checks against is the proxy's).
+func TestGrafanaDashboardMetricsExported(t *testing.T) {
+	known := proxyMetricNames()
+	b, err := os.ReadFile("../../configs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+		Annotations struct {
+			List []struct {
+				Expr string `json:"expr"`
+			} `json:"list"`
+		} `json:"annotations"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	var exprs []string
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	for _, a := range dash.Annotations.List {
+		if a.Expr != "" {
+			exprs = append(exprs, a.Expr)
+		}
+	}
+	if len(exprs) < 20 {
+		t.Fatalf("only %d queries found", len(exprs))
+	}
+	used := map[string]bool{}
+	for _, e := range exprs {
+		for _, n := range metricNames(t, grafanaVars.Replace(e)) {
+			used[n] = true
+			if !known.exported(n) {
+				t.Errorf("dashboard query uses %s, which the proxy does not export: %s", n, e)
+			}
+		}
+	}
+	t.Logf("%d queries over %d series names", len(exprs), len(used))
+
+	// A real proxy's /metrics: every family is one proxyMetricNames knows.
+	p := startProxy(t, sharedCluster(t))
+	resp, err := http.Get("http://" + p.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	var scraped []string
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			scraped = append(scraped, f[2])
+			if !known[f[2]] {
+				t.Errorf("the proxy exports %s, which proxyMetricNames does not register: update it", f[2])
+			}
+		}
+	}
+	if len(scraped) < 10 {
+		t.Fatalf("scraped only %v", scraped)
+	}
+	for _, n := range []string{"pgrouter_member_role", "pgrouter_member_up", "pgrouter_member_replay_lag_bytes"} {
+		if !strings.Contains(strings.Join(scraped, " "), n) {
+			t.Errorf("a running proxy does not export %s", n)
+		}
+	}
+}
+
+// TestPrometheusRules parses configs/prometheus-rules.yaml with
+// Prometheus' own rule parser and checks the alerts the operators expect
+// are there and name only series the proxy exports.
+func TestPrometheusRules(t *testing.T) {
+	groups, errs := rulefmt.ParseFile("../../configs/prometheus-rules.yaml", false, model.UTF8Validation, promql, slog.New(slog.DiscardHandler))
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	known := proxyMetricNames()
+	var alerts []string
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+			for _, n := range metricNames(t, r.Expr) {
+				if !known.exported(n) {
+					t.Errorf("alert %s uses %s, which the proxy does not export", r.Alert, n)
+				}
+			}
+		}
+	}
+	sort.Strings(alerts)
+	for _, want := range []string{"PgrouterNoPrimary", "PgrouterFailover", "PgrouterReplicaLagHigh", "PgrouterPoolSaturated"} {
+		if i := sort.SearchStrings(alerts, want); i == len(alerts) || alerts[i] != want {
+			t.Errorf("no alert %s (have %v)", want, alerts)
+		}
+	}
+}
