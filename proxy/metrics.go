@@ -74,6 +74,8 @@ type poolCollector struct{ s *Server }
 var (
 	poolServersDesc = prometheus.NewDesc("pgrouter_pool_servers", "Pooled server connections by state (active, idle).",
 		[]string{"member", "database", "user", "state"}, nil)
+	poolClientsDesc = prometheus.NewDesc("pgrouter_pool_clients_active", "Client sessions routed to a pool and not waiting for a server, holding one or between transactions.",
+		[]string{"member", "database", "user"}, nil)
 	poolWaitingDesc = prometheus.NewDesc("pgrouter_pool_clients_waiting", "Clients waiting for a pooled server connection.",
 		[]string{"member", "database", "user"}, nil)
 	poolMaxWaitDesc = prometheus.NewDesc("pgrouter_pool_max_wait_seconds", "Longest wait for a pooled server connection so far.",
@@ -90,7 +92,7 @@ var (
 func (s *Server) PoolCollector() prometheus.Collector { return poolCollector{s} }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{poolServersDesc, poolWaitingDesc, poolMaxWaitDesc, poolLentDesc, poolTimeoutsDesc, pausedDesc} {
+	for _, d := range []*prometheus.Desc{poolServersDesc, poolClientsDesc, poolWaitingDesc, poolMaxWaitDesc, poolLentDesc, poolTimeoutsDesc, pausedDesc} {
 		ch <- d
 	}
 }
@@ -100,6 +102,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		k := st.Key
 		ch <- prometheus.MustNewConstMetric(poolServersDesc, prometheus.GaugeValue, float64(st.Active), k.Member, k.Database, k.User, "active")
 		ch <- prometheus.MustNewConstMetric(poolServersDesc, prometheus.GaugeValue, float64(st.Idle), k.Member, k.Database, k.User, "idle")
+		ch <- prometheus.MustNewConstMetric(poolClientsDesc, prometheus.GaugeValue, float64(st.Clients), k.Member, k.Database, k.User)
 		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(st.Waiting), k.Member, k.Database, k.User)
 		ch <- prometheus.MustNewConstMetric(poolMaxWaitDesc, prometheus.GaugeValue, st.MaxWait.Seconds(), k.Member, k.Database, k.User)
 		ch <- prometheus.MustNewConstMetric(poolLentDesc, prometheus.CounterValue, float64(st.Lent), k.Member, k.Database, k.User)

@@ -50,6 +50,7 @@ type pooled struct {
 	dirty       bool   // messages sent since the last Sync that need the server
 	pinned      string // why the session may not change server any more
 	member      string
+	attached    *pool.Pool // the pool the session is routed to, counted in its clients
 	routed      topology.Role
 	routedState topology.MemberState
 	txStatus    byte
@@ -136,6 +137,13 @@ func settingsFromStartup(params []param) map[string]string {
 }
 
 func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
+	defer func() {
+		if ps := sess.pooled; ps != nil {
+			ps.mu.Lock()
+			ps.attachLocked(nil)
+			ps.mu.Unlock()
+		}
+	}()
 	ps, pid, err := sess.startPooled(ctx, cfg, version, in, params)
 	if err != nil {
 		return err
@@ -346,6 +354,7 @@ func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*
 	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
 	ps.mu.Lock()
 	ps.member, ps.routed = dec.Member.Name, dec.Role
+	ps.attachLocked(e.pool)
 	ps.mu.Unlock()
 	return e, nil
 }
@@ -400,6 +409,9 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 	}
 	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
 	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+	ps.mu.Lock()
+	ps.attachLocked(e.pool)
+	ps.mu.Unlock()
 	sc, err := e.pool.Acquire(ctx)
 	if err != nil {
 		switch {
@@ -431,6 +443,22 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 	ps.member, ps.routed, ps.routedState = dec.Member.Name, dec.Role, dec.Member
 	ps.mu.Unlock()
 	return sc, nil
+}
+
+// attachLocked counts the session among p's clients, and no longer among
+// those of the pool it was routed to before. Called with mu held; p nil
+// detaches.
+func (ps *pooled) attachLocked(p *pool.Pool) {
+	if ps.attached == p {
+		return
+	}
+	if ps.attached != nil {
+		ps.attached.Detach()
+	}
+	if p != nil {
+		p.Attach()
+	}
+	ps.attached = p
 }
 
 // applySettings makes the server's settings match what the client wants,

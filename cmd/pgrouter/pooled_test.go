@@ -336,15 +336,17 @@ func TestPauseResumeAndPoolsAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pools []struct {
-		Key  struct{ Member, Database, User string } `json:"key"`
-		Open int                                     `json:"servers_open"`
-		Lent int                                     `json:"lent_total"`
+		Key     struct{ Member, Database, User string } `json:"key"`
+		Open    int                                     `json:"servers_open"`
+		Lent    int                                     `json:"lent_total"`
+		Clients int                                     `json:"clients_active"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if len(pools) != 1 || pools[0].Key.User != c.AppUser || pools[0].Key.Member != c.Nodes[0].Addr || pools[0].Lent < 3 {
+	// Both sessions are the pool's clients, between transactions or not.
+	if len(pools) != 1 || pools[0].Key.User != c.AppUser || pools[0].Key.Member != c.Nodes[0].Addr || pools[0].Lent < 3 || pools[0].Clients != 2 {
 		t.Fatalf("pools: %+v", pools)
 	}
 	resp, err = http.Get("http://" + p.Admin + "/metrics")
@@ -353,9 +355,26 @@ func TestPauseResumeAndPoolsAPI(t *testing.T) {
 	}
 	m, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(m), `pgrouter_pool_servers{database="app",member="`+c.Nodes[0].Addr+`",state="idle",user="app"}`) {
+	if !strings.Contains(string(m), `pgrouter_pool_servers{database="app",member="`+c.Nodes[0].Addr+`",state="idle",user="app"}`) ||
+		!strings.Contains(string(m), `pgrouter_pool_clients_active{database="app",member="`+c.Nodes[0].Addr+`",user="app"} 2`) {
 		t.Fatal("pool metrics missing")
 	}
+	// A client that leaves is no longer counted.
+	b.Close(ctx)
+	eventually(t, 10*time.Second, "one client left in the pool", func() error {
+		resp, err := http.Get("http://" + p.Admin + "/api/v1/pools")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(&pools); err != nil {
+			return err
+		}
+		if len(pools) != 1 || pools[0].Clients != 1 {
+			return fmt.Errorf("pools: %+v", pools)
+		}
+		return nil
+	})
 }
 
 // Session mode: a client keeps one server; the next client of that server

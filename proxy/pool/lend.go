@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -72,6 +73,10 @@ type Pool struct {
 	closed  bool
 
 	stats Stats
+
+	// clients counts the client sessions routed to this pool, holding a
+	// server or not (Attach/Detach).
+	clients atomic.Int64
 }
 
 // Stats describes a pool for the admin API.
@@ -80,6 +85,7 @@ type Stats struct {
 	Open         int           `json:"servers_open"`
 	Idle         int           `json:"servers_idle"`
 	Active       int           `json:"servers_active"`
+	Clients      int           `json:"clients_active"` // routed here and not waiting
 	Waiting      int           `json:"clients_waiting"`
 	Lent         uint64        `json:"lent_total"`
 	MaxWait      time.Duration `json:"max_wait_ns"`
@@ -299,5 +305,12 @@ func (p *Pool) Stats() Stats {
 	s.Idle = len(p.idle)
 	s.Active = p.open - len(p.idle)
 	s.Waiting = len(p.waiters)
+	s.Clients = max(0, int(p.clients.Load())-s.Waiting)
 	return s
 }
+
+// Attach counts a client session as routed to this pool; Detach undoes it.
+func (p *Pool) Attach() { p.clients.Add(1) }
+
+// Detach undoes Attach.
+func (p *Pool) Detach() { p.clients.Add(-1) }
