@@ -507,6 +507,9 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 	if !force && !changed && !due {
 		return nil
 	}
+	if label == RoleLabelPrimary {
+		k.clearOtherPrimaries(ctx)
+	}
 	if err := k.patchPod(ctx, string(data), label); err != nil {
 		return fmt.Errorf("kubernetes publish member: %w", err)
 	}
@@ -709,7 +712,36 @@ func (k *Kubernetes) Acquire(ctx context.Context, bootstrap bool) error {
 		k.mu.Lock()
 		k.token, k.renewedAt = token, began
 		k.mu.Unlock()
+		k.clearOtherPrimaries(ctx)
 		return nil
+	}
+}
+
+// clearOtherPrimaries removes the primary role label from the other pods
+// of the scope: it is left behind by a leader whose agent died while its
+// server still runs, and a Service or proxy selecting on the label would
+// send writes there. Only the lease holder calls it; it is best effort,
+// as the health checks still verify any claim.
+func (k *Kubernetes) clearOtherPrimaries(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, k.ttl/2)
+	defer cancel()
+	pods, err := k.cs.CoreV1().Pods(k.ns).List(ctx, metav1.ListOptions{
+		LabelSelector: ScopeLabel + "=" + k.scope + "," + RoleLabel + "=" + RoleLabelPrimary})
+	if err != nil {
+		k.log.Warn("list pods labelled primary", zap.Error(err))
+		return
+	}
+	for _, p := range pods.Items {
+		if p.Name == k.pod {
+			continue
+		}
+		patch := []byte(`{"metadata":{"labels":{"` + RoleLabel + `":null}}}`)
+		if _, err := k.cs.CoreV1().Pods(k.ns).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			k.log.Warn("remove a stale primary role label", zap.String("pod", p.Name), zap.Error(err))
+			continue
+		}
+		k.log.Info("removed a stale primary role label", zap.String("pod", p.Name),
+			zap.String("reason", "this member holds the leader lease"))
 	}
 }
 

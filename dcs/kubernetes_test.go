@@ -346,6 +346,8 @@ func TestKubernetesLease(t *testing.T) {
 func TestKubernetesMembersAndWatch(t *testing.T) {
 	f := startKube(t)
 	f.env.CreatePod(t, f.ns, "a", map[string]string{"app": "pg"}, 5432)
+	// b's agent died while it led: its pod still says primary.
+	f.env.CreatePod(t, f.ns, "b", map[string]string{"app": "pg", ScopeLabel: "w", RoleLabel: RoleLabelPrimary}, 5432)
 	a, reader := f.store(t, "w", "a"), f.store(t, "w", "")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -399,9 +401,13 @@ func TestKubernetesMembersAndWatch(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	// The leader's pod is labelled primary once it publishes as primary,
-	// and the label goes as soon as it releases the lease.
+	// and the label goes as soon as it releases the lease. Taking the
+	// lease removes the stale primary label of b.
 	if err := a.Acquire(ctx, false); err != nil {
 		t.Fatal(err)
+	}
+	if p, err := f.env.Client.CoreV1().Pods(f.ns).Get(ctx, "b", metav1.GetOptions{}); err != nil || p.Labels[RoleLabel] != "" || p.Labels["app"] != "pg" {
+		t.Fatalf("stale primary's labels after another member took the lease: %v %v", p.Labels, err)
 	}
 	select {
 	case <-control:
