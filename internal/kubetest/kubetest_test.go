@@ -2,6 +2,7 @@ package kubetest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,6 +71,18 @@ func TestEnv(t *testing.T) {
 			Namespace: ns, Verb: "watch", Resource: "pods"}}}, metav1.CreateOptions{})
 	if err != nil || !rev.Status.Allowed {
 		t.Fatalf("self access review: %v %+v", err, rev)
+	}
+	// Apply: a dry run stores nothing and strict validation refuses an
+	// unknown field.
+	svc := "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports: [{port: 80}]\n"
+	if _, err := e.Apply(ns, []byte(svc), true); err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	if _, err := e.Client.CoreV1().Services(ns).Get(ctx, "s", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("dry run stored the Service: %v", err)
+	}
+	if _, err := e.Apply(ns, []byte(svc+"  portz: []\n"), true); err == nil || !strings.Contains(err.Error(), "portz") {
+		t.Fatalf("unknown field accepted: %v", err)
 	}
 	dir := t.TempDir()
 	path, err := WriteKubeconfig(dir, "reader", cfg)
