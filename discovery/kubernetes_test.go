@@ -104,8 +104,10 @@ func TestKubernetesFollowsPods(t *testing.T) {
 
 			// The operator fails over: pg-1 becomes primary, pg-0 a standby.
 			env.SetLabels(t, ns, "pg-0", kubetest.Label(role.Key, role.Standby))
+			began := time.Now()
 			env.SetLabels(t, ns, "pg-1", kubetest.Label(role.Key, role.Primary))
 			w.waitFor(t, "after the flip", "pg-0=127.0.0.1:5432(standby), pg-1=127.0.0.1:5433(primary), pg-2=127.0.0.1:5434(standby)")
+			t.Logf("%s: second label patch sent to member list published: %v", preset, time.Since(began).Round(100*time.Microsecond))
 
 			env.SetPodStatus(t, ns, "pg-2", kubetest.PodState{IP: "127.0.0.1", Ready: false})
 			w.waitFor(t, "pg-2 not Ready", "pg-0=127.0.0.1:5432(standby), pg-1=127.0.0.1:5433(primary)")
