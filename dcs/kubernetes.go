@@ -203,6 +203,16 @@ func ValidKubernetesScope(scope string) error {
 	return nil
 }
 
+// bound gives ctx a deadline of one TTL unless it has one: a request to
+// an API server that does not answer must not hold the agent's loop
+// forever.
+func (k *Kubernetes) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, k.ttl)
+}
+
 // Close does nothing: the client holds no connection of its own.
 func (k *Kubernetes) Close() error { return nil }
 
@@ -291,6 +301,8 @@ func (k *Kubernetes) getLease(ctx context.Context) (*coordinationv1.Lease, error
 // Load reads the Lease and the members' pods (two reads: the Lease's
 // resourceVersion is the revision reported).
 func (k *Kubernetes) Load(ctx context.Context) (*Cluster, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	c := &Cluster{Members: map[string]Member{}}
 	l, err := k.getLease(ctx)
 	switch {
@@ -406,8 +418,9 @@ func (k *Kubernetes) watchLease(ctx context.Context, status bool, notify func())
 	expiry.Stop()
 	defer expiry.Stop()
 	last := ""
-	opts := metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", k.lease).String()}
-	k.watchLoop(ctx, notify, expiry.C, func(ctx context.Context) (watch.Interface, error) {
+	name := fields.OneTermEqualSelector("metadata.name", k.lease).String()
+	k.watchLoop(ctx, notify, expiry.C, func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		opts.FieldSelector = name
 		return k.cs.CoordinationV1().Leases(k.ns).Watch(ctx, opts)
 	}, func(ev watch.Event) {
 		l, ok := ev.Object.(*coordinationv1.Lease)
@@ -430,26 +443,35 @@ func (k *Kubernetes) watchLease(ctx context.Context, status bool, notify func())
 }
 
 func (k *Kubernetes) watchPods(ctx context.Context, notify func()) {
-	opts := metav1.ListOptions{LabelSelector: ScopeLabel + "=" + k.scope}
-	k.watchLoop(ctx, notify, nil, func(ctx context.Context) (watch.Interface, error) {
+	k.watchLoop(ctx, notify, nil, func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+		opts.LabelSelector = ScopeLabel + "=" + k.scope
 		return k.cs.CoreV1().Pods(k.ns).Watch(ctx, opts)
 	}, func(watch.Event) { notify() })
 }
 
 // watchLoop runs watches one after the other until ctx ends, calling
 // handle for each event and notify after each reconnection (changes may
-// have been missed) and on each tick of extra.
+// have been missed) and on each tick of extra. Each watch lasts at most
+// watchSpan: a watch whose connection died silently (a network partition)
+// delivers nothing and might otherwise never end.
 func (k *Kubernetes) watchLoop(ctx context.Context, notify func(), extra <-chan time.Time,
-	start func(context.Context) (watch.Interface, error), handle func(watch.Event)) {
+	start func(context.Context, metav1.ListOptions) (watch.Interface, error), handle func(watch.Event)) {
+	span := int64(watchSpan / time.Second)
 	for ctx.Err() == nil {
-		w, err := start(ctx)
+		began := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, watchSpan+5*time.Second)
+		w, err := start(wctx, metav1.ListOptions{TimeoutSeconds: &span})
 		if err == nil {
-			k.drain(ctx, w, extra, notify, handle)
+			k.drain(wctx, w, extra, notify, handle)
 		}
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
 		notify()
+		if err == nil && time.Since(began) > time.Second {
+			continue // it ran its course: watch again at once
+		}
 		t := time.NewTimer(500 * time.Millisecond)
 		select {
 		case <-ctx.Done():
@@ -459,6 +481,9 @@ func (k *Kubernetes) watchLoop(ctx context.Context, notify func(), extra <-chan 
 		}
 	}
 }
+
+// watchSpan is how long one watch request lasts.
+const watchSpan = time.Minute
 
 func (k *Kubernetes) drain(ctx context.Context, w watch.Interface, extra <-chan time.Time, notify func(), handle func(watch.Event)) {
 	defer w.Stop()
@@ -483,8 +508,10 @@ func (k *Kubernetes) drain(ctx context.Context, w watch.Interface, extra <-chan 
 
 // PublishMember writes the member record into an annotation of this
 // member's pod and sets its role label, in one merge patch, when either
-// changed or every TTL/2 (which keeps the record alive for readers).
+// changed or every TTL/3 (which keeps the record alive for readers).
 func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	if k.name == "" {
 		return errors.New("kubernetes: read-only store")
 	}
@@ -501,13 +528,14 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 	}
 	k.mu.Lock()
 	label := roleLabelValue(m.Role, k.token != "")
-	changed := string(same) != k.lastRec || label != k.lastLabel
-	due := k.now().Sub(k.lastPut) >= k.ttl/2
+	relabel := label != k.lastLabel
+	changed := string(same) != k.lastRec || relabel
+	due := k.now().Sub(k.lastPut) >= k.ttl/3
 	k.mu.Unlock()
 	if !force && !changed && !due {
 		return nil
 	}
-	if label == RoleLabelPrimary {
+	if relabel && label == RoleLabelPrimary {
 		k.clearOtherPrimaries(ctx)
 	}
 	if err := k.patchPod(ctx, string(data), label); err != nil {
@@ -571,6 +599,8 @@ func (k *Kubernetes) patchRoleLabel(ctx context.Context, label string) error {
 // DeleteMember removes the record and the role label from this member's
 // pod.
 func (k *Kubernetes) DeleteMember(ctx context.Context) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	if k.name == "" {
 		return nil
 	}
@@ -600,6 +630,8 @@ func (k *Kubernetes) dropPrimaryLabel(ctx context.Context) {
 // PodIP returns the IP address of this member's pod, "" while it has
 // none.
 func (k *Kubernetes) PodIP(ctx context.Context) (string, error) {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	p, err := k.cs.CoreV1().Pods(k.ns).Get(ctx, k.pod, metav1.GetOptions{})
 	if err != nil {
 		return "", fmt.Errorf("kubernetes get pod %s/%s: %w", k.ns, k.pod, err)
@@ -655,6 +687,8 @@ func (k *Kubernetes) update(ctx context.Context, mutate func(l *coordinationv1.L
 // sets the initialize record to the bootstrapping marker, which lives only
 // as long as this holding.
 func (k *Kubernetes) Acquire(ctx context.Context, bootstrap bool) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	if k.name == "" {
 		return errors.New("kubernetes: read-only store")
 	}
@@ -780,6 +814,8 @@ func (k *Kubernetes) mine(l *coordinationv1.Lease, token string) error {
 // with this holding's token. ErrLost when it does not, or when this
 // member failed to renew for a whole TTL (readers may have taken over).
 func (k *Kubernetes) Renew(ctx context.Context) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	token := k.heldToken()
 	if token == "" {
 		return ErrLost
@@ -837,6 +873,8 @@ func (k *Kubernetes) free(l *coordinationv1.Lease) {
 // Release clears the holder at once, if this member still holds it, and
 // removes its pod's primary label.
 func (k *Kubernetes) Release(ctx context.Context) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	token := k.heldToken()
 	if token == "" {
 		return nil
@@ -858,6 +896,8 @@ func (k *Kubernetes) Release(ctx context.Context) error {
 
 // Handover clears the holder and records sw in one conditional update.
 func (k *Kubernetes) Handover(ctx context.Context, sw Switchover) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	token := k.heldToken()
 	if token == "" {
 		return ErrNotLeader
@@ -889,6 +929,8 @@ func (k *Kubernetes) Handover(ctx context.Context, sw Switchover) error {
 // setAsLeader writes annotations (a "" value deletes one) only while this
 // member holds the lease.
 func (k *Kubernetes) setAsLeader(ctx context.Context, ann map[string]string) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	token := k.heldToken()
 	if token == "" {
 		return ErrNotLeader
@@ -965,6 +1007,8 @@ func (k *Kubernetes) ClearSwitchover(ctx context.Context) error {
 // setAnyone writes (or with "" removes) the switchover record whoever
 // holds the lease.
 func (k *Kubernetes) setAnyone(ctx context.Context, sw string) error {
+	ctx, cancel := k.bound(ctx)
+	defer cancel()
 	set := func(l *coordinationv1.Lease) error {
 		setAnnotations(l, map[string]string{annSwitchover: sw})
 		return nil

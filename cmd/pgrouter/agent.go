@@ -152,6 +152,11 @@ func openStore(ctx context.Context, cfg configs.Agent, ttl time.Duration, log *z
 	// leader's renewals.
 	rc.QPS, rc.Burst = 50, 100
 	rc.UserAgent = "pgrouter-agent"
+	// HTTP/1.1: a request that times out closes its connection, so after
+	// a silent network partition the next request dials again. Over
+	// HTTP/2 every request would share the dead connection until its ping
+	// timeout (about 45 s), keeping a fenced leader from rejoining.
+	rc.TLSClientConfig.NextProtos = []string{"http/1.1"}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, "", fmt.Errorf("kubernetes client: %w", err)

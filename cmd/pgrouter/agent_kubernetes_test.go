@@ -1,17 +1,25 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/pgrouter/pgrouter/dcs"
@@ -46,6 +54,112 @@ var (
 	}
 )
 
+// silentLink relays TCP to a target. Drop partitions it as a real
+// network does: nothing is closed, every byte is lost, on the connections
+// open at the time (forever: their state is gone, as behind a rebooted
+// NAT) and on new ones until Heal. Clients must notice by themselves.
+type silentLink struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	epoch  int // incremented by Drop; a connection relays while its epoch is current and not dropped
+	down   bool
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+}
+
+func newSilentLink(t *testing.T, target string) *silentLink {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &silentLink{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	l.wg.Go(l.accept)
+	t.Cleanup(l.close)
+	return l
+}
+
+func (l *silentLink) Addr() string { return l.ln.Addr().String() }
+
+// Drop starts the partition.
+func (l *silentLink) Drop() {
+	l.mu.Lock()
+	l.epoch++
+	l.down = true
+	l.mu.Unlock()
+}
+
+// Heal ends it for connections made from now on.
+func (l *silentLink) Heal() {
+	l.mu.Lock()
+	l.epoch++
+	l.down = false
+	l.mu.Unlock()
+}
+
+// live reports whether a connection of epoch may carry bytes.
+func (l *silentLink) live(epoch int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return epoch == l.epoch && !l.down
+}
+
+func (l *silentLink) accept() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		epoch := l.epoch
+		l.conns[c] = true
+		l.mu.Unlock()
+		l.wg.Go(func() { l.relay(c, epoch) })
+	}
+}
+
+func (l *silentLink) relay(c net.Conn, epoch int) {
+	s, err := net.DialTimeout("tcp", l.target, 2*time.Second)
+	if err != nil {
+		c.Close()
+		return
+	}
+	l.mu.Lock()
+	l.conns[s] = true
+	l.mu.Unlock()
+	pump := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 && l.live(epoch) {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		c.Close()
+		s.Close()
+	}
+	done := make(chan struct{})
+	go func() { pump(s, c); close(done) }()
+	pump(c, s)
+	<-done
+}
+
+func (l *silentLink) close() {
+	l.ln.Close()
+	l.mu.Lock()
+	for c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
 // writeKubeconfig writes a kubeconfig for cfg into dir that the agents' OS
 // user can read, with its own copy of the API server's CA.
 func writeKubeconfig(t *testing.T, dir, name string, cfg *rest.Config, cred *syscall.Credential) string {
@@ -74,6 +188,63 @@ func writeKubeconfig(t *testing.T, dir, name string, cfg *rest.Config, cred *sys
 	return path
 }
 
+// primaryWatch records when each pod was first seen labelled primary,
+// from a watch (the labels' own timing, not the test's polling).
+type primaryWatch struct {
+	stop func()
+	mu   sync.Mutex
+	at   map[string]time.Time
+}
+
+func watchPrimaries(t *testing.T, cs kubernetes.Interface, ns string) *primaryWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	sel := dcs.RoleLabel + "=" + dcs.RoleLabelPrimary
+	list, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: sel, ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	pw := &primaryWatch{at: map[string]time.Time{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || ev.Type == watch.Deleted || p.Labels[dcs.RoleLabel] != dcs.RoleLabelPrimary {
+				continue
+			}
+			pw.mu.Lock()
+			if pw.at[p.Name].IsZero() {
+				pw.at[p.Name] = time.Now()
+			}
+			pw.mu.Unlock()
+		}
+	}()
+	var once sync.Once
+	pw.stop = func() {
+		once.Do(func() {
+			w.Stop()
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(pw.stop)
+	return pw
+}
+
+// first returns when pod was first seen labelled primary; zero if not yet.
+func (pw *primaryWatch) first(pod string) time.Time {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	return pw.at[pod]
+}
+
 // TestKubernetesAgentFailover: three synchronous agents with --dcs
 // kubernetes, each in a pod the test created and marked Ready with its
 // PostgreSQL's address (no kubelet runs), elect one leader through a Lease
@@ -83,8 +254,9 @@ func writeKubeconfig(t *testing.T, dir, name string, cfg *rest.Config, cred *sys
 // the API server through its own fault proxy. Under a writer through the
 // proxy, each fault in turn: the leader's postmaster killed, the leader's
 // agent killed (its server keeps running as primary and its pod still says
-// primary), the leader cut off from the API server (it must fence itself
-// before a standby is promoted). After each: the Lease names the new
+// primary), a planned switchover (the Lease handed over), the leader cut
+// off from the API server by a silent partition (it must fence itself
+// before a standby is promoted, and rejoin once the network heals). After each: the Lease names the new
 // leader, its pod alone is labelled primary, the others standby, the
 // proxy writes to it, and no acknowledged row is lost.
 func TestKubernetesAgentFailover(t *testing.T) {
@@ -93,7 +265,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 	agentCfg := env.ServiceAccount(t, ns, "pgrouter-agent", agentKubeRules...)
 	proxyCfg := env.ServiceAccount(t, ns, "pgrouter-proxy", proxyKubeRules...)
 	apiServer := strings.TrimPrefix(env.Config.Host, "https://")
-	links := map[string]*faultProxy{} // agent name -> its link to the API server
+	links := map[string]*silentLink{} // agent name -> its link to the API server
 	var proxyKubeconfig string
 	c := startAgentCluster(t, agentOptions{
 		synchronous: true,
@@ -102,7 +274,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 			if proxyKubeconfig == "" {
 				proxyKubeconfig = writeKubeconfig(t, dir, "proxy", proxyCfg, a.cred)
 			}
-			links[a.Name] = newFaultProxy(t, apiServer)
+			links[a.Name] = newSilentLink(t, apiServer)
 			cfg := rest.CopyConfig(agentCfg)
 			cfg.Host = "https://" + links[a.Name].Addr()
 			kubeconfig := writeKubeconfig(t, dir, "agent-"+a.Name, cfg, a.cred)
@@ -166,18 +338,26 @@ func TestKubernetesAgentFailover(t *testing.T) {
 				}
 				return nil
 			})
+			pw := watchPrimaries(t, env.Client, ns)
 			began := time.Now()
 			nl := fault(t, ld)
-			labelled := time.Time{}
+			var labelled time.Time
 			eventually(t, 30*time.Second, "new primary labelled", func() error {
-				if got, err := label(nl); err != nil || got != dcs.RoleLabelPrimary {
-					return fmt.Errorf("%s=%q (%v)", dcs.RoleLabel, got, err)
+				if labelled = pw.first(nl.Name); labelled.IsZero() {
+					return fmt.Errorf("%s not labelled %s=%s yet", nl.Name, dcs.RoleLabel, dcs.RoleLabelPrimary)
 				}
-				labelled = time.Now()
 				return nil
 			})
+			pw.stop()
 			assertRWLandsOn(t, c, nl)
-			written, _ := w.firstAckAfter(began, ld.PGPort)
+			var written time.Time
+			eventually(t, 20*time.Second, "the writer's first write on the new primary", func() error {
+				var ok bool
+				if written, ok = w.firstAckAfter(began, ld.PGPort); !ok {
+					return errors.New("none yet")
+				}
+				return nil
+			})
 			if got := c.waitHealthy(90 * time.Second); got != nl {
 				t.Fatalf("leader %s, want %s", got.Name, nl.Name)
 			}
@@ -226,9 +406,24 @@ func TestKubernetesAgentFailover(t *testing.T) {
 		return nl
 	})
 
+	scenario("planned-switchover", func(t *testing.T, ld *agentProc) *agentProc {
+		var other *agentProc
+		for _, a := range c.agents {
+			if a != ld {
+				other = a
+			}
+		}
+		out, err := exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pgrouter switchover: %v\n%s", err, out)
+		}
+		t.Logf("%s", bytes.TrimSpace(out))
+		return c.waitNewLeader(t, ld, 30*time.Second)
+	})
+
 	scenario("leader-partitioned-from-api-server", func(t *testing.T, ld *agentProc) *agentProc {
 		cut := time.Now()
-		links[ld.Name].Cut()
+		links[ld.Name].Drop()
 		var fenced, promoted time.Time
 		var nl *agentProc
 		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
@@ -253,7 +448,8 @@ func TestKubernetesAgentFailover(t *testing.T) {
 		}
 		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
 			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
-		links[ld.Name].Restore()
+		// The agent must notice by itself that its connections died.
+		links[ld.Name].Heal()
 		return nl
 	})
 }
