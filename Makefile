@@ -3,7 +3,8 @@
 #   PGR_TEST_TIMEOUT  timeout of the whole `go test` run (default 20m)
 #   PGR_FUZZTIME      time per fuzz target in `make fuzz` (default 10s)
 #   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
-#   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary (default bin/)
+#   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary and
+#                     tools/k8s/ensure.sh kube-apiserver + etcd (default bin/)
 #   PGR_DEMO_DIR      data and logs of `make demo` (default .demo/ha; wiped at start)
 #   PGR_DEMO_PORT     first port of `make demo` (default 6432; see `pgrouter demo --help`)
 #   PGR_CHAOS_INTERVAL time between kills in `make demo-chaos` (default 20s)
@@ -15,7 +16,7 @@ PGR_DEMO_DIR ?= .demo/ha
 PGR_DEMO_PORT ?= 6432
 PGR_CHAOS_INTERVAL ?= 20s
 
-.PHONY: build test vet fmt-check fuzz demo demo-chaos bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium pgx-suite
+.PHONY: build test vet fmt-check fuzz demo demo-chaos bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium ensure-k8s test-kubernetes pgx-suite
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -43,8 +44,19 @@ fmt-check:
 ensure-etcd:
 	sh tools/etcd/ensure.sh >/dev/null
 
-test: ensure-postgres ensure-etcd ensure-chromium vet fmt-check
-	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
+# ensure-k8s builds kube-apiserver and etcd from tools/k8s once per
+# go.mod/go.sum (cold ~10 min, never inside go test); the Kubernetes tests
+# get their directory in PGR_K8S_BIN_DIR.
+ensure-k8s:
+	sh tools/k8s/ensure.sh >/dev/null
+
+# test-kubernetes runs only the tests against a real API server (their
+# names hold "Kube"), verbosely so that each one's result shows.
+test-kubernetes: ensure-postgres ensure-k8s
+	PGR_K8S_BIN_DIR=$$(sh tools/k8s/ensure.sh) $(GO) test -race -count=1 -v -timeout $(PGR_TEST_TIMEOUT) -run 'Kube' ./...
+
+test: ensure-postgres ensure-etcd ensure-k8s ensure-chromium vet fmt-check
+	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) PGR_K8S_BIN_DIR=$$(sh tools/k8s/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
 # fuzz runs every Fuzz target of every package for PGR_FUZZTIME each. `go

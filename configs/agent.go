@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/pgrouter/pgrouter/dcs"
 	"github.com/pgrouter/pgrouter/election"
 )
 
@@ -19,14 +21,17 @@ import (
 // configs/agent.example.yaml).
 type Agent struct {
 	Log Log `yaml:"log"`
-	// Name is this member's name. Required.
+	// Name is this member's name. Required, except with dcs kubernetes,
+	// where it defaults to the pod's name.
 	Name string `yaml:"name"`
 	// Scope is the cluster's name in the consensus store. Required.
 	Scope string `yaml:"scope"`
-	// DCS is the consensus store: etcd. Default etcd.
+	// DCS is the consensus store: etcd or kubernetes. Default etcd.
 	DCS string `yaml:"dcs"`
 	// Etcd says how to reach etcd.
 	Etcd Etcd `yaml:"etcd"`
+	// Kubernetes says which pod the agent runs in (dcs kubernetes).
+	Kubernetes AgentKubernetes `yaml:"kubernetes"`
 	// API is the agent's HTTP API.
 	API AgentAPI `yaml:"api"`
 	// PostgreSQL is the local server.
@@ -39,6 +44,21 @@ type Agent struct {
 type Etcd struct {
 	// Endpoints are host:port or URLs of etcd members. Required.
 	Endpoints []string `yaml:"endpoints"`
+}
+
+// AgentKubernetes is where an agent with dcs kubernetes runs: the leader
+// lease is the Lease pgrouter-<scope> in Namespace, and the member record
+// and role label (pgrouter.io/role) go on the pod PodName.
+type AgentKubernetes struct {
+	// Namespace of the pod and the Lease. Required (in a pod spec:
+	// fieldRef metadata.namespace).
+	Namespace string `yaml:"namespace"`
+	// PodName is the agent's own pod. Required (fieldRef metadata.name).
+	// It is also the member name when name is not set.
+	PodName string `yaml:"podName"`
+	// Kubeconfig is a kubeconfig file; default: the in-cluster
+	// ServiceAccount configuration.
+	Kubeconfig string `yaml:"kubeconfig"`
 }
 
 // AgentAPI is the agent's HTTP API.
@@ -181,8 +201,25 @@ func (c *Agent) Validate() error {
 		if len(c.Etcd.Endpoints) == 0 {
 			errs = append(errs, errors.New("dcs etcd needs --etcd-endpoints"))
 		}
+	case "kubernetes":
+		k := c.Kubernetes
+		if k.Namespace == "" || k.PodName == "" {
+			errs = append(errs, errors.New("dcs kubernetes needs --namespace and --pod-name (the pod the agent runs in)"))
+		} else {
+			if msgs := validation.IsDNS1123Label(k.Namespace); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("namespace %q: %s", k.Namespace, strings.Join(msgs, "; ")))
+			}
+			if msgs := validation.IsDNS1123Subdomain(k.PodName); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("pod-name %q: %s", k.PodName, strings.Join(msgs, "; ")))
+			}
+		}
+		if dcs.ValidName(c.Scope) {
+			if err := dcs.ValidKubernetesScope(c.Scope); err != nil {
+				errs = append(errs, fmt.Errorf("dcs kubernetes: %w", err))
+			}
+		}
 	default:
-		errs = append(errs, fmt.Errorf("dcs %q is not supported (want etcd)", c.DCS))
+		errs = append(errs, fmt.Errorf("dcs %q is not supported (want etcd or kubernetes)", c.DCS))
 	}
 	p := c.PostgreSQL
 	if p.DataDir == "" {
@@ -277,11 +314,14 @@ func BindAgentFlags(fs *pflag.FlagSet) *AgentFlags {
 		p := fs.StringArray(name, nil, usage)
 		f.apply[name] = func(c *Agent) { *field(c) = slices.Clone(*p) }
 	}
-	str("name", d.Name, "this member's name (required)", func(c *Agent) *string { return &c.Name })
+	str("name", d.Name, "this member's name (required; dcs kubernetes: default --pod-name)", func(c *Agent) *string { return &c.Name })
 	str("scope", d.Scope, "the cluster's name in the consensus store (required)", func(c *Agent) *string { return &c.Scope })
-	str("dcs", d.DCS, "consensus store: etcd", func(c *Agent) *string { return &c.DCS })
+	str("dcs", d.DCS, "consensus store: etcd or kubernetes", func(c *Agent) *string { return &c.DCS })
 	endpoints := fs.StringSlice("etcd-endpoints", nil, "etcd endpoints, host:port,host:port,...")
 	f.apply["etcd-endpoints"] = func(c *Agent) { c.Etcd.Endpoints = slices.Clone(*endpoints) }
+	str("namespace", "", "dcs kubernetes: namespace of the agent's pod and of the Lease", func(c *Agent) *string { return &c.Kubernetes.Namespace })
+	str("pod-name", "", "dcs kubernetes: the agent's own pod (default member name)", func(c *Agent) *string { return &c.Kubernetes.PodName })
+	str("kubeconfig", "", "dcs kubernetes: kubeconfig file (default: in-cluster ServiceAccount)", func(c *Agent) *string { return &c.Kubernetes.Kubeconfig })
 	str("pgdata", d.PostgreSQL.DataDir, "PostgreSQL data directory (required)", func(c *Agent) *string { return &c.PostgreSQL.DataDir })
 	str("pg-listen", d.PostgreSQL.Listen, "host:port PostgreSQL listens on", func(c *Agent) *string { return &c.PostgreSQL.Listen })
 	str("api-listen", d.API.Listen, "host:port of the agent's HTTP API", func(c *Agent) *string { return &c.API.Listen })
@@ -330,6 +370,9 @@ func (f *AgentFlags) Resolve() (Agent, error) {
 			a(&c)
 		}
 	})
+	if c.DCS == "kubernetes" && c.Name == "" {
+		c.Name = c.Kubernetes.PodName
+	}
 	if err := c.ResolveSecrets(); err != nil {
 		return c, err
 	}

@@ -68,6 +68,36 @@ func TestAgentFlags(t *testing.T) {
 	}
 }
 
+// With dcs kubernetes the member is named after its pod unless --name
+// says otherwise, and no etcd endpoint is needed.
+func TestAgentKubernetesFlags(t *testing.T) {
+	t.Setenv("PGROUTER_SUPERUSER_PASSWORD", "s")
+	t.Setenv("PGROUTER_REPLICATION_PASSWORD", "r")
+	for _, tc := range []struct {
+		args []string
+		name string
+	}{
+		{nil, "pg-1"},
+		{[]string{"--name", "n1"}, "n1"},
+	} {
+		fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+		f := BindAgentFlags(fs)
+		args := append([]string{"--scope", "demo", "--dcs", "kubernetes", "--pod-name", "pg-1", "--namespace", "db",
+			"--kubeconfig", "/k/config", "--pgdata", "/data"}, tc.args...)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := f.Resolve()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := c.Kubernetes
+		if c.Name != tc.name || k.PodName != "pg-1" || k.Namespace != "db" || k.Kubeconfig != "/k/config" {
+			t.Errorf("%v: name %q, kubernetes %+v", tc.args, c.Name, k)
+		}
+	}
+}
+
 func TestAgentValidate(t *testing.T) {
 	base := func() Agent {
 		c := AgentDefaults()
@@ -89,6 +119,13 @@ func TestAgentValidate(t *testing.T) {
 			c.Name, c.Etcd.Endpoints, c.PostgreSQL.DataDir, c.PostgreSQL.StandbyMode, c.DCS = "", nil, "rel/dir", "cold", "consul"
 		}, []string{"name", "dcs \"consul\"", "absolute", "standby-mode"}},
 		{"same listen", func(c *Agent) { c.API.Listen = c.PostgreSQL.Listen }, []string{"both use"}},
+		{"kubernetes", func(c *Agent) {
+			c.DCS, c.Etcd.Endpoints, c.Kubernetes = "kubernetes", nil, AgentKubernetes{Namespace: "db", PodName: "pg-0"}
+		}, nil},
+		{"kubernetes without pod", func(c *Agent) { c.DCS = "kubernetes" }, []string{"--namespace and --pod-name"}},
+		{"kubernetes names", func(c *Agent) {
+			c.DCS, c.Scope, c.Kubernetes = "kubernetes", "Demo_1", AgentKubernetes{Namespace: "a.b", PodName: "pg_0"}
+		}, []string{"namespace \"a.b\"", "pod-name \"pg_0\"", "scope \"Demo_1\""}},
 		{"bad parameter", func(c *Agent) { c.PostgreSQL.Parameters = map[string]string{"a b": "1"} }, []string{"not a setting name"}},
 	}
 	for _, tc := range tests {

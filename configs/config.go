@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/pgrouter/pgrouter/discovery"
 	"github.com/pgrouter/pgrouter/health"
 )
 
@@ -186,7 +189,7 @@ type Routing struct {
 
 // Discovery says where the member list comes from.
 type Discovery struct {
-	// Kind is static or etcd. Default static.
+	// Kind is static, etcd or kubernetes. Default static.
 	Kind string `yaml:"kind"`
 	// Backends is the static member list, host:port each.
 	Backends []string `yaml:"backends"`
@@ -195,6 +198,86 @@ type Discovery struct {
 	EtcdEndpoints []string `yaml:"etcdEndpoints"`
 	// Scope (kind etcd) is the agents' cluster name.
 	Scope string `yaml:"scope"`
+	// Kubernetes (kind kubernetes) selects the cluster's pods.
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+}
+
+// Kubernetes configures discovery from pod labels: the pods of Namespace
+// matching Selector, their role read from a label.
+type Kubernetes struct {
+	// Namespace holds the pods. Default: the proxy's own namespace when it
+	// runs in a pod; required with Kubeconfig.
+	Namespace string `yaml:"namespace"`
+	// Selector is a label selector such as app=pg. Default: every pod of
+	// the namespace.
+	Selector string `yaml:"selector"`
+	// RolePreset names an operator's role label: kubedb, kubeblocks,
+	// cnpg, zalando or pgrouter. RoleLabel, PrimaryValue and StandbyValue
+	// override its parts. Default none.
+	RolePreset string `yaml:"rolePreset"`
+	// RoleLabel is the label key carrying the role. Required without
+	// RolePreset.
+	RoleLabel string `yaml:"roleLabel"`
+	// PrimaryValue marks the primary. Required without RolePreset.
+	PrimaryValue string `yaml:"primaryValue"`
+	// StandbyValue marks standbys; pods with any other value (or none)
+	// are claimed standbys too, so it documents more than it decides.
+	StandbyValue string `yaml:"standbyValue"`
+	// Kubeconfig is a kubeconfig file. Default: the in-cluster
+	// configuration of the pod's ServiceAccount.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// PGPortName names the container port of PostgreSQL. Default
+	// postgresql.
+	PGPortName string `yaml:"pgPortName"`
+	// PGPort, when not 0, is PostgreSQL's port on every pod, whatever the
+	// container ports say. Default 0.
+	PGPort int `yaml:"pgPort"`
+}
+
+// Role resolves the preset and its overrides.
+func (k Kubernetes) Role() (discovery.RoleLabel, error) {
+	var r discovery.RoleLabel
+	if k.RolePreset != "" {
+		p, ok := discovery.RolePresets[k.RolePreset]
+		if !ok {
+			return r, fmt.Errorf("role-preset %q: want one of %s", k.RolePreset, strings.Join(discovery.PresetNames(), ", "))
+		}
+		r = p
+	}
+	for _, o := range []struct {
+		dst *string
+		v   string
+	}{{&r.Key, k.RoleLabel}, {&r.Primary, k.PrimaryValue}, {&r.Standby, k.StandbyValue}} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
+	}
+	if r.Key == "" || r.Primary == "" {
+		return r, errors.New("kubernetes discovery needs --role-preset, or --role-label and --primary-value")
+	}
+	return r, nil
+}
+
+func (k Kubernetes) validate() []error {
+	var errs []error
+	if _, err := k.Role(); err != nil {
+		errs = append(errs, err)
+	}
+	if k.Namespace == "" && k.Kubeconfig != "" {
+		errs = append(errs, errors.New("kubernetes discovery with --kubeconfig needs --namespace"))
+	}
+	if _, err := labels.Parse(k.Selector); err != nil {
+		errs = append(errs, fmt.Errorf("selector %q: %w", k.Selector, err))
+	}
+	if k.RoleLabel != "" {
+		if msgs := validation.IsQualifiedName(k.RoleLabel); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("role-label %q: %s", k.RoleLabel, strings.Join(msgs, "; ")))
+		}
+	}
+	if k.PGPort < 0 || k.PGPort > 65535 {
+		errs = append(errs, fmt.Errorf("pg-port %d is outside 0..65535", k.PGPort))
+	}
+	return errs
 }
 
 // Health configures the health checkers (see health.Config for each
@@ -359,8 +442,10 @@ func (c *Config) Validate() error {
 		if c.Discovery.Scope == "" {
 			errs = append(errs, errors.New("etcd discovery needs --scope"))
 		}
+	case "kubernetes":
+		errs = append(errs, c.Discovery.Kubernetes.validate()...)
 	default:
-		errs = append(errs, fmt.Errorf("discovery %q is not supported (want static or etcd)", c.Discovery.Kind))
+		errs = append(errs, fmt.Errorf("discovery %q is not supported (want static, etcd or kubernetes)", c.Discovery.Kind))
 	}
 	if err := c.Health.Config.Validate(); err != nil {
 		errs = append(errs, err)

@@ -73,3 +73,64 @@ func TestUnknownKeyIsAnError(t *testing.T) {
 		t.Fatal("typo accepted")
 	}
 }
+
+func TestKubernetesDiscoveryConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		k    Kubernetes
+		want string // substring of the error; "" = valid
+		key  string // resolved role label key
+	}{
+		{"preset", Kubernetes{RolePreset: "cnpg"}, "", "cnpg.io/instanceRole"},
+		{"preset with override", Kubernetes{RolePreset: "zalando", PrimaryValue: "leader"}, "", "spilo-role"},
+		{"own label", Kubernetes{RoleLabel: "example.com/role", PrimaryValue: "rw"}, "", "example.com/role"},
+		{"unknown preset", Kubernetes{RolePreset: "stolon"}, "want one of cnpg, kubeblocks, kubedb, pgrouter, zalando", ""},
+		{"no role", Kubernetes{}, "needs --role-preset", ""},
+		{"label without value", Kubernetes{RoleLabel: "role"}, "needs --role-preset", ""},
+		{"bad label", Kubernetes{RoleLabel: "a b", PrimaryValue: "p"}, "role-label", ""},
+		{"bad selector", Kubernetes{RolePreset: "kubedb", Selector: "app in (x"}, "selector", ""},
+		{"kubeconfig needs namespace", Kubernetes{RolePreset: "kubedb", Kubeconfig: "/k"}, "needs --namespace", ""},
+		{"bad port", Kubernetes{RolePreset: "kubedb", PGPort: 70000}, "pg-port", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			c.Proxy.Listen = "127.0.0.1:6432"
+			c.Discovery.Kind = "kubernetes"
+			c.Discovery.Kubernetes = tc.k
+			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r, _ := tc.k.Role(); r.Key != tc.key {
+					t.Fatalf("role label %q, want %q", r.Key, tc.key)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestKubernetesFlags(t *testing.T) {
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	f := BindProxyFlags(fs)
+	if err := fs.Parse([]string{"--listen", "127.0.0.1:6432", "--discovery", "kubernetes", "--namespace", "db",
+		"--selector", "app=pg", "--role-preset", "kubeblocks", "--standby-value", "follower", "--kubeconfig", "/k",
+		"--pg-port-name", "tcp-postgresql", "--pg-port", "5433"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := c.Discovery.Kubernetes
+	if k.Namespace != "db" || k.Selector != "app=pg" || k.Kubeconfig != "/k" || k.PGPortName != "tcp-postgresql" || k.PGPort != 5433 {
+		t.Fatalf("flags not applied: %+v", k)
+	}
+	if r, _ := k.Role(); r.Key != "kubeblocks.io/role" || r.Primary != "primary" || r.Standby != "follower" {
+		t.Fatalf("role %+v", r)
+	}
+}

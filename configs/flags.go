@@ -47,12 +47,22 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	fb := fs.Bool("fallback-to-primary", *d.Routing.FallbackToPrimary, "send read-only sessions to the primary when no standby is usable")
 	f.apply["fallback-to-primary"] = func(c *Config) { v := *fb; c.Routing.FallbackToPrimary = &v }
 
-	f.str("discovery", d.Discovery.Kind, "member discovery: static or etcd (pgrouter agents)", func(c *Config) *string { return &c.Discovery.Kind })
+	f.str("discovery", d.Discovery.Kind, "member discovery: static, etcd (pgrouter agents) or kubernetes (pod labels)", func(c *Config) *string { return &c.Discovery.Kind })
 	backends := fs.StringSlice("backends", nil, "static member list, host:port,host:port,...")
 	f.apply["backends"] = func(c *Config) { c.Discovery.Backends = append([]string(nil), *backends...) }
 	etcd := fs.StringSlice("etcd-endpoints", nil, "etcd discovery: endpoints, host:port,host:port,...")
 	f.apply["etcd-endpoints"] = func(c *Config) { c.Discovery.EtcdEndpoints = append([]string(nil), *etcd...) }
 	f.str("scope", d.Discovery.Scope, "etcd discovery: the agents' cluster name", func(c *Config) *string { return &c.Discovery.Scope })
+	k := func(c *Config) *Kubernetes { return &c.Discovery.Kubernetes }
+	f.str("namespace", "", "kubernetes discovery: namespace of the pods (default: the proxy's own, in a pod)", func(c *Config) *string { return &k(c).Namespace })
+	f.str("selector", "", "kubernetes discovery: label selector of the cluster's pods, e.g. app=pg", func(c *Config) *string { return &k(c).Selector })
+	f.str("role-preset", "", "kubernetes discovery: role label of kubedb, kubeblocks, cnpg, zalando or pgrouter", func(c *Config) *string { return &k(c).RolePreset })
+	f.str("role-label", "", "kubernetes discovery: label key carrying the role (overrides the preset)", func(c *Config) *string { return &k(c).RoleLabel })
+	f.str("primary-value", "", "kubernetes discovery: role label value of the primary (overrides the preset)", func(c *Config) *string { return &k(c).PrimaryValue })
+	f.str("standby-value", "", "kubernetes discovery: role label value of standbys (overrides the preset)", func(c *Config) *string { return &k(c).StandbyValue })
+	f.str("kubeconfig", "", "kubernetes discovery: kubeconfig file (default: in-cluster ServiceAccount)", func(c *Config) *string { return &k(c).Kubeconfig })
+	f.str("pg-port-name", "", "kubernetes discovery: container port name of PostgreSQL (default postgresql)", func(c *Config) *string { return &k(c).PGPortName })
+	f.integer("pg-port", 0, "kubernetes discovery: PostgreSQL port on every pod, instead of the named container port", func(c *Config) *int { return &k(c).PGPort })
 
 	f.str("health-user", d.Health.User, "user for health probes (password: PGROUTER_HEALTH_PASSWORD or --health-password-file)", func(c *Config) *string { return &c.Health.User })
 	f.str("health-database", d.Health.Database, "database for health probes", func(c *Config) *string { return &c.Health.Database })

@@ -18,6 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pgrouter/pgrouter/configs"
 	"github.com/pgrouter/pgrouter/dcs"
@@ -84,9 +87,7 @@ func runAgent(ctx context.Context, cfg configs.Agent) error {
 		return err
 	}
 	ecfg := cfg.ElectionConfig().WithDefaults()
-	store, err := dcs.NewEtcd(dcs.EtcdConfig{
-		Endpoints: cfg.Etcd.Endpoints, Scope: cfg.Scope, Name: cfg.Name, TTL: ecfg.TTL, Log: log.Named("etcd"),
-	})
+	store, podIP, err := openStore(ctx, cfg, ecfg.TTL, log)
 	if err != nil {
 		return err
 	}
@@ -109,7 +110,7 @@ func runAgent(ctx context.Context, cfg configs.Agent) error {
 		return fmt.Errorf("api-listen %s: %w", cfg.API.Listen, err)
 	}
 	agent, err := election.NewAgent(election.Options{
-		Config: ecfg, Store: store, Postgres: pg, ConnAddr: p.Listen, APIAddr: ln.Addr().String(), Warm: warm,
+		Config: ecfg, Store: store, Postgres: pg, ConnAddr: advertise(p.Listen, podIP), APIAddr: advertise(ln.Addr().String(), podIP), Warm: warm,
 		Log: log.Named("agent"), Metrics: election.NewMetrics(reg),
 	})
 	if err != nil {
@@ -129,6 +130,82 @@ func runAgent(ctx context.Context, cfg configs.Agent) error {
 		runErr = err
 	}
 	return runErr
+}
+
+// openStore connects the consensus store cfg.DCS names. On Kubernetes it
+// also returns the pod's IP address, which the member advertises when
+// PostgreSQL or the API listens on all addresses.
+func openStore(ctx context.Context, cfg configs.Agent, ttl time.Duration, log *zap.Logger) (dcs.Store, string, error) {
+	if cfg.DCS != "kubernetes" {
+		s, err := dcs.NewEtcd(dcs.EtcdConfig{
+			Endpoints: cfg.Etcd.Endpoints, Scope: cfg.Scope, Name: cfg.Name, TTL: ttl, Log: log.Named("etcd"),
+		})
+		return s, "", err
+	}
+	k := cfg.Kubernetes
+	rc, err := kubeRESTConfig(k.Kubeconfig)
+	if err != nil {
+		return nil, "", err
+	}
+	// Each agent makes a few requests per retry period (renew, status,
+	// load, publish): client-go's default limit of 5/s would throttle the
+	// leader's renewals.
+	rc.QPS, rc.Burst = 50, 100
+	rc.UserAgent = "pgrouter-agent"
+	// HTTP/1.1: a request that times out closes its connection, so after
+	// a silent network partition the next request dials again. Over
+	// HTTP/2 every request would share the dead connection until its ping
+	// timeout (about 45 s), keeping a fenced leader from rejoining.
+	rc.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, "", fmt.Errorf("kubernetes client: %w", err)
+	}
+	s, err := dcs.NewKubernetes(dcs.KubernetesConfig{
+		Client: cs, Namespace: k.Namespace, Scope: cfg.Scope, Name: cfg.Name, PodName: k.PodName, TTL: ttl,
+		Log: log.Named("kubernetes"),
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ip, err := s.PodIP(gctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("the agent's own pod (--pod-name %s --namespace %s): %w", k.PodName, k.Namespace, err)
+	}
+	return s, ip, nil
+}
+
+// kubeRESTConfig reads kubeconfig, or the in-cluster configuration when
+// it is empty.
+func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster kubernetes configuration (outside a pod, use --kubeconfig): %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return rc, nil
+}
+
+// advertise is the address others reach a listener on: addr itself, or
+// ip with addr's port when addr's host is empty or unspecified (0.0.0.0,
+// ::) and ip is known.
+func advertise(addr, ip string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || ip == "" {
+		return addr
+	}
+	if a := net.ParseIP(host); host != "" && (a == nil || !a.IsUnspecified()) {
+		return addr
+	}
+	return net.JoinHostPort(ip, port)
 }
 
 func switchoverCommand() *cobra.Command {

@@ -429,6 +429,11 @@ type agentOptions struct {
 	// bin is the pgrouter binary for the agents and the proxy; default
 	// binPath (built with -race).
 	bin string
+	// store, when set, replaces etcd (none is started): it prepares the
+	// agent's consensus store and returns its flags.
+	store func(a *agentProc) []string
+	// proxy, when set, starts the proxy instead of startEtcdProxy.
+	proxy func(bin string) *proxyProc
 }
 
 // startAgentCluster starts etcd, three agents (each behind its own
@@ -436,7 +441,10 @@ type agentOptions struct {
 // others stream from it and the proxy routes writes to it.
 func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 	t.Helper()
-	bin := etcdBin(t)
+	var bin string
+	if o.store == nil {
+		bin = etcdBin(t)
+	}
 	cred := pgCredential(t)
 	reapStaleAgentDirs(t)
 	dir, err := os.MkdirTemp("", agentDirPrefix)
@@ -460,7 +468,9 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.close)
-	c.etcd = startEtcd(t, bin, dir)
+	if o.store == nil {
+		c.etcd = startEtcd(t, bin, dir)
+	}
 	for i := 1; i <= 3; i++ {
 		name := fmt.Sprintf("n%d", i)
 		nodeDir := filepath.Join(dir, name)
@@ -478,13 +488,19 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 			PGPort: port, PGAddr: "127.0.0.1:" + strconv.Itoa(port), API: freeAddr(t),
 			cred: cred, bin: agentBin, logPath: filepath.Join(dir, name+".log"),
 		}
-		a.etcd = newFaultProxy(t, c.etcd.Client)
-		a.args = []string{"agent", "--name", name, "--scope", agentScope, "--dcs", "etcd",
-			"--etcd-endpoints", a.etcd.Addr(), "--pgdata", a.DataDir, "--pg-listen", a.PGAddr,
+		var store []string
+		if o.store != nil {
+			store = o.store(a)
+		} else {
+			a.etcd = newFaultProxy(t, c.etcd.Client)
+			store = []string{"--name", name, "--dcs", "etcd", "--etcd-endpoints", a.etcd.Addr()}
+		}
+		a.args = append([]string{"agent", "--scope", agentScope}, store...)
+		a.args = append(a.args, "--pgdata", a.DataDir, "--pg-listen", a.PGAddr,
 			"--api-listen", a.API, "--superuser", agentSuper, "--replication-user", agentRepl,
 			"--pg-param", "fsync=off", "--pg-param", "max_connections=60", "--pg-param", "shared_buffers=16MB",
 			"--initdb-arg=--no-sync", "--initdb-arg=--wal-segsize=1",
-			"--rejoin-timeout", "3s", "--log-level", "debug"}
+			"--rejoin-timeout", "3s", "--log-level", "debug")
 		if o.synchronous {
 			a.args = append(a.args, "--synchronous")
 		}
@@ -500,7 +516,11 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 		a.start()
 	}
 	c.waitHealthy(90 * time.Second)
-	c.proxy = startEtcdProxy(t, agentBin, c.etcd.Client)
+	if o.proxy != nil {
+		c.proxy = o.proxy(agentBin)
+	} else {
+		c.proxy = startEtcdProxy(t, agentBin, c.etcd.Client)
+	}
 	c.waitHealthy(30 * time.Second)
 	return c
 }

@@ -18,7 +18,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(proxyCommand(), agentCommand(), switchoverCommand(), failoverCommand(), statusCommand(), demoCommand(), versionCommand())
+	root.AddCommand(proxyCommand(), agentCommand(), switchoverCommand(), failoverCommand(), statusCommand(), demoCommand(), versionCommand(), installCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgrouter:", err)
 		os.Exit(1)

@@ -254,12 +254,40 @@ func switchoverPauser(srv *proxy.Server, maxPause time.Duration, log *zap.Logger
 // newSource builds the discovery source; static is nil unless the source
 // is the static list, which SIGHUP reloads.
 func newSource(d configs.Discovery, log *zap.Logger) (discovery.Source, *discovery.Static, error) {
-	if d.Kind == "etcd" {
+	switch d.Kind {
+	case "etcd":
 		src, err := discovery.NewEtcd(d.EtcdEndpoints, d.Scope, log)
+		return src, nil, err
+	case "kubernetes":
+		src, err := kubernetesSource(d.Kubernetes, log)
 		return src, nil, err
 	}
 	static, err := discovery.NewStatic(d.Backends)
 	return static, static, err
+}
+
+// kubernetesSource builds discovery from pod labels. Without a namespace
+// it watches the proxy's own, read from its ServiceAccount mount.
+func kubernetesSource(k configs.Kubernetes, log *zap.Logger) (*discovery.Kubernetes, error) {
+	role, err := k.Role()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := discovery.RESTConfig(k.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	ns := k.Namespace
+	if ns == "" {
+		b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes discovery: no --namespace and cannot read the pod's own: %w", err)
+		}
+		ns = strings.TrimSpace(string(b))
+	}
+	return discovery.NewKubernetes(discovery.KubernetesConfig{
+		Namespace: ns, Selector: k.Selector, Role: role, PortName: k.PGPortName, Port: k.PGPort,
+	}, rc, log)
 }
 
 // proxyConfig converts the file-and-flags configuration into the proxy's
