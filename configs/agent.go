@@ -262,16 +262,7 @@ func (c *Agent) Validate() error {
 			errs = append(errs, fmt.Errorf("parameter %s: value spans lines", k))
 		}
 	}
-	switch c.Log.Level {
-	case "", "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", c.Log.Level))
-	}
-	switch c.Log.Format {
-	case "", "console", "json":
-	default:
-		errs = append(errs, fmt.Errorf("log format %q: want console or json", c.Log.Format))
-	}
+	errs = append(errs, c.Log.validate()...)
 	return errors.Join(errs...)
 }
 

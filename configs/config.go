@@ -488,15 +488,22 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("read-your-writes %q: want off or session", c.Split.ReadYourWrites))
 	}
-	switch c.Log.Level {
+	errs = append(errs, c.Log.validate()...)
+	return errors.Join(errs...)
+}
+
+// validate reports the log settings' problems, for both commands.
+func (l Log) validate() []error {
+	var errs []error
+	switch l.Level {
 	case "", "debug", "info", "warn", "error":
 	default:
-		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", c.Log.Level))
+		errs = append(errs, fmt.Errorf("log level %q: want debug, info, warn or error", l.Level))
 	}
-	switch c.Log.Format {
+	switch l.Format {
 	case "", "console", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log format %q: want console or json", c.Log.Format))
+		errs = append(errs, fmt.Errorf("log format %q: want console or json", l.Format))
 	}
-	return errors.Join(errs...)
+	return errs
 }
