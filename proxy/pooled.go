@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"net"
 	"strconv"
@@ -41,6 +42,8 @@ type pooled struct {
 	// desired are the settings the client wants on every server: its
 	// startup parameters and the reported settings it changed with SET.
 	desired map[string]string
+	// desiredFP fingerprints desired; see settingsFingerprint.
+	desiredFP uint64
 
 	wmu sync.Mutex // serializes writes to the client
 
@@ -341,6 +344,25 @@ func (ps *pooled) completeDesired(initial map[string]string) {
 			ps.desired[l] = value
 		}
 	}
+	ps.desiredFP = settingsFingerprint(ps.desired)
+}
+
+// fpSeed makes fingerprints comparable across sessions of one process.
+var fpSeed = maphash.MakeSeed()
+
+// settingsFingerprint hashes a set of settings independently of map
+// order. It is never 0, which means "unknown" on a server.
+func settingsFingerprint(m map[string]string) uint64 {
+	var sum uint64
+	for name, value := range m {
+		var h maphash.Hash
+		h.SetSeed(fpSeed)
+		h.WriteString(name)
+		h.WriteByte(0)
+		h.WriteString(value)
+		sum += h.Sum64() // order-independent; 64 bits make a collision negligible
+	}
+	return sum | 1
 }
 
 // poolFor routes the session and returns its pool without borrowing.
@@ -464,6 +486,9 @@ func (ps *pooled) attachLocked(p *pool.Pool) {
 // applySettings makes the server's settings match what the client wants,
 // in one round trip, before the client's first message reaches it.
 func (ps *pooled) applySettings(sc *pool.ServerConn) error {
+	if sc.SettingsFP == ps.desiredFP {
+		return nil // it matches what an earlier borrower wanted, the same as ours
+	}
 	var q strings.Builder
 	for name, want := range ps.desired {
 		var cur string
@@ -487,6 +512,7 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 		}
 	}
 	if q.Len() == 0 {
+		sc.SettingsFP = ps.desiredFP
 		return nil
 	}
 	for _, name := range stale {
@@ -503,6 +529,7 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 			sc.Applied[name] = want
 		}
 	}
+	sc.SettingsFP = ps.desiredFP
 	return nil
 }
 
@@ -542,6 +569,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	}
 	clear(sc.Prepared)
 	clear(sc.Applied)
+	sc.SettingsFP = 0
 	return true
 }
 

@@ -564,8 +564,11 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
 			lname := lowerASCII(name)
-			if settable[lname] {
+			if settable[lname] && ps.desired[lname] != value {
 				ps.desired[lname] = value
+				ps.desiredFP = settingsFingerprint(ps.desired)
+				// The server now has what the client wants.
+				sc.SettingsFP = ps.desiredFP
 			}
 		}
 	case 'Z':

@@ -37,6 +37,10 @@ type ServerConn struct {
 	// belong to the borrower, like the connection.
 	Prepared map[string]struct{}
 	Applied  map[string]string
+	// SettingsFP fingerprints the settings the proxy last made this
+	// server match (a borrower's wanted settings); 0 means unknown. A
+	// borrower that wants the same settings need not compare them again.
+	SettingsFP uint64
 	// Initial are the ParameterStatus values the server reported at login:
 	// the baseline a client that asked for nothing else must see.
 	Initial map[string]string
