@@ -527,7 +527,7 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 		return err
 	}
 	k.mu.Lock()
-	label := roleLabelValue(m.Role, k.token != "")
+	label := roleLabelValue(m.Role, k.token != "", k.lastLabel)
 	relabel := label != k.lastLabel
 	changed := string(same) != k.lastRec || relabel
 	due := k.now().Sub(k.lastPut) >= k.ttl/3
@@ -547,16 +547,21 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 	return nil
 }
 
-// roleLabelValue is the role label of a member publishing role: primary
-// only while it holds the leader lease, so that a server that runs as
-// primary without the lease (fenced, demoting, adopting) gets no traffic
-// through a Service selecting the label.
-func roleLabelValue(role string, holding bool) string {
+// roleLabelValue is the role label of a member publishing role, last
+// being the label it has: primary only while it holds the leader lease, so
+// that a server that runs as primary without the lease (fenced, demoting,
+// adopting) gets no traffic through a Service selecting the label; none
+// for a stopped server; unchanged while the server runs but does not
+// answer (a busy standby's label does not flap), except primary without
+// the lease.
+func roleLabelValue(role string, holding bool, last string) string {
 	switch {
 	case role == RolePrimary && holding:
 		return RoleLabelPrimary
 	case role == RoleStandby:
 		return RoleLabelStandby
+	case role == RoleUnknown && (last == RoleLabelStandby || last == RoleLabelPrimary && holding):
+		return last
 	}
 	return ""
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -105,18 +104,24 @@ func TestRoleLabelValue(t *testing.T) {
 	tests := []struct {
 		role    string
 		holding bool
+		last    string
 		want    string
 	}{
-		{RolePrimary, true, RoleLabelPrimary},
-		{RolePrimary, false, ""}, // a primary without the lease gets no traffic
-		{RoleStandby, false, RoleLabelStandby},
-		{RoleStandby, true, RoleLabelStandby}, // the leader while it promotes
-		{RoleStopped, true, ""},
-		{RoleUnknown, false, ""},
+		{RolePrimary, true, "", RoleLabelPrimary},
+		{RolePrimary, false, RoleLabelPrimary, ""}, // a primary without the lease gets no traffic
+		{RoleStandby, false, "", RoleLabelStandby},
+		{RoleStandby, true, RoleLabelStandby, RoleLabelStandby}, // the leader while it promotes
+		{RoleStopped, true, RoleLabelPrimary, ""},
+		{RoleStopped, false, RoleLabelStandby, ""},
+		{RoleUnknown, false, RoleLabelStandby, RoleLabelStandby}, // a busy standby keeps its label
+		{RoleUnknown, true, RoleLabelPrimary, RoleLabelPrimary},
+		{RoleUnknown, false, RoleLabelPrimary, ""},
+		{RoleUnknown, false, "", ""},
+		{RoleUnknown, false, "-", ""},
 	}
 	for _, tc := range tests {
-		if got := roleLabelValue(tc.role, tc.holding); got != tc.want {
-			t.Errorf("roleLabelValue(%q, %v) = %q, want %q", tc.role, tc.holding, got, tc.want)
+		if got := roleLabelValue(tc.role, tc.holding, tc.last); got != tc.want {
+			t.Errorf("roleLabelValue(%q, %v, %q) = %q, want %q", tc.role, tc.holding, tc.last, got, tc.want)
 		}
 	}
 }
@@ -160,13 +165,9 @@ func TestNewKubernetesValidates(t *testing.T) {
 
 // ---- against a real API server (internal/kubetest) ----
 
-// agentRules are the RBAC rules the agent needs (see the comment at the
-// top of kubernetes.go); the tests run the store with a ServiceAccount
-// bound to exactly these.
-var agentRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
-	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
-}
+// agentRBAC is the agent's RBAC as shipped: the store runs with a token
+// bound to it and to nothing else.
+const agentRBAC = "../configs/kubernetes/agent-rbac.yaml"
 
 type kubeFixture struct {
 	env *kubetest.Env
@@ -178,7 +179,8 @@ func startKube(t *testing.T) *kubeFixture {
 	t.Helper()
 	env := kubetest.StartT(t)
 	ns := env.Namespace(t)
-	cfg := env.ServiceAccount(t, ns, "pgrouter-agent", agentRules...)
+	env.ApplyFile(t, ns, agentRBAC, false)
+	cfg := env.Token(t, ns, "pgrouter-agent")
 	cfg.QPS = -1
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
