@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-func TestEnv(t *testing.T) {
+func TestKubeEnv(t *testing.T) {
 	e := StartT(t)
 	ns := e.Namespace(t)
 	other := e.Namespace(t)
@@ -92,7 +92,7 @@ func TestEnv(t *testing.T) {
 	t.Logf("kubeconfig %s", path)
 }
 
-func TestRequireBinariesSkipsOrFails(t *testing.T) {
+func TestKubeBinDirChecksBinaries(t *testing.T) {
 	t.Setenv(BinDirEnv, t.TempDir())
 	if _, err := BinDir(); err == nil {
 		t.Fatal("BinDir accepted a directory without binaries")
