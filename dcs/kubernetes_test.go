@@ -100,6 +100,26 @@ func TestObserveIgnoresStaleCopies(t *testing.T) {
 	}
 }
 
+// Expiry is counted on the reader's clock from when it saw the renewal,
+// never from renewTime, which is the leader's clock: a leader whose clock
+// is an hour behind is not taken over early, nor one an hour ahead kept.
+func TestExpiryIgnoresTheLeadersClock(t *testing.T) {
+	now := time.Unix(5000, 0)
+	for _, skew := range []time.Duration{-time.Hour, 0, time.Hour} {
+		k := &Kubernetes{now: func() time.Time { return now }, ttl: 4 * time.Second}
+		l := lease("a", 4, map[string]string{annToken: "t"})
+		rt := metav1.NewMicroTime(now.Add(skew))
+		l.Spec.RenewTime = &rt
+		if h := k.holder(l); h != "a" {
+			t.Errorf("skew %v: a renewal just seen is expired", skew)
+		}
+		now = now.Add(4 * time.Second)
+		if h := k.holder(l); h != "" {
+			t.Errorf("skew %v: a renewal seen a lease duration ago is still held by %q", skew, h)
+		}
+	}
+}
+
 func TestRoleLabelValue(t *testing.T) {
 	tests := []struct {
 		role    string
