@@ -98,6 +98,29 @@ func TestAgentKubernetesFlags(t *testing.T) {
 	}
 }
 
+// The same from YAML.
+func TestAgentKubernetesYAML(t *testing.T) {
+	t.Setenv("PGROUTER_SUPERUSER_PASSWORD", "s")
+	t.Setenv("PGROUTER_REPLICATION_PASSWORD", "r")
+	path := filepath.Join(t.TempDir(), "agent.yaml")
+	yaml := "scope: demo\ndcs: kubernetes\nkubernetes:\n  namespace: db\n  podName: pg-2\npostgresql:\n  dataDir: /data\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	f := BindAgentFlags(fs)
+	if err := fs.Parse([]string{"--config", path}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Name != "pg-2" || c.Kubernetes.Namespace != "db" || c.Kubernetes.Kubeconfig != "" {
+		t.Errorf("name %q, kubernetes %+v", c.Name, c.Kubernetes)
+	}
+}
+
 func TestAgentValidate(t *testing.T) {
 	base := func() Agent {
 		c := AgentDefaults()

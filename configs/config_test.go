@@ -134,3 +134,29 @@ func TestKubernetesFlags(t *testing.T) {
 		t.Fatalf("role %+v", r)
 	}
 }
+
+func TestKubernetesDiscoveryYAML(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte(`proxy:
+  listen: 127.0.0.1:6432
+discovery:
+  kind: kubernetes
+  kubernetes:
+    namespace: db
+    selector: cnpg.io/cluster=pg
+    rolePreset: cnpg
+    pgPortName: pg
+    pgPort: 5433
+`), 0o600)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	k := c.Discovery.Kubernetes
+	if k.Namespace != "db" || k.Selector != "cnpg.io/cluster=pg" || k.RolePreset != "cnpg" || k.PGPortName != "pg" || k.PGPort != 5433 {
+		t.Fatalf("loaded %+v", k)
+	}
+}

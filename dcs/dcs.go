@@ -1,9 +1,10 @@
 // Package dcs is the consensus store the agents coordinate through: the
-// records they write, the Store seam the election drives, and the etcd
-// implementation of it. The proxy's etcd discovery reads the same records
-// with Load and Watch.
+// records they write, the Store seam the election drives, and its two
+// implementations, on etcd (etcd.go) and on the Kubernetes API
+// (kubernetes.go: a Lease and the agents' pods). The proxy's etcd discovery
+// reads the same records with Load and Watch.
 //
-// Layout under /pgrouter/<scope>/ (etcd keys; another store maps each to
+// Layout under /pgrouter/<scope>/ (etcd keys; kubernetes.go maps each to
 // its own objects):
 //
 //	leader          member name; lives only while its holder renews the lease

@@ -8,9 +8,11 @@
 //	apiGroups: [""]  resources: ["pods"]
 //	    verbs: ["get", "list", "watch", "patch"]
 //
-// (list on leases and update/patch overlap are kept so the Role matches
-// client-go's leader election; the Store itself uses get, watch, create and
-// update on leases, get, list, watch and patch on pods.)
+// The Store itself uses get, watch, create and update on leases and get,
+// list, watch and patch on pods; list and patch on leases are what
+// client-go's leader election asks for, kept so one Role serves both.
+// Pods are patched on the agent's own pod (record, labels) and, by the
+// leader, to remove a stale primary label from another member's pod.
 //
 // Objects, in the agent's namespace:
 //
@@ -527,7 +529,7 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 		return err
 	}
 	k.mu.Lock()
-	label := roleLabelValue(m.Role, k.token != "")
+	label := roleLabelValue(m.Role, k.token != "", k.lastLabel)
 	relabel := label != k.lastLabel
 	changed := string(same) != k.lastRec || relabel
 	due := k.now().Sub(k.lastPut) >= k.ttl/3
@@ -547,16 +549,21 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 	return nil
 }
 
-// roleLabelValue is the role label of a member publishing role: primary
-// only while it holds the leader lease, so that a server that runs as
-// primary without the lease (fenced, demoting, adopting) gets no traffic
-// through a Service selecting the label.
-func roleLabelValue(role string, holding bool) string {
+// roleLabelValue is the role label of a member publishing role, last
+// being the label it has: primary only while it holds the leader lease, so
+// that a server that runs as primary without the lease (fenced, demoting,
+// adopting) gets no traffic through a Service selecting the label; none
+// for a stopped server; unchanged while the server runs but does not
+// answer (a busy standby's label does not flap), except primary without
+// the lease.
+func roleLabelValue(role string, holding bool, last string) string {
 	switch {
 	case role == RolePrimary && holding:
 		return RoleLabelPrimary
 	case role == RoleStandby:
 		return RoleLabelStandby
+	case role == RoleUnknown && (last == RoleLabelStandby || last == RoleLabelPrimary && holding):
+		return last
 	}
 	return ""
 }
@@ -582,17 +589,10 @@ func (k *Kubernetes) patchPod(ctx context.Context, record, label string) error {
 	return err
 }
 
-// patchRoleLabel sets only the role label (removes it for "").
-func (k *Kubernetes) patchRoleLabel(ctx context.Context, label string) error {
-	var role any
-	if label != "" {
-		role = label
-	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]any{RoleLabel: role}}})
-	if err != nil {
-		return err
-	}
-	_, err = k.cs.CoreV1().Pods(k.ns).Patch(ctx, k.pod, types.MergePatchType, patch, metav1.PatchOptions{})
+// unlabel removes the role label from pod.
+func (k *Kubernetes) unlabel(ctx context.Context, pod string) error {
+	patch := []byte(`{"metadata":{"labels":{"` + RoleLabel + `":null}}}`)
+	_, err := k.cs.CoreV1().Pods(k.ns).Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 
@@ -622,7 +622,7 @@ func (k *Kubernetes) dropPrimaryLabel(ctx context.Context) {
 	if !was {
 		return
 	}
-	if err := k.patchRoleLabel(ctx, ""); err != nil {
+	if err := k.unlabel(ctx, k.pod); err != nil {
 		k.log.Warn("remove the primary role label", zap.String("pod", k.pod), zap.Error(err))
 	}
 }
@@ -769,8 +769,7 @@ func (k *Kubernetes) clearOtherPrimaries(ctx context.Context) {
 		if p.Name == k.pod {
 			continue
 		}
-		patch := []byte(`{"metadata":{"labels":{"` + RoleLabel + `":null}}}`)
-		if _, err := k.cs.CoreV1().Pods(k.ns).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if err := k.unlabel(ctx, p.Name); err != nil {
 			k.log.Warn("remove a stale primary role label", zap.String("pod", p.Name), zap.Error(err))
 			continue
 		}

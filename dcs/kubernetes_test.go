@@ -9,7 +9,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -101,22 +100,48 @@ func TestObserveIgnoresStaleCopies(t *testing.T) {
 	}
 }
 
+// Expiry is counted on the reader's clock from when it saw the renewal,
+// never from renewTime, which is the leader's clock: a leader whose clock
+// is an hour behind is not taken over early, nor one an hour ahead kept.
+func TestExpiryIgnoresTheLeadersClock(t *testing.T) {
+	now := time.Unix(5000, 0)
+	for _, skew := range []time.Duration{-time.Hour, 0, time.Hour} {
+		k := &Kubernetes{now: func() time.Time { return now }, ttl: 4 * time.Second}
+		l := lease("a", 4, map[string]string{annToken: "t"})
+		rt := metav1.NewMicroTime(now.Add(skew))
+		l.Spec.RenewTime = &rt
+		if h := k.holder(l); h != "a" {
+			t.Errorf("skew %v: a renewal just seen is expired", skew)
+		}
+		now = now.Add(4 * time.Second)
+		if h := k.holder(l); h != "" {
+			t.Errorf("skew %v: a renewal seen a lease duration ago is still held by %q", skew, h)
+		}
+	}
+}
+
 func TestRoleLabelValue(t *testing.T) {
 	tests := []struct {
 		role    string
 		holding bool
+		last    string
 		want    string
 	}{
-		{RolePrimary, true, RoleLabelPrimary},
-		{RolePrimary, false, ""}, // a primary without the lease gets no traffic
-		{RoleStandby, false, RoleLabelStandby},
-		{RoleStandby, true, RoleLabelStandby}, // the leader while it promotes
-		{RoleStopped, true, ""},
-		{RoleUnknown, false, ""},
+		{RolePrimary, true, "", RoleLabelPrimary},
+		{RolePrimary, false, RoleLabelPrimary, ""}, // a primary without the lease gets no traffic
+		{RoleStandby, false, "", RoleLabelStandby},
+		{RoleStandby, true, RoleLabelStandby, RoleLabelStandby}, // the leader while it promotes
+		{RoleStopped, true, RoleLabelPrimary, ""},
+		{RoleStopped, false, RoleLabelStandby, ""},
+		{RoleUnknown, false, RoleLabelStandby, RoleLabelStandby}, // a busy standby keeps its label
+		{RoleUnknown, true, RoleLabelPrimary, RoleLabelPrimary},
+		{RoleUnknown, false, RoleLabelPrimary, ""},
+		{RoleUnknown, false, "", ""},
+		{RoleUnknown, false, "-", ""},
 	}
 	for _, tc := range tests {
-		if got := roleLabelValue(tc.role, tc.holding); got != tc.want {
-			t.Errorf("roleLabelValue(%q, %v) = %q, want %q", tc.role, tc.holding, got, tc.want)
+		if got := roleLabelValue(tc.role, tc.holding, tc.last); got != tc.want {
+			t.Errorf("roleLabelValue(%q, %v, %q) = %q, want %q", tc.role, tc.holding, tc.last, got, tc.want)
 		}
 	}
 }
@@ -160,13 +185,9 @@ func TestNewKubernetesValidates(t *testing.T) {
 
 // ---- against a real API server (internal/kubetest) ----
 
-// agentRules are the RBAC rules the agent needs (see the comment at the
-// top of kubernetes.go); the tests run the store with a ServiceAccount
-// bound to exactly these.
-var agentRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
-	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
-}
+// agentRBAC is the agent's RBAC as shipped: the store runs with a token
+// bound to it and to nothing else.
+const agentRBAC = "../configs/kubernetes/agent-rbac.yaml"
 
 type kubeFixture struct {
 	env *kubetest.Env
@@ -178,7 +199,8 @@ func startKube(t *testing.T) *kubeFixture {
 	t.Helper()
 	env := kubetest.StartT(t)
 	ns := env.Namespace(t)
-	cfg := env.ServiceAccount(t, ns, "pgrouter-agent", agentRules...)
+	env.ApplyFile(t, ns, agentRBAC, false)
+	cfg := env.Token(t, ns, "pgrouter-agent")
 	cfg.QPS = -1
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

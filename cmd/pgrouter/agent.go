@@ -19,11 +19,10 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pgrouter/pgrouter/configs"
 	"github.com/pgrouter/pgrouter/dcs"
+	"github.com/pgrouter/pgrouter/discovery"
 	"github.com/pgrouter/pgrouter/election"
 )
 
@@ -143,7 +142,7 @@ func openStore(ctx context.Context, cfg configs.Agent, ttl time.Duration, log *z
 		return s, "", err
 	}
 	k := cfg.Kubernetes
-	rc, err := kubeRESTConfig(k.Kubeconfig)
+	rc, err := discovery.RESTConfig(k.Kubeconfig)
 	if err != nil {
 		return nil, "", err
 	}
@@ -175,23 +174,6 @@ func openStore(ctx context.Context, cfg configs.Agent, ttl time.Duration, log *z
 		return nil, "", fmt.Errorf("the agent's own pod (--pod-name %s --namespace %s): %w", k.PodName, k.Namespace, err)
 	}
 	return s, ip, nil
-}
-
-// kubeRESTConfig reads kubeconfig, or the in-cluster configuration when
-// it is empty.
-func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		rc, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster kubernetes configuration (outside a pod, use --kubeconfig): %w", err)
-		}
-		return rc, nil
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-	}
-	return rc, nil
 }
 
 // advertise is the address others reach a listener on: addr itself, or

@@ -42,17 +42,17 @@ func TestAdvertise(t *testing.T) {
 	}
 }
 
-// The RBAC each process runs with: the agent's Role (as listed at the top
-// of dcs/kubernetes.go) and the proxy's (read pods).
-var (
-	agentKubeRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
-	}
-	proxyKubeRules = []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-	}
-)
+// agentRBAC is the agent's RBAC as shipped; the agents' tokens are bound
+// to it and to nothing else.
+const agentRBAC = "../../configs/kubernetes/agent-rbac.yaml"
+
+// agentKubeRules is what the agent's Kubernetes store uses (listed at the
+// top of dcs/kubernetes.go); TestKubeManifestRBAC checks that agentRBAC
+// grants each of these and nothing in other namespaces.
+var agentKubeRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
+}
 
 // silentLink relays TCP to a target. Drop partitions it as a real
 // network does: nothing is closed, every byte is lost, on the connections
@@ -249,8 +249,9 @@ func (pw *primaryWatch) first(pod string) time.Time {
 // kubernetes, each in a pod the test created and marked Ready with its
 // PostgreSQL's address (no kubelet runs), elect one leader through a Lease
 // and label their pods; the proxy follows the labels (--discovery
-// kubernetes --role-preset pgrouter). Each process authenticates with a
-// ServiceAccount token bound to its own Role only, and each agent reaches
+// kubernetes --role-preset pgrouter). Each process authenticates with the
+// token of its ServiceAccount from configs/kubernetes (agent-rbac.yaml,
+// proxy-rbac.yaml), bound to that Role only, and each agent reaches
 // the API server through its own fault proxy. Under a writer through the
 // proxy, each fault in turn: the leader's postmaster killed, the leader's
 // agent killed (its server keeps running as primary and its pod still says
@@ -262,8 +263,10 @@ func (pw *primaryWatch) first(pod string) time.Time {
 func TestKubernetesAgentFailover(t *testing.T) {
 	env := kubetest.StartT(t)
 	ns := env.Namespace(t)
-	agentCfg := env.ServiceAccount(t, ns, "pgrouter-agent", agentKubeRules...)
-	proxyCfg := env.ServiceAccount(t, ns, "pgrouter-proxy", proxyKubeRules...)
+	env.ApplyFile(t, ns, agentRBAC, false)
+	env.ApplyFile(t, ns, proxyRBAC, false)
+	agentCfg := env.Token(t, ns, "pgrouter-agent")
+	proxyCfg := env.Token(t, ns, "pgrouter-proxy")
 	apiServer := strings.TrimPrefix(env.Config.Host, "https://")
 	links := map[string]*silentLink{} // agent name -> its link to the API server
 	var proxyKubeconfig string

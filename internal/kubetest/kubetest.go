@@ -91,8 +91,9 @@ func RequireBinaries(t testing.TB) string {
 	if err != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("kubetest: %v (CI is set: Kubernetes tests must run)", err)
+		} else {
+			t.Skipf("kubetest: %v", err)
 		}
-		t.Skipf("kubetest: %v", err)
 	}
 	return dir
 }

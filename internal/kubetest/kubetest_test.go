@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
-func TestEnv(t *testing.T) {
+func TestKubeEnv(t *testing.T) {
 	e := StartT(t)
 	ns := e.Namespace(t)
 	other := e.Namespace(t)
@@ -92,7 +92,7 @@ func TestEnv(t *testing.T) {
 	t.Logf("kubeconfig %s", path)
 }
 
-func TestRequireBinariesSkipsOrFails(t *testing.T) {
+func TestKubeBinDirChecksBinaries(t *testing.T) {
 	t.Setenv(BinDirEnv, t.TempDir())
 	if _, err := BinDir(); err == nil {
 		t.Fatal("BinDir accepted a directory without binaries")
@@ -100,3 +100,25 @@ func TestRequireBinariesSkipsOrFails(t *testing.T) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder is a testing.TB that records Fatalf and Skipf instead of
+// ending the test.
+type recorder struct {
+	testing.TB
+	fatal, skip bool
+}
+
+func (r *recorder) Fatalf(string, ...any) { r.fatal = true }
+func (r *recorder) Skipf(string, ...any)  { r.skip = true }
+
+func TestKubeMissingBinariesSkipOrFailUnderCI(t *testing.T) {
+	t.Setenv(BinDirEnv, "")
+	for _, ci := range []string{"", "true"} {
+		t.Setenv("CI", ci)
+		r := &recorder{TB: t}
+		RequireBinaries(r)
+		if r.fatal != (ci != "") || r.skip != (ci == "") {
+			t.Errorf("CI=%q: fatal %v, skip %v", ci, r.fatal, r.skip)
+		}
+	}
+}
