@@ -20,11 +20,13 @@ import (
 // demoPortOffsets are the ports `pgrouter demo --port P` listens on.
 var demoPortOffsets = []int{0, 1, 2, 10, 11, 101, 102, 103, 201, 202, 203, 2000}
 
-// freeDemoBase finds a base port whose whole demo layout is free now.
+// freeDemoBase finds a base port whose whole demo layout is free now,
+// below the kernel's ephemeral range (32768 and up) so that no other
+// test's dialer or free-port listener takes one meanwhile.
 func freeDemoBase(t *testing.T) int {
 	t.Helper()
 	for range 50 {
-		base := 20000 + rand.IntN(20000)
+		base := 10000 + rand.IntN(20000)
 		free := true
 		for _, off := range demoPortOffsets {
 			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(base+off))

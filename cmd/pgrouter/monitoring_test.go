@@ -2,20 +2,30 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
+	promqlengine "github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/storage"
+	"github.com/prometheus/prometheus/tsdb/chunkenc"
+	"github.com/prometheus/prometheus/tsdb/chunks"
+	"github.com/prometheus/prometheus/util/annotations"
 
 	"github.com/pgrouter/pgrouter/health"
 	"github.com/pgrouter/pgrouter/proxy"
@@ -208,3 +218,155 @@ func TestPrometheusRules(t *testing.T) {
 		}
 	}
 }
+
+// TestPrometheusRulesFire evaluates each alert's expression with
+// Prometheus' own engine on series shaped as the proxy exports them (41
+// samples 15 s apart, evaluated at the last): it fires for the member or
+// proxy in trouble and for nothing else. Proxy i1 is in trouble, i2 is
+// healthy.
+func TestPrometheusRulesFire(t *testing.T) {
+	groups, errs := rulefmt.ParseFile("../../configs/prometheus-rules.yaml", false, model.UTF8Validation, promql, slog.New(slog.DiscardHandler))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	expr := map[string]string{}
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			expr[r.Alert] = r.Expr
+		}
+	}
+	for _, tc := range []struct {
+		alert  string
+		series []string
+		want   []string
+	}{
+		{"PgrouterNoPrimary", []string{
+			`pgrouter_member_role{job="p",instance="i1",member="a",role="primary"} 0x40`,
+			`pgrouter_member_role{job="p",instance="i1",member="b",role="primary"} 0x40`,
+			`pgrouter_member_role{job="p",instance="i2",member="a",role="primary"} 1x40`,
+			`pgrouter_member_role{job="p",instance="i2",member="b",role="primary"} 0x40`,
+		}, []string{`{instance="i1", job="p"} 0`}},
+		{"PgrouterFailover", []string{
+			`pgrouter_member_role{job="p",instance="i1",member="a",role="primary"} 1x20 0x20`,
+			`pgrouter_member_role{job="p",instance="i1",member="b",role="primary"} 0x20 1x20`,
+			`pgrouter_member_role{job="p",instance="i2",member="a",role="primary"} 1x40`,
+			`pgrouter_member_role{job="p",instance="i2",member="b",role="primary"} 0x40`,
+		}, []string{`{instance="i1", job="p", member="b", role="primary"} 1`}},
+		{"PgrouterReplicaLagHigh", []string{
+			`pgrouter_member_role{job="p",instance="i1",member="a",role="standby"} 0x40`,
+			`pgrouter_member_role{job="p",instance="i1",member="b",role="standby"} 1x40`,
+			`pgrouter_member_role{job="p",instance="i1",member="c",role="standby"} 1x40`,
+			`pgrouter_member_replay_lag_bytes{job="p",instance="i1",member="a"} 99999999x40`,
+			`pgrouter_member_replay_lag_bytes{job="p",instance="i1",member="b"} 20971520x40`,
+			`pgrouter_member_replay_lag_bytes{job="p",instance="i1",member="c"} 1000x40`,
+			`pgrouter_member_replay_lag_seconds{job="p",instance="i1",member="a"} 0x40`,
+			`pgrouter_member_replay_lag_seconds{job="p",instance="i1",member="b"} 1x40`,
+			`pgrouter_member_replay_lag_seconds{job="p",instance="i1",member="c"} 0x40`,
+		}, []string{`{__name__="pgrouter_member_replay_lag_bytes", instance="i1", job="p", member="b"} 20971520`}},
+		{"PgrouterPoolSaturated", []string{
+			`pgrouter_pool_clients_waiting{job="p",instance="i1",member="a",database="d",user="u"} 3x40`,
+			`pgrouter_pool_wait_timeouts_total{job="p",instance="i1",member="a",database="d",user="u"} 0x40`,
+			`pgrouter_pool_clients_waiting{job="p",instance="i2",member="a",database="d",user="u"} 0x40`,
+			`pgrouter_pool_wait_timeouts_total{job="p",instance="i2",member="a",database="d",user="u"} 7x40`,
+		}, []string{`{database="d", instance="i1", job="p", member="a", user="u"} 3`}},
+		{"PgrouterMemberDown", []string{
+			`pgrouter_member_up{job="p",instance="i1",member="a"} 0x40`,
+			`pgrouter_member_up{job="p",instance="i1",member="b"} 1x40`,
+		}, []string{`{__name__="pgrouter_member_up", instance="i1", job="p", member="a"} 0`}},
+	} {
+		t.Run(tc.alert, func(t *testing.T) {
+			e, ok := expr[tc.alert]
+			if !ok {
+				t.Fatalf("no alert %s", tc.alert)
+			}
+			got := evalAt(t, e, tc.series, 40*15*time.Second)
+			sort.Strings(got)
+			sort.Strings(tc.want)
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("%s:\n%s\ngot  %q\nwant %q", tc.alert, e, got, tc.want)
+			}
+		})
+	}
+}
+
+// evalAt loads series (promtool's notation, one sample every 15 s from
+// time 0) into memory and evaluates expr at time at, as "labels value"
+// lines.
+func evalAt(t *testing.T, expr string, series []string, at time.Duration) []string {
+	t.Helper()
+	var all []storage.Series
+	for _, desc := range series {
+		lset, vals, err := promql.ParseSeriesDesc(desc)
+		if err != nil {
+			t.Fatalf("%s: %v", desc, err)
+		}
+		var samples []chunks.Sample
+		for i, v := range vals {
+			if !v.Omitted {
+				samples = append(samples, floatSample{t: int64(i) * 15000, f: v.Value})
+			}
+		}
+		all = append(all, storage.NewListSeries(lset, samples))
+	}
+	q := &storage.MockQueryable{MockQuerier: &storage.MockQuerier{
+		SelectMockFunction: func(_ bool, _ *storage.SelectHints, ms ...*labels.Matcher) storage.SeriesSet {
+			var out []storage.Series
+			for _, s := range all {
+				if matchesAll(s.Labels(), ms) {
+					out = append(out, s)
+				}
+			}
+			return &sliceSeriesSet{series: out, i: -1}
+		},
+	}}
+	engine := promqlengine.NewEngine(promqlengine.EngineOpts{MaxSamples: 1e6, Timeout: time.Minute, LookbackDelta: 5 * time.Minute})
+	ctx := context.Background()
+	qry, err := engine.NewInstantQuery(ctx, q, nil, expr, time.UnixMilli(0).Add(at))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qry.Close()
+	vec, err := qry.Exec(ctx).Vector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, s := range vec {
+		out = append(out, s.Metric.String()+" "+strconv.FormatFloat(s.F, 'f', -1, 64))
+	}
+	return out
+}
+
+func matchesAll(lset labels.Labels, ms []*labels.Matcher) bool {
+	for _, m := range ms {
+		if !m.Matches(lset.Get(m.Name)) {
+			return false
+		}
+	}
+	return true
+}
+
+// floatSample is one float sample for storage.NewListSeries.
+type floatSample struct {
+	t int64
+	f float64
+}
+
+func (s floatSample) T() int64                      { return s.t }
+func (s floatSample) ST() int64                     { return 0 }
+func (s floatSample) F() float64                    { return s.f }
+func (s floatSample) H() *histogram.Histogram       { return nil }
+func (s floatSample) FH() *histogram.FloatHistogram { return nil }
+func (s floatSample) Type() chunkenc.ValueType      { return chunkenc.ValFloat }
+func (s floatSample) Copy() chunks.Sample           { return s }
+
+// sliceSeriesSet iterates over a slice of series.
+type sliceSeriesSet struct {
+	series []storage.Series
+	i      int
+}
+
+func (s *sliceSeriesSet) Next() bool                        { s.i++; return s.i < len(s.series) }
+func (s *sliceSeriesSet) At() storage.Series                { return s.series[s.i] }
+func (s *sliceSeriesSet) Err() error                        { return nil }
+func (s *sliceSeriesSet) Warnings() annotations.Annotations { return nil }

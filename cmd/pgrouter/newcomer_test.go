@@ -72,6 +72,20 @@ func TestStatusFailoverDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("status-from-etcd", func(t *testing.T) {
+		out, err := run("", "status", "--etcd-endpoints", c.etcd.Client, "--scope", agentScope, "-o", "json")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		var st clusterStatus
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		if st.Leader != ld.Name || len(st.Members) != 3 || st.Members[0].Sessions != nil {
+			t.Fatalf("leader %q, %d members: %s", st.Leader, len(st.Members), out)
+		}
+	})
+
 	t.Run("failover-refusals", func(t *testing.T) {
 		for _, tc := range []struct{ to, want string }{
 			{"nosuch", "nosuch is not a member"},

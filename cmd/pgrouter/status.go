@@ -73,26 +73,31 @@ type proxyMember struct {
 }
 
 func statusCommand() *cobra.Command {
-	var admin, api, output string
+	var admin, api, output, scope string
+	var etcd []string
 	var watch bool
 	var interval time.Duration
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Print the cluster as a table: member, address, role, state, timeline, lag, sessions",
-		Long: "status asks the proxy's admin API (--admin) and/or any agent's API (--api) and prints one line per member.\n" +
-			"With both it merges them: the agents know roles and states, the proxy knows health and sessions.",
+		Long: "status asks the proxy's admin API (--admin) and/or any agent's API (--api), or etcd itself\n" +
+			"(--etcd-endpoints and --scope, when no agent answers), and prints one line per member.\n" +
+			"It merges what it gets: the agents know roles and states, the proxy knows health and sessions.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			if admin == "" && api == "" {
+			if admin == "" && api == "" && len(etcd) == 0 {
 				admin = "127.0.0.1:8432"
+			}
+			if len(etcd) > 0 && scope == "" {
+				return errors.New("--etcd-endpoints needs --scope")
 			}
 			render := func() error {
 				ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
 				defer cancel()
-				st, err := loadStatus(ctx, admin, api)
+				st, err := loadStatus(ctx, admin, api, etcd, scope)
 				if err != nil {
 					return err
 				}
@@ -126,6 +131,8 @@ func statusCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&admin, "admin", "", "host:port of the proxy's admin server (default 127.0.0.1:8432 when --api is not given)")
 	cmd.Flags().StringVar(&api, "api", "", "host:port of any agent's API")
+	cmd.Flags().StringSliceVar(&etcd, "etcd-endpoints", nil, "read the agents' records from etcd instead of an agent's API")
+	cmd.Flags().StringVar(&scope, "scope", "", "the agents' cluster name (with --etcd-endpoints)")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "refresh until interrupted")
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "refresh interval with --watch")
@@ -156,7 +163,7 @@ func getJSON(ctx context.Context, addr, path string, v any) error {
 
 // loadStatus asks the sources given and merges their answers. It fails
 // only when every source failed.
-func loadStatus(ctx context.Context, admin, api string) (clusterStatus, error) {
+func loadStatus(ctx context.Context, admin, api string, etcd []string, scope string) (clusterStatus, error) {
 	var view *election.View
 	var topo *proxyTopology
 	var errs []string
@@ -166,6 +173,13 @@ func loadStatus(ctx context.Context, admin, api string) (clusterStatus, error) {
 			errs = append(errs, "agent api: "+err.Error())
 		} else {
 			view = &v
+		}
+	}
+	if view == nil && len(etcd) > 0 {
+		if v, err := etcdView(ctx, etcd, scope); err != nil {
+			errs = append(errs, "etcd: "+err.Error())
+		} else {
+			view = v
 		}
 	}
 	if admin != "" {
@@ -182,6 +196,25 @@ func loadStatus(ctx context.Context, admin, api string) (clusterStatus, error) {
 	st := mergeStatus(view, topo)
 	st.Errors = errs
 	return st, nil
+}
+
+// etcdView reads the agents' records as an agent's /status would show
+// them: the leader, the sync record and every member.
+func etcdView(ctx context.Context, endpoints []string, scope string) (*election.View, error) {
+	store, err := dcs.NewEtcd(dcs.EtcdConfig{Endpoints: endpoints, Scope: scope})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	cl, err := store.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v := &election.View{Scope: scope, Leader: cl.Leader, Sync: &cl.Sync}
+	for _, m := range cl.Members {
+		v.Members = append(v.Members, m)
+	}
+	return v, nil
 }
 
 // mergeStatus builds the rows from an agent's view and the proxy's
