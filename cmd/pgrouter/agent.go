@@ -192,22 +192,45 @@ func advertise(addr, ip string) string {
 
 func switchoverCommand() *cobra.Command {
 	var api, to string
+	var force bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "switchover",
-		Short: "Hand the primary role to a standby without losing data (through any agent's API)",
+		Short: "Hand the primary role to a standby without losing data (through any agent's API; asks for confirmation, --force skips it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !force {
+				var v election.View
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := getJSON(ctx, api, "/status", &v)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("switchover: ask the agent at %s: %w", api, err)
+				}
+				target := to
+				if target == "" {
+					target = "the best standby"
+				}
+				ok, err := confirm(cmd.InOrStdin(), cmd.OutOrStdout(),
+					fmt.Sprintf("Switch over scope %s from %s to %s? Writes pause until it is promoted. [y/N] ", v.Scope, v.Leader, target))
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("switchover: aborted, nothing changed (use --force to skip the question)")
+				}
+			}
 			res, err := requestSwitchover(api, to, timeout)
 			if err != nil {
 				return fmt.Errorf("switchover: %w", err)
 			}
-			fmt.Printf("switchover: %s -> %s in %dms\n", res.From, res.To, res.TookMS)
+			fmt.Fprintf(cmd.OutOrStdout(), "switchover: %s -> %s in %dms\n", res.From, res.To, res.TookMS)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&api, "api", "127.0.0.1:8008", "host:port of any agent's API")
 	cmd.Flags().StringVar(&to, "to", "", "member to promote (default: the synchronous standby, or the most advanced streaming one)")
+	cmd.Flags().BoolVar(&force, "force", false, "do not ask for confirmation")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the new leader")
 	return cmd
 }

@@ -416,7 +416,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 				other = a
 			}
 		}
-		out, err := exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		out, err := exec.Command(binPath, "switchover", "--force", "--api", other.API).CombinedOutput()
 		if err != nil {
 			t.Fatalf("pgrouter switchover: %v\n%s", err, out)
 		}

@@ -113,9 +113,14 @@ func TestAgentFailover(t *testing.T) {
 			}
 		}
 		// Only the synchronous standby may take over in synchronous mode.
-		out, err := exec.Command(binPath, "switchover", "--api", other.API, "--to", other.Name).CombinedOutput()
+		out, err := exec.Command(binPath, "switchover", "--force", "--api", other.API, "--to", other.Name).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "not the synchronous standby") {
 			t.Fatalf("switchover to the asynchronous standby %s: %v\n%s", other.Name, err, out)
+		}
+		// Without --force the command asks first; no answer changes nothing.
+		out, err = exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "aborted, nothing changed") || !strings.Contains(string(out), "Switch over scope") {
+			t.Fatalf("switchover without --force and no answer: %v\n%s", err, out)
 		}
 		eventually(t, 10*time.Second, "the leader unchanged after a refused switchover", func() error {
 			nl, err := c.leader()
@@ -124,7 +129,7 @@ func TestAgentFailover(t *testing.T) {
 			}
 			return err
 		})
-		out, err = exec.Command(binPath, "switchover", "--api", other.API).CombinedOutput()
+		out, err = exec.Command(binPath, "switchover", "--force", "--api", other.API).CombinedOutput()
 		if err != nil {
 			t.Fatalf("pgrouter switchover: %v\n%s", err, out)
 		}

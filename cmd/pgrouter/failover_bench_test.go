@@ -77,7 +77,7 @@ func TestFailoverBench(t *testing.T) {
 			}
 		} else {
 			killed = time.Now()
-			if out, err := exec.Command(bin, "switchover", "--api", ld.API).CombinedOutput(); err != nil {
+			if out, err := exec.Command(bin, "switchover", "--force", "--api", ld.API).CombinedOutput(); err != nil {
 				t.Fatalf("switchover: %v\n%s", err, out)
 			}
 		}
