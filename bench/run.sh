@@ -30,11 +30,13 @@
 #                         load average to fall to it; then go on regardless
 #
 # Everything it starts listens on 127.0.0.1 on free ports and is stopped by PID
-# on exit. Work dir, logs and results go to bench/out/ (git-ignored).
+# on exit. Work dir, logs and results go to bench/out/ (git-ignored). The parts
+# shared with bench/split.sh are in bench/lib.sh.
 set -eu
 set -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 OUT=$ROOT/bench/out
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 DURATION=${PGR_BENCH_DURATION:-10}
@@ -49,15 +51,13 @@ LATLOG=${PGR_BENCH_LATENCY_LOG:-1}
 JOBS=${PGR_BENCH_JOBS:-2}
 SCALE=${PGR_BENCH_SCALE:-10}
 KEEP=${PGR_BENCH_KEEP:-0}
+KEEP_KNOB=PGR_BENCH_KEEP
 MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
 CMDLINE="${PGR_BENCH_MAX_LOAD:+PGR_BENCH_MAX_LOAD=$PGR_BENCH_MAX_LOAD }PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'}"
 for v in PGR_BENCH_IDLE_CONNS PGR_BENCH_TX_IDLE_CONNS PGR_BENCH_TX_ACTIVE PGR_BENCH_POOL_SIZE PGR_BENCH_LATENCY_LOG PGR_BENCH_JOBS PGR_BENCH_SCALE; do
 	[ -n "${!v:-}" ] && CMDLINE="$CMDLINE $v=${!v}"
 done
 CMDLINE="$CMDLINE bench/run.sh"
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 for n in DURATION ROUNDS IDLE_N SCALE TX_IDLE_N TX_ACTIVE POOL_SIZE LATLOG JOBS; do
 	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
@@ -85,9 +85,6 @@ fi
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 
-IS_ROOT=0
-[ "$(id -u)" -eq 0 ] && IS_ROOT=1
-
 # ---------------------------------------------------------------- packages --
 
 PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
@@ -98,24 +95,6 @@ PGBENCH=$PGBIN/pgbench
 # The pidfiles that Debian's packaged services write: name:comm:signal:pidfile.
 PACKAGED="pgbouncer:pgbouncer:TERM:/run/postgresql/pgbouncer.pid haproxy:haproxy:TERM:/run/haproxy.pid postgresql:postgres:INT:/run/postgresql/15-main.pid"
 
-pidfile_pid() { [ -r "$1" ] && head -n1 "$1" | tr -dc '0-9' || true; }
-
-# alive PID: the process exists and is not a zombie.
-alive() {
-	local st
-	[ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
-	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	st=${st##*) }
-	[ "${st%% *}" != Z ]
-}
-
-# wait_gone PID SECONDS
-wait_gone() {
-	local i=0
-	while alive "$1" && [ "$i" -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
-	! alive "$1"
-}
-
 install_missing() {
 	local pkgs=()
 	[ -x "$PGBIN/postgres" ] || pkgs+=(postgresql-15)
@@ -123,21 +102,14 @@ install_missing() {
 	[ -x "$PGBOUNCER" ] || pkgs+=(pgbouncer)
 	[ -x "$HAPROXY" ] || pkgs+=(haproxy)
 	[ ${#pkgs[@]} -eq 0 ] && return 0
-	if [ "$IS_ROOT" -ne 1 ]; then
-		log "missing packages: ${pkgs[*]}; install them as root with:"
-		echo "  sudo apt-get update && sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${pkgs[*]}" >&2
-		exit 1
-	fi
+	need_root "${pkgs[@]}"
 	local before="" e name comm sig file pid
 	for e in $PACKAGED; do
 		IFS=: read -r name comm sig file <<<"$e"
 		pid=$(pidfile_pid "$file")
 		alive "$pid" && before="$before $pid"
 	done
-	log "installing ${pkgs[*]} with apt-get"
-	apt-get update -q >"$OUT/apt.log" 2>&1 || die "apt-get update failed, see $OUT/apt.log"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$OUT/apt.log" 2>&1 ||
-		die "apt-get install ${pkgs[*]} failed, see $OUT/apt.log"
+	apt_install "$OUT/apt.log" "${pkgs[@]}"
 	# A package may start its service (not where policy-rc.d forbids it). Stop
 	# only an instance that appeared with this install, found by its pidfile.
 	for e in $PACKAGED; do
@@ -164,81 +136,7 @@ done
 
 # ----------------------------------------------------------- process table --
 
-W=$OUT/run-$STAMP
-LOGS=$W/log
-mkdir -p "$LOGS/pgbench"
-STARTED=() # name:pid:signal, stopped in reverse order on exit
-
-track() { STARTED+=("$1:$2:$3"); }
-
-cleanup() {
-	local rc=$? i name pid sig
-	set +e
-	trap - EXIT INT TERM
-	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-		IFS=: read -r name pid sig <<<"${STARTED[$i]}"
-		if alive "$pid"; then
-			log "stopping $name (pid $pid)"
-			kill "-$sig" "$pid" 2>/dev/null
-			if ! wait_gone "$pid" 20; then
-				log "$name (pid $pid) still running after 20 s; SIGKILL"
-				kill -KILL "$pid" 2>/dev/null
-				wait_gone "$pid" 5
-			fi
-		fi
-	done
-	if [ "$KEEP" != 1 ] && [ -d "$W/pg" ]; then
-		rm -rf "$W/pg"
-		log "removed data directories (PGR_BENCH_KEEP=1 keeps them)"
-	fi
-	[ "$rc" -ne 0 ] && log "failed (exit $rc); logs in $LOGS"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# AS_PG runs a command as the postgres OS user when root, else as ourselves.
-# Each part execs the next, so `"${AS_PG[@]}" cmd &` leaves cmd's PID in $!.
-AS_PG=()
-[ "$IS_ROOT" -eq 1 ] && AS_PG=(env HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups --)
-as_pg() { "${AS_PG[@]}" "$@"; }
-
-# free_port VAR: a loopback TCP port that no socket uses now, nor one we chose,
-# below the kernel's ephemeral range so that no outgoing connection takes it
-# between this check and the bind.
-CHOSEN=" "
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-[ "$EPHEMERAL_LOW" -gt 12000 ] || die "ephemeral ports start at $EPHEMERAL_LOW; no room below it for listeners"
-free_port() {
-	local p hex
-	while :; do
-		p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-		case "$CHOSEN" in *" $p "*) continue ;; esac
-		hex=$(printf '%04X' "$p")
-		if cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{print $2}' | grep -q ":$hex\$"; then
-			continue
-		fi
-		CHOSEN="$CHOSEN$p "
-		printf -v "$1" '%s' "$p"
-		return 0
-	done
-}
-
-export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 PGUSER=postgres PGDATABASE=postgres
-q() { "$PSQL" -X -h 127.0.0.1 -p "$1" -Atqc "$2" 2>>"$LOGS/psql.err"; }
-
-# wait_for SECONDS DESCRIPTION COMMAND...: poll until the command succeeds.
-wait_for() {
-	local secs=$1 what=$2 i=0
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		i=$((i + 1))
-		[ "$i" -ge $((secs * 5)) ] && { log "timed out after ${secs}s waiting for $what"; return 1; }
-		sleep 0.2
-	done
-}
-answers() { [ "$(q "$1" "$2")" = "$3" ]; }
+process_table "$OUT/run-$STAMP"
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { # utime+stime of PID, in clock ticks; 0 when there is no PID
@@ -248,44 +146,8 @@ cpu_ticks() { # utime+stime of PID, in clock ticks; 0 when there is no PID
 	st=${st##*) }
 	echo "$st" | awk '{print $12 + $13}'
 }
-CLK_TCK=$(getconf CLK_TCK)
-
-# The machine is shared with whatever else runs; each run reports how much CPU
-# went to processes that are not this bench ("other cores"), so that a figure
-# taken beside someone's test suite can be told apart from a quiet one.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; } # user nice system irq softirq steal
-# our_ticks: CPU used so far by the processes this script started (PostgreSQL
-# servers with their live and reaped children, the proxies) and by the
-# children this shell has reaped (pgbench).
-our_ticks() {
-	local roots=" " e name pid sig
-	for e in "${STARTED[@]}"; do
-		IFS=: read -r name pid sig <<<"$e"
-		roots="$roots$pid "
-	done
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$roots" -v self=$$ ' # a process may end mid-read
-	{
-		pid = $1
-		rest = substr($0, index($0, ") ") + 2)
-		split(rest, f, " ") # f[2] ppid, f[12] utime, f[13] stime, f[14] cutime, f[15] cstime
-		if (index(roots, " " pid " ")) t += f[12] + f[13] + f[14] + f[15]
-		else if (index(roots, " " f[2] " ")) t += f[12] + f[13]
-		if (pid == self) t += f[14] + f[15]
-	}
-	END { print t + 0 }'
-}
-now_ms() { date +%s%3N; }
 
 # ----------------------------------------------------------------- cluster --
-
-log "work dir $W (load average at start: $LOADAVG_START)"
-PG=$W/pg
-mkdir -p "$PG/sock"
-[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$PG" "$LOGS"
-
-free_port P_PRIMARY
-free_port P_STANDBY1
-free_port P_STANDBY2
 
 pg_conf() { # DATADIR PORT
 	cat >>"$1/postgresql.conf" <<EOF
@@ -299,37 +161,8 @@ shared_buffers = 128MB
 EOF
 }
 
-pg_start() { # NAME DATADIR
-	as_pg "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1.log" -w -t 120 start >>"$LOGS/pg_ctl.log" 2>&1 ||
-		die "$1 did not start, see $LOGS/$1.log"
-	local pid
-	pid=$(head -n1 "$2/postmaster.pid")
-	track "$1" "$pid" INT # SIGINT: fast shutdown
-	log "$1 up on 127.0.0.1:$(sed -n 4p "$2/postmaster.pid") (pid $pid)"
-}
-
-log "initdb primary (auth: trust for local and host connections, user postgres)"
-as_pg "$PGBIN/initdb" -D "$PG/primary" -U postgres -A trust -E UTF8 --no-instructions >"$LOGS/initdb.log" 2>&1 ||
-	die "initdb failed, see $LOGS/initdb.log"
-pg_conf "$PG/primary" "$P_PRIMARY"
-pg_start primary "$PG/primary"
-
-log "pgbench -i -s $SCALE"
-"$PGBENCH" -h 127.0.0.1 -p "$P_PRIMARY" -i -s "$SCALE" >"$LOGS/pgbench-init.log" 2>&1 ||
-	die "pgbench -i failed, see $LOGS/pgbench-init.log"
-
-for s in 1 2; do
-	port_var=P_STANDBY$s
-	log "pg_basebackup standby$s (streaming)"
-	as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P_PRIMARY" -D "$PG/standby$s" -R -X stream -c fast \
-		>"$LOGS/basebackup$s.log" 2>&1 || die "pg_basebackup failed, see $LOGS/basebackup$s.log"
-	echo "port = ${!port_var}" >>"$PG/standby$s/postgresql.conf"
-	pg_start "standby$s" "$PG/standby$s"
-	wait_for 60 "standby$s in recovery" answers "${!port_var}" "select pg_is_in_recovery()" t || die "standby$s is not a hot standby"
-done
-wait_for 60 "2 streaming standbys" answers "$P_PRIMARY" \
-	"select count(*) from pg_stat_replication where state = 'streaming'" 2 || die "standbys are not streaming"
-PG_VERSION=$(q "$P_PRIMARY" "select version()")
+start_primary
+start_standbys
 
 # ------------------------------------------------------------------ builds --
 
@@ -339,8 +172,7 @@ log "building plainrelay and idleconns"
 
 HAVE_PGROUTER=0
 PGROUTER_NOTE=""
-PGROUTER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench' 2>/dev/null)" ] && PGROUTER_REV="$PGROUTER_REV plus uncommitted changes"
+PGROUTER_REV=$(pgrouter_rev)
 if (cd "$ROOT" && go build -o "$OUT/pgrouter" ./cmd/pgrouter) >"$LOGS/pgrouter-build.log" 2>&1; then
 	HAVE_PGROUTER=1
 else
@@ -520,13 +352,7 @@ if want plainrelay; then
 	TARGETS+=("plainrelay:$P_RELAY:$RELAY_PID")
 fi
 
-if [ -n "$TARGETS_FILTER" ]; then
-	kept=()
-	for t in "${TARGETS[@]}"; do
-		if [ "${t%%:*}" = direct ] || printf '%s\n' "${t%%:*}" | grep -Eq -- "$TARGETS_FILTER"; then kept+=("$t"); fi
-	done
-	TARGETS=("${kept[@]}")
-fi
+filter_targets
 
 # ------------------------------------------------------------- idle memory --
 
@@ -759,23 +585,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			t1=$(cpu_ticks "$pid")
 			o1=$(our_ticks)
 			b1=$(busy_ticks)
-			other=$(awk -v b=$((b1 - b0)) -v o=$((o1 - o0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) \
-				'BEGIN { x = (b - o) / hz / (ms / 1000); printf "%.2f", x < 0 ? 0 : x }')
-			tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$runlog" | head -n1)
-			lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$runlog" | head -n1)
-			tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
-			failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
-			[ -n "$tps" ] && [ -n "$tx" ] || status=${status/ok/noparse}
+			pgbench_figures "$runlog" "$pid" "$t0" "$t1" "$b0" "$b1" "$o0" "$o1" "$w0" "$w1"
 			p99=-
 			[ "$LATLOG" = 1 ] && p99=$(p99_ms "$TXLOGS/r$r-$cname-$name")
 			# The first error pgbench printed, if any (one line, no tabs or pipes).
 			note=$(grep -m1 -E 'ERROR|FATAL|error|aborted|timeout|could not' "$runlog" | tr '\t|' '  ' | cut -c1-200 || true)
-			cpu=-
-			cores=-
-			if [ -n "$pid" ] && [ -n "$tx" ] && [ "${tx:-0}" -gt 0 ]; then
-				cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
-				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) 'BEGIN{printf "%.2f", d / hz / (ms / 1000)}')
-			fi
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
 				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$p99" "$note" >>"$RUNS_TSV"
 			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms p99 $p99 ms cpu ${cpu} us/tx, other ${other} cores, $status${note:+ ($note)}"
@@ -790,13 +604,7 @@ done
 # Fields: case flags target tps ratio lat_ms us/tx cores ok/runs tps-by-round
 # other p99_ms note p99-by-round.
 summarize() {
-	awk -F'\t' '
-	function median(s,   a, n, i, j, x) {
-		n = split(s, a, " ")
-		for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-		if (n == 0) return ""
-		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-	}
+	awk -F'\t' "$AWK_MEDIAN"'
 	NR == 1 { next }
 	{
 		key = $2 SUBSEP $4

@@ -31,11 +31,13 @@
 #   PGR_SPLIT_KEEP       1 keeps the data directories (default 0)
 #
 # Everything listens on 127.0.0.1 on free ports and is stopped by PID on exit.
-# Work dir, logs and results go to bench/out/ (git-ignored).
+# Work dir, logs and results go to bench/out/ (git-ignored). The parts shared
+# with bench/run.sh are in bench/lib.sh.
 set -eu
 set -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 OUT=$ROOT/bench/out
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 DURATION=${PGR_SPLIT_DURATION:-10}
@@ -48,10 +50,8 @@ PGPOOL_CHILDREN=${PGR_SPLIT_PGPOOL_CHILDREN:-80}
 MAX_LOAD=${PGR_SPLIT_MAX_LOAD-1.5}
 MAX_WAIT=${PGR_SPLIT_MAX_WAIT:-1800}
 KEEP=${PGR_SPLIT_KEEP:-0}
+KEEP_KNOB=PGR_SPLIT_KEEP
 CMDLINE="PGR_SPLIT_DURATION=$DURATION PGR_SPLIT_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_SPLIT_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_SPLIT_TARGETS='$TARGETS_FILTER'}${POOL_SIZE:+ PGR_SPLIT_POOL_SIZE=$POOL_SIZE} bench/split.sh"
-
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 for n in DURATION ROUNDS SCALE PGPOOL_CHILDREN MAX_WAIT; do
 	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
@@ -60,9 +60,6 @@ done
 [ "$DURATION" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || die "PGR_SPLIT_DURATION and PGR_SPLIT_ROUNDS must be > 0"
 [ "$PGPOOL_CHILDREN" -ge 66 ] || die "PGR_SPLIT_PGPOOL_CHILDREN must be at least 66 (64 pgbench clients and the script's probes)"
 
-IS_ROOT=0
-[ "$(id -u)" -eq 0 ] && IS_ROOT=1
-
 # ---------------------------------------------------------------- packages --
 
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
@@ -70,24 +67,6 @@ PSQL=$PGBIN/psql
 PGBENCH=$PGBIN/pgbench
 # Debian's pgpool2 service writes this pidfile (its init script and pgpool.conf default).
 PGPOOL_SERVICE_PIDFILE=/run/postgresql/pgpool.pid
-
-pidfile_pid() { [ -r "$1" ] && head -n1 "$1" | tr -dc '0-9' || true; }
-
-# alive PID: the process exists and is not a zombie.
-alive() {
-	local st
-	[ -n "$1" ] && [ -r "/proc/$1/stat" ] || return 1
-	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	st=${st##*) }
-	[ "${st%% *}" != Z ]
-}
-
-# wait_gone PID SECONDS
-wait_gone() {
-	local i=0
-	while alive "$1" && [ "$i" -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done
-	! alive "$1"
-}
 
 # pids_named COMM: PIDs of live processes whose comm is COMM.
 pids_named() {
@@ -129,17 +108,10 @@ install_missing() {
 	{ [ -x "$PGBENCH" ] && [ -x "$PSQL" ]; } || pkgs+=(postgresql-client-15)
 	[ -x "$PGPOOL" ] || pkgs+=(pgpool2)
 	[ ${#pkgs[@]} -eq 0 ] && return 0
-	if [ "$IS_ROOT" -ne 1 ]; then
-		log "missing packages: ${pkgs[*]}; install them as root with:"
-		echo "  sudo apt-get update && sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${pkgs[*]}" >&2
-		exit 1
-	fi
+	need_root "${pkgs[@]}"
 	local before
 	before=$(pids_named pgpool)
-	log "installing ${pkgs[*]} with apt-get"
-	apt-get update -q >"$OUT/apt-split.log" 2>&1 || die "apt-get update failed, see $OUT/apt-split.log"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >>"$OUT/apt-split.log" 2>&1 ||
-		die "apt-get install ${pkgs[*]} failed, see $OUT/apt-split.log"
+	apt_install "$OUT/apt-split.log" "${pkgs[@]}"
 	PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
 	# The package's postinst starts its service where policy-rc.d allows it.
 	stop_packaged_pgpool "$before"
@@ -176,86 +148,7 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 
 # ----------------------------------------------------------- process table --
 
-W=$OUT/split-$STAMP
-LOGS=$W/log
-mkdir -p "$LOGS/pgbench"
-STARTED=() # name:pid:signal, stopped in reverse order on exit
-
-track() { STARTED+=("$1:$2:$3"); }
-
-cleanup() {
-	local rc=$? i name pid sig
-	set +e
-	trap - EXIT INT TERM
-	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-		IFS=: read -r name pid sig <<<"${STARTED[$i]}"
-		if alive "$pid"; then
-			log "stopping $name (pid $pid)"
-			kill "-$sig" "$pid" 2>/dev/null
-			if ! wait_gone "$pid" 20; then
-				log "$name (pid $pid) still running after 20 s; SIGKILL"
-				kill -KILL "$pid" 2>/dev/null
-				wait_gone "$pid" 5
-			fi
-		fi
-	done
-	if [ "$KEEP" != 1 ] && [ -d "$W/pg" ]; then
-		rm -rf "$W/pg"
-		log "removed data directories (PGR_SPLIT_KEEP=1 keeps them)"
-	fi
-	[ "$rc" -ne 0 ] && log "failed (exit $rc); logs in $LOGS"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# AS_PG runs a command as the postgres OS user when root, else as ourselves.
-# Each part execs the next, so `"${AS_PG[@]}" cmd &` leaves cmd's PID in $!.
-AS_PG=()
-[ "$IS_ROOT" -eq 1 ] && AS_PG=(env HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups --)
-as_pg() { "${AS_PG[@]}" "$@"; }
-
-# free_port VAR: a loopback TCP port that no socket uses now, nor one we chose,
-# below the kernel's ephemeral range.
-CHOSEN=" "
-EPHEMERAL_LOW=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-[ "$EPHEMERAL_LOW" -gt 12000 ] || die "ephemeral ports start at $EPHEMERAL_LOW; no room below it for listeners"
-free_port() {
-	local p hex
-	while :; do
-		p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-		case "$CHOSEN" in *" $p "*) continue ;; esac
-		hex=$(printf '%04X' "$p")
-		if cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '{print $2}' | grep -q ":$hex\$"; then
-			continue
-		fi
-		CHOSEN="$CHOSEN$p "
-		printf -v "$1" '%s' "$p"
-		return 0
-	done
-}
-
-export PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 PGUSER=postgres PGDATABASE=postgres
-q() { "$PSQL" -X -h 127.0.0.1 -p "$1" -Atqc "$2" 2>>"$LOGS/psql.err"; }
-
-# wait_for SECONDS DESCRIPTION COMMAND...: poll until the command succeeds;
-# give up at once when WATCH_PID (if set) has exited.
-WATCH_PID=
-wait_for() {
-	local secs=$1 what=$2 i=0
-	shift 2
-	until "$@" >/dev/null 2>&1; do
-		if [ -n "$WATCH_PID" ] && ! alive "$WATCH_PID"; then
-			log "process $WATCH_PID exited while waiting for $what"
-			return 1
-		fi
-		i=$((i + 1))
-		[ "$i" -ge $((secs * 5)) ] && { log "timed out after ${secs}s waiting for $what"; return 1; }
-		sleep 0.2
-	done
-}
-answers() { [ "$(q "$1" "$2")" = "$3" ]; }
+process_table "$OUT/split-$STAMP"
 
 # tree_ticks PID: utime+stime of PID, of its live children, and of the
 # children it reaped, in clock ticks (pgpool and PostgreSQL work in children).
@@ -271,39 +164,8 @@ tree_ticks() {
 	}
 	END { print t + 0 }'
 }
-CLK_TCK=$(getconf CLK_TCK)
-
-# "Other cores": CPU that processes outside this bench used during a run.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; } # user nice system irq softirq steal
-our_ticks() {
-	local roots=" " e name pid sig
-	for e in "${STARTED[@]}"; do
-		IFS=: read -r name pid sig <<<"$e"
-		roots="$roots$pid "
-	done
-	{ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v roots="$roots" -v self=$$ '
-	{
-		pid = $1
-		rest = substr($0, index($0, ") ") + 2)
-		split(rest, f, " ")
-		if (index(roots, " " pid " ")) t += f[12] + f[13] + f[14] + f[15]
-		else if (index(roots, " " f[2] " ")) t += f[12] + f[13]
-		if (pid == self) t += f[14] + f[15]
-	}
-	END { print t + 0 }'
-}
-now_ms() { date +%s%3N; }
 
 # ----------------------------------------------------------------- cluster --
-
-log "work dir $W (load average at start: $LOADAVG_START)"
-PG=$W/pg
-mkdir -p "$PG/sock"
-[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$PG" "$LOGS"
-
-free_port P_PRIMARY
-free_port P_STANDBY1
-free_port P_STANDBY2
 
 pg_conf() { # DATADIR PORT
 	cat >>"$1/postgresql.conf" <<EOF
@@ -320,44 +182,15 @@ pg_stat_statements.track = top
 EOF
 }
 
-pg_start() { # NAME DATADIR
-	as_pg "$PGBIN/pg_ctl" -D "$2" -l "$LOGS/$1.log" -w -t 120 start >>"$LOGS/pg_ctl.log" 2>&1 ||
-		die "$1 did not start, see $LOGS/$1.log"
-	local pid
-	pid=$(head -n1 "$2/postmaster.pid")
-	track "$1" "$pid" INT # SIGINT: fast shutdown
-	log "$1 up on 127.0.0.1:$(sed -n 4p "$2/postmaster.pid") (pid $pid)"
-}
-
-log "initdb primary (auth: trust for local and host connections, user postgres)"
-as_pg "$PGBIN/initdb" -D "$PG/primary" -U postgres -A trust -E UTF8 --no-instructions >"$LOGS/initdb.log" 2>&1 ||
-	die "initdb failed, see $LOGS/initdb.log"
-pg_conf "$PG/primary" "$P_PRIMARY"
-pg_start primary "$PG/primary"
-
-log "pgbench -i -s $SCALE"
-"$PGBENCH" -h 127.0.0.1 -p "$P_PRIMARY" -i -s "$SCALE" >"$LOGS/pgbench-init.log" 2>&1 ||
-	die "pgbench -i failed, see $LOGS/pgbench-init.log"
+start_primary
 q "$P_PRIMARY" "create extension pg_stat_statements" >/dev/null || die "create extension pg_stat_statements failed, see $LOGS/psql.err"
 
-for s in 1 2; do
-	port_var=P_STANDBY$s
-	log "pg_basebackup standby$s (streaming)"
-	as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P_PRIMARY" -D "$PG/standby$s" -R -X stream -c fast \
-		>"$LOGS/basebackup$s.log" 2>&1 || die "pg_basebackup failed, see $LOGS/basebackup$s.log"
-	echo "port = ${!port_var}" >>"$PG/standby$s/postgresql.conf"
-	pg_start "standby$s" "$PG/standby$s"
-	wait_for 60 "standby$s in recovery" answers "${!port_var}" "select pg_is_in_recovery()" t || die "standby$s is not a hot standby"
-done
-wait_for 60 "2 streaming standbys" answers "$P_PRIMARY" \
-	"select count(*) from pg_stat_replication where state = 'streaming'" 2 || die "standbys are not streaming"
-PG_VERSION=$(q "$P_PRIMARY" "select version()")
+start_standbys
 SERVER_PORTS="$P_PRIMARY $P_STANDBY1 $P_STANDBY2"
 
 # ---------------------------------------------------------------- pgrouter --
 
-PGROUTER_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-[ -n "$(git -C "$ROOT" status --porcelain -- . ':!bench' 2>/dev/null)" ] && PGROUTER_REV="$PGROUTER_REV plus uncommitted changes"
+PGROUTER_REV=$(pgrouter_rev)
 log "building pgrouter ($PGROUTER_REV)"
 (cd "$ROOT" && go build -o "$OUT/pgrouter-split" ./cmd/pgrouter) >"$LOGS/pgrouter-build.log" 2>&1 ||
 	die "go build ./cmd/pgrouter failed, see $LOGS/pgrouter-build.log"
@@ -506,13 +339,7 @@ WATCH_PID=
 
 # Targets: name:port:pid (pid of the proxy's main process, empty for direct).
 TARGETS=("direct:$P_PRIMARY:" "split:$P_SPLIT:$PGR_PID" "rw:$P_RW:$PGR_PID" "pgpool:$P_PGPOOL:$PGPOOL_PID" "split-rywoff:$P_SPLIT_OFF:$PGR_OFF_PID")
-if [ -n "$TARGETS_FILTER" ]; then
-	kept=()
-	for t in "${TARGETS[@]}"; do
-		if [ "${t%%:*}" = direct ] || printf '%s\n' "${t%%:*}" | grep -Eq -- "$TARGETS_FILTER"; then kept+=("$t"); fi
-	done
-	TARGETS=("${kept[@]}")
-fi
+filter_targets
 admin_of() { case $1 in split | rw) echo "$P_ADMIN" ;; split-rywoff) echo "$P_ADMIN_OFF" ;; esac; }
 
 # ------------------------------------------------------------------- cases --
@@ -643,19 +470,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			stmts=$(read_stmts)
 			routes=-
 			[ -n "$(admin_of "$name")" ] && routes=$(routes_delta "$routes0" "$routes1")
-			other=$(awk -v b=$((b1 - b0)) -v o=$((o1 - o0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) \
-				'BEGIN { x = (b - o) / hz / (ms / 1000); printf "%.2f", x < 0 ? 0 : x }')
-			tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$runlog" | head -n1)
-			lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$runlog" | head -n1)
-			tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
-			failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$runlog" | head -n1)
-			[ -n "$tps" ] && [ -n "$tx" ] || status=${status/ok/noparse}
-			cpu=-
-			cores=-
-			if [ -n "$pid" ] && [ -n "$tx" ] && [ "${tx:-0}" -gt 0 ]; then
-				cpu=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$tx" 'BEGIN{printf "%.1f", d / hz * 1e6 / n}')
-				cores=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v ms=$((w1 - w0)) 'BEGIN{printf "%.2f", d / hz / (ms / 1000)}')
-			fi
+			pgbench_figures "$runlog" "$pid" "$t0" "$t1" "$b0" "$b1" "$o0" "$o1" "$w0" "$w1"
 			read -r sp s1 s2 <<<"$stmts"
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "${cflags/$W\//}" "$name" \
 				"${tps:--}" "${lat:--}" "${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$sp" "$s1" "$s2" "$routes" >>"$RUNS_TSV"
@@ -673,13 +488,7 @@ done
 # succeeded; reads on standbys = share of SELECT calls (pg_stat_statements)
 # that ran on a standby, over all rounds.
 summarize() {
-	awk -F'\t' '
-	function median(s,   a, n, i, j, x) {
-		n = split(s, a, " ")
-		for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-		if (n == 0) return ""
-		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-	}
+	awk -F'\t' "$AWK_MEDIAN"'
 	function sel(s,   f) { split(s, f, "|"); return f[2] + f[3] + f[4] }
 	NR == 1 { next }
 	{
@@ -714,13 +523,7 @@ summarize() {
 # ratios: per case, split/rw and split/pgpool (and split/direct): the ratio of
 # the medians, and the per-round ratios (each from runs of the same round).
 ratios() {
-	awk -F'\t' '
-	function median(s,   a, n, i, j, x) {
-		n = split(s, a, " ")
-		for (i = 2; i <= n; i++) { x = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-		if (n == 0) return ""
-		return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-	}
+	awk -F'\t' "$AWK_MEDIAN"'
 	NR == 1 { next }
 	$2 !~ /^S-/ { next }
 	{

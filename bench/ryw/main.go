@@ -22,15 +22,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -41,7 +38,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/benchutil"
 )
 
 func main() { os.Exit(realMain()) }
@@ -71,20 +68,11 @@ func realMain() int {
 
 	ctx := context.Background()
 	fmt.Printf("load average at start: %s\n", loadavg())
-	c, err := pgtest.Start(ctx, pgtest.Options{Standbys: 2})
+	c, err := benchutil.StartCluster(ctx, 2, "ryw-")
 	if err != nil {
 		return fatal(err)
 	}
 	defer c.Close()
-	dir, err := os.MkdirTemp("", "ryw-")
-	if err != nil {
-		return fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	authFile := filepath.Join(dir, "userlist.txt")
-	if err := c.WriteAuthFile(ctx, authFile); err != nil {
-		return fatal(err)
-	}
 	if err := setup(ctx, c); err != nil {
 		return fatal(err)
 	}
@@ -94,7 +82,7 @@ func realMain() int {
 	bad := false
 	for _, mode := range strings.Split(*modes, ",") {
 		mode = strings.TrimSpace(mode)
-		r, err := run(ctx, c, runConfig{bin: *bin, authFile: authFile, mode: mode, n: *n, writers: *writers,
+		r, err := run(ctx, c, runConfig{bin: *bin, mode: mode, n: *n, writers: *writers,
 			qm: qm, execName: *execMode, rywMaxWait: *rywMaxWait, extra: strings.Fields(*extra), showLog: *keepLog})
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "mode %s failed: %v\n", mode, err)
@@ -118,13 +106,13 @@ func fatal(err error) int {
 }
 
 type runConfig struct {
-	bin, authFile, mode string
-	n, writers          int
-	qm                  pgx.QueryExecMode
-	execName            string
-	rywMaxWait          string
-	extra               []string
-	showLog             bool
+	bin, mode  string
+	n, writers int
+	qm         pgx.QueryExecMode
+	execName   string
+	rywMaxWait string
+	extra      []string
+	showLog    bool
 }
 
 type result struct {
@@ -187,20 +175,11 @@ func (r *result) print() {
 		r.writerTx, float64(r.writerTx)/r.elapsed.Seconds(), r.elapsed.Round(time.Millisecond))
 }
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func run(ctx context.Context, c *pgtest.Cluster, rc runConfig) (*result, error) {
-	listen, admin := freeAddr(), freeAddr()
+func run(ctx context.Context, c *benchutil.Cluster, rc runConfig) (*result, error) {
+	listen, admin := benchutil.FreeAddr(), benchutil.FreeAddr()
 	args := []string{"proxy", "--backends", c.Nodes[0].Addr + "," + c.Nodes[1].Addr + "," + c.Nodes[2].Addr,
 		"--listen", listen, "--admin-listen", admin, "--pool-mode", "transaction", "--split", "statement",
-		"--read-your-writes", rc.mode, "--auth-file", rc.authFile,
+		"--read-your-writes", rc.mode, "--auth-file", c.AuthFile,
 		"--health-user", c.SuperUser, "--health-database", "postgres", "--log-level", "info"}
 	if rc.rywMaxWait != "" {
 		args = append(args, "--ryw-max-wait", rc.rywMaxWait)
@@ -264,11 +243,10 @@ func run(ctx context.Context, c *pgtest.Cluster, rc runConfig) (*result, error) 
 		}
 		return nil, fmt.Errorf("%w\npgrouter log:\n%s", err, logTail())
 	}
-	if err := waitReady(admin); err != nil {
+	if err := benchutil.WaitReady(admin); err != nil {
 		return fail(err)
 	}
-	host, port, _ := net.SplitHostPort(listen)
-	connStr := fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, c.AppUser, c.AppPassword, c.AppDB)
+	connStr := c.AppConnString(listen)
 
 	// Until the proxy's health checks have seen both standbys, reads would
 	// all go to the primary: wait until plain reads reach each of them.
@@ -362,7 +340,7 @@ func run(ctx context.Context, c *pgtest.Cluster, rc runConfig) (*result, error) 
 		cancel()
 		if err != nil {
 			res.errors++
-			res.errorKinds[short(err)]++
+			res.errorKinds[benchutil.Short(err, 100)]++
 			if conn.IsClosed() {
 				conn.Close(ctx)
 				if conn, err = pgx.Connect(ctx, connStr); err != nil {
@@ -398,7 +376,7 @@ func run(ctx context.Context, c *pgtest.Cluster, rc runConfig) (*result, error) 
 
 // waitStandbys waits until reads through the endpoint have run on both
 // hot standbys, on a session that has not written.
-func waitStandbys(ctx context.Context, connStr string, c *pgtest.Cluster) error {
+func waitStandbys(ctx context.Context, connStr string, c *benchutil.Cluster) error {
 	want := map[string]bool{c.Nodes[1].Addr: false, c.Nodes[2].Addr: false}
 	var lastErr error
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -470,14 +448,6 @@ func splitRoutes(admin string) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-func short(err error) string {
-	s := err.Error()
-	if len(s) > 100 {
-		s = s[:100]
-	}
-	return s
-}
-
 func loadavg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
@@ -490,32 +460,11 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
-func setup(ctx context.Context, c *pgtest.Cluster) error {
-	conn, err := pgx.Connect(ctx, c.ConnString(c.Nodes[0], c.AppUser, c.AppPassword, c.AppDB))
-	if err != nil {
+func setup(ctx context.Context, c *benchutil.Cluster) error {
+	if err := benchutil.Exec(ctx, c.ConnString(c.Nodes[0], c.AppUser, c.AppPassword, c.AppDB),
+		"CREATE TABLE ryw_t (id bigserial PRIMARY KEY, client int, i int)",
+		"CREATE TABLE ryw_load (id bigserial PRIMARY KEY, writer int, payload text)"); err != nil {
 		return err
 	}
-	defer conn.Close(ctx)
-	for _, q := range []string{
-		"CREATE TABLE ryw_t (id bigserial PRIMARY KEY, client int, i int)",
-		"CREATE TABLE ryw_load (id bigserial PRIMARY KEY, writer int, payload text)",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return err
-		}
-	}
 	return c.WaitReplayed(ctx)
-}
-
-func waitReady(admin string) error {
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-	}
-	return errors.New("proxy not ready (no primary known) within 20s")
 }

@@ -13,11 +13,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -27,7 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgrouter/pgrouter/internal/pgtest"
+	"github.com/pgrouter/pgrouter/internal/benchutil"
 )
 
 func main() {
@@ -65,44 +63,28 @@ type result struct {
 	reads      int
 }
 
-func freeAddr() string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func trial(bin, mode string, syncRep bool) (*result, error) {
 	ctx := context.Background()
-	c, err := pgtest.Start(ctx, pgtest.Options{Standbys: 1})
+	c, err := benchutil.StartCluster(ctx, 1, "txfailover-")
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	if syncRep {
 		// After the standby streams: set at init it would block initdb's users.
-		if err := exec1(ctx, c, "ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"); err != nil {
+		if err := benchutil.Exec(ctx, c.ConnString(c.Nodes[0], c.SuperUser, c.SuperPassword, "postgres"),
+			"ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"); err != nil {
 			return nil, err
 		}
 	}
-	dir, err := os.MkdirTemp("", "txfailover-")
-	if err != nil {
+	if err := benchutil.Exec(ctx, c.ConnString(c.Nodes[0], c.AppUser, c.AppPassword, c.AppDB),
+		"CREATE TABLE bench_w (seq int PRIMARY KEY)"); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	authFile := filepath.Join(dir, "userlist.txt")
-	if err := c.WriteAuthFile(ctx, authFile); err != nil {
-		return nil, err
-	}
-	if err := setup(ctx, c); err != nil {
-		return nil, err
-	}
-	rw, admin := freeAddr(), freeAddr()
+	rw, admin := benchutil.FreeAddr(), benchutil.FreeAddr()
 	cmd := exec.Command(bin, "proxy", "--backends", c.Nodes[0].Addr+","+c.Nodes[1].Addr,
 		"--listen-rw", rw, "--admin-listen", admin, "--pool-mode", "transaction", "--pool-size", "10",
-		"--auth-file", authFile, "--health-user", c.SuperUser, "--health-interval", "200ms",
+		"--auth-file", c.AuthFile, "--health-user", c.SuperUser, "--health-interval", "200ms",
 		"--health-timeout", "500ms", "--health-failure-threshold", "2", "--log-level", "warn")
 	cmd.Env = append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword)
 	cmd.Stderr = os.Stderr
@@ -111,11 +93,10 @@ func trial(bin, mode string, syncRep bool) (*result, error) {
 		return nil, err
 	}
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	if err := waitReady(admin); err != nil {
+	if err := benchutil.WaitReady(admin); err != nil {
 		return nil, err
 	}
-	host, port, _ := net.SplitHostPort(rw)
-	connStr := fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, c.AppUser, c.AppPassword, c.AppDB)
+	connStr := c.AppConnString(rw)
 
 	var mu sync.Mutex
 	res := &result{}
@@ -147,7 +128,7 @@ func trial(bin, mode string, syncRep bool) (*result, error) {
 				okTimes = append(okTimes, time.Now())
 			} else {
 				res.errors++
-				kinds[short(err)]++
+				kinds[benchutil.Short(err, 90)]++
 			}
 			mu.Unlock()
 			if err != nil && conn.IsClosed() {
@@ -183,7 +164,7 @@ func trial(bin, mode string, syncRep bool) (*result, error) {
 			} else {
 				mu.Lock()
 				res.errors++
-				kinds["reader: "+short(err)]++
+				kinds["reader: "+benchutil.Short(err, 90)]++
 				mu.Unlock()
 			}
 		}
@@ -278,49 +259,4 @@ func trial(bin, mode string, syncRep bool) (*result, error) {
 		res.errorKinds = append(res.errorKinds, fmt.Sprintf("%dx %s", n, k))
 	}
 	return res, nil
-}
-
-func short(err error) string {
-	s := err.Error()
-	if len(s) > 90 {
-		s = s[:90]
-	}
-	return s
-}
-
-func exec1(ctx context.Context, c *pgtest.Cluster, stmts ...string) error {
-	conn, err := pgx.Connect(ctx, c.ConnString(c.Nodes[0], c.SuperUser, c.SuperPassword, "postgres"))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	for _, s := range stmts {
-		if _, err := conn.Exec(ctx, s); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func setup(ctx context.Context, c *pgtest.Cluster) error {
-	conn, err := pgx.Connect(ctx, c.ConnString(c.Nodes[0], c.AppUser, c.AppPassword, c.AppDB))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "CREATE TABLE bench_w (seq int PRIMARY KEY)")
-	return err
-}
-
-func waitReady(admin string) error {
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		resp, err := http.Get("http://" + admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("proxy not ready")
 }

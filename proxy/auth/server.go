@@ -165,6 +165,28 @@ func (a *exchange) send(m encoder) error {
 	return nil
 }
 
+// ask sends m and returns the client's answer to it.
+func (a *exchange) ask(m encoder) ([]byte, error) {
+	if err := a.send(m); err != nil {
+		return nil, err
+	}
+	return a.receive()
+}
+
+// askPassword sends m, a request for a password (clear text or md5), and
+// returns the password of the client's PasswordMessage.
+func (a *exchange) askPassword(m encoder) (string, error) {
+	body, err := a.ask(m)
+	if err != nil {
+		return "", err
+	}
+	var pm pgproto3.PasswordMessage
+	if err := pm.Decode(body); err != nil {
+		return "", protocolError("invalid password packet size")
+	}
+	return pm.Password, nil
+}
+
 // receive reads the client's answer, a 'p' message (PasswordMessage,
 // SASLInitialResponse or SASLResponse: which one depends on the step).
 func (a *exchange) receive() ([]byte, error) {
@@ -203,10 +225,7 @@ func (a *exchange) scram(s Secret, lookupErr error) (Credentials, error) {
 		secret, doomed = mockSecret(a.user), true
 		cause = fmt.Errorf("user %q does not have a valid SCRAM secret (it has an %s secret)", a.user, s.kind)
 	}
-	if err := a.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}}); err != nil {
-		return Credentials{}, err
-	}
-	body, err := a.receive()
+	body, err := a.ask(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{scramMechanism}})
 	if err != nil {
 		return Credentials{}, err
 	}
@@ -226,10 +245,7 @@ func (a *exchange) scram(s Secret, lookupErr error) (Credentials, error) {
 	if err != nil {
 		return Credentials{}, err
 	}
-	if err := a.send(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
-		return Credentials{}, err
-	}
-	if body, err = a.receive(); err != nil {
+	if body, err = a.ask(&pgproto3.AuthenticationSASLContinue{Data: []byte(serverFirst)}); err != nil {
 		return Credentials{}, err
 	}
 	var resp pgproto3.SASLResponse
@@ -259,36 +275,21 @@ func (a *exchange) md5(s Secret) (Credentials, error) {
 	}
 	var salt [4]byte
 	_, _ = rand.Read(salt[:]) // never fails since Go 1.24
-	if err := a.send(&pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
-		return Credentials{}, err
-	}
-	body, err := a.receive()
+	pw, err := a.askPassword(&pgproto3.AuthenticationMD5Password{Salt: salt})
 	if err != nil {
 		return Credentials{}, err
 	}
-	var pm pgproto3.PasswordMessage
-	if err := pm.Decode(body); err != nil {
-		return Credentials{}, protocolError("invalid password packet size")
-	}
-	if !constantTimeEqual(pm.Password, md5Response(hash, salt)) {
+	if !constantTimeEqual(pw, md5Response(hash, salt)) {
 		return Credentials{}, passwordFailed(a.user, ErrWrongPassword)
 	}
 	return Credentials{User: a.user, Secret: s, Password: s.password}, nil
 }
 
 func (a *exchange) cleartext(s Secret, lookupErr error) (Credentials, error) {
-	if err := a.send(&pgproto3.AuthenticationCleartextPassword{}); err != nil {
-		return Credentials{}, err
-	}
-	body, err := a.receive()
+	pw, err := a.askPassword(&pgproto3.AuthenticationCleartextPassword{})
 	if err != nil {
 		return Credentials{}, err
 	}
-	var pm pgproto3.PasswordMessage
-	if err := pm.Decode(body); err != nil {
-		return Credentials{}, protocolError("invalid password packet size")
-	}
-	pw := pm.Password
 	if lookupErr != nil {
 		// Spend the time a SCRAM secret would cost, then fail.
 		_, _ = saltedPassword(pw, mockSecret(a.user).salt, defaultIterations)
