@@ -37,7 +37,7 @@ type Agent struct {
 	// PostgreSQL is the local server.
 	PostgreSQL AgentPostgres `yaml:"postgresql"`
 	// Election holds the lease times and failover rules.
-	Election Election `yaml:"election"`
+	Election election.Rules `yaml:"election"`
 }
 
 // Etcd is the etcd connection.
@@ -108,29 +108,6 @@ type AgentPostgres struct {
 	ReplicationPassword string `yaml:"-"`
 }
 
-// Election is the lease and failover part of the agent configuration.
-type Election struct {
-	// TTL is the leader lease, whole seconds. Default 4s.
-	TTL time.Duration `yaml:"ttl"`
-	// RenewDeadline is how long a leader tries to renew before it fences
-	// itself. Default 2s.
-	RenewDeadline time.Duration `yaml:"renewDeadline"`
-	// RetryPeriod is the loop interval. Default 500ms.
-	RetryPeriod time.Duration `yaml:"retryPeriod"`
-	// MaxLagOnFailover, in bytes, excludes standbys further behind.
-	// Default 1048576.
-	MaxLagOnFailover uint64 `yaml:"maxLagOnFailover"`
-	// Synchronous keeps a synchronous standby and promotes only it.
-	// Default false.
-	Synchronous bool `yaml:"synchronous"`
-	// RejoinTimeout: a standby not streaming from the leader this long is
-	// rewound or re-cloned. Default 5s.
-	RejoinTimeout time.Duration `yaml:"rejoinTimeout"`
-	// UnhealthyTimeout: a leader whose server does not answer this long
-	// gives the lease up. Default 3s.
-	UnhealthyTimeout time.Duration `yaml:"unhealthyTimeout"`
-}
-
 // AgentDefaults returns the agent configuration with every default set.
 func AgentDefaults() Agent {
 	e := election.Config{}.WithDefaults()
@@ -144,10 +121,7 @@ func AgentDefaults() Agent {
 			ReplicationUser: "replicator",
 			StandbyMode:     "hot",
 		},
-		Election: Election{
-			TTL: e.TTL, RenewDeadline: e.RenewDeadline, RetryPeriod: e.RetryPeriod,
-			MaxLagOnFailover: e.MaxLagOnFailover, RejoinTimeout: e.RejoinTimeout, UnhealthyTimeout: e.UnhealthyTimeout,
-		},
+		Election: e.Rules,
 	}
 }
 
@@ -158,12 +132,7 @@ func LoadAgent(path string) (Agent, error) {
 
 // ElectionConfig is the election package's part.
 func (c *Agent) ElectionConfig() election.Config {
-	e := c.Election
-	return election.Config{
-		Name: c.Name, Scope: c.Scope, TTL: e.TTL, RenewDeadline: e.RenewDeadline, RetryPeriod: e.RetryPeriod,
-		MaxLagOnFailover: e.MaxLagOnFailover, Synchronous: e.Synchronous,
-		RejoinTimeout: e.RejoinTimeout, UnhealthyTimeout: e.UnhealthyTimeout,
-	}
+	return election.Config{Name: c.Name, Scope: c.Scope, Rules: c.Election}
 }
 
 // ResolveSecrets reads the passwords from the environment or their files.

@@ -193,7 +193,7 @@ func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
 // cluster whose server already runs as primary.
 func startLeader(t *testing.T) (*Agent, *memStore, *fakePG, context.CancelFunc, chan error) {
 	t.Helper()
-	cfg := Config{Name: "a", Scope: "s", TTL: 2 * time.Second, RenewDeadline: 600 * time.Millisecond, RetryPeriod: 100 * time.Millisecond}
+	cfg := Config{Name: "a", Scope: "s", Rules: Rules{TTL: 2 * time.Second, RenewDeadline: 600 * time.Millisecond, RetryPeriod: 100 * time.Millisecond}}
 	store := newMemStore("a", cfg.TTL)
 	store.cluster.Status = dcs.Status{Leader: "a", Timeline: 1, LSN: 100}
 	pg := &fakePG{running: true}

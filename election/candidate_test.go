@@ -270,11 +270,11 @@ func TestConfigValidate(t *testing.T) {
 		want string // substring of the error; "" for valid
 	}{
 		{"defaults", Config{Name: "n1", Scope: "demo"}, ""},
-		{"fast but sound", Config{Name: "n1", Scope: "demo", TTL: 2 * time.Second, RenewDeadline: 600 * time.Millisecond, RetryPeriod: 200 * time.Millisecond}, ""},
-		{"fencing arithmetic", Config{Name: "n1", Scope: "demo", TTL: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond}, "must exceed renew-deadline"},
-		{"ttl not whole seconds", Config{Name: "n1", Scope: "demo", TTL: 4500 * time.Millisecond}, "whole seconds"},
-		{"retry not shorter than renew", Config{Name: "n1", Scope: "demo", TTL: 10 * time.Second, RenewDeadline: time.Second, RetryPeriod: time.Second}, "shorter than renew-deadline"},
-		{"negative", Config{Name: "n1", Scope: "demo", RejoinTimeout: -time.Second}, "negative"},
+		{"fast but sound", Config{Name: "n1", Scope: "demo", Rules: Rules{TTL: 2 * time.Second, RenewDeadline: 600 * time.Millisecond, RetryPeriod: 200 * time.Millisecond}}, ""},
+		{"fencing arithmetic", Config{Name: "n1", Scope: "demo", Rules: Rules{TTL: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 500 * time.Millisecond}}, "must exceed renew-deadline"},
+		{"ttl not whole seconds", Config{Name: "n1", Scope: "demo", Rules: Rules{TTL: 4500 * time.Millisecond}}, "whole seconds"},
+		{"retry not shorter than renew", Config{Name: "n1", Scope: "demo", Rules: Rules{TTL: 10 * time.Second, RenewDeadline: time.Second, RetryPeriod: time.Second}}, "shorter than renew-deadline"},
+		{"negative", Config{Name: "n1", Scope: "demo", Rules: Rules{RejoinTimeout: -time.Second}}, "negative"},
 		{"bad name", Config{Name: "a/b", Scope: "demo"}, "name"},
 		{"no scope", Config{Name: "n1"}, "scope"},
 	}

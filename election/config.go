@@ -27,6 +27,13 @@ type Config struct {
 	Name string `yaml:"name"`
 	// Scope names the cluster in the consensus store.
 	Scope string `yaml:"scope"`
+	Rules `yaml:",inline"`
+}
+
+// Rules are the lease times and failover rules of an election: the part
+// of the agent's configuration under `election:`. A zero field takes its
+// default.
+type Rules struct {
 	// TTL is the leader lease: a follower may take over this long after the
 	// leader's last renewal. Whole seconds. Default 4s.
 	TTL time.Duration `yaml:"ttl"`
