@@ -22,6 +22,7 @@ package dcs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"time"
@@ -228,4 +229,17 @@ func ValidName(s string) bool {
 	return strings.IndexFunc(s, func(r rune) bool {
 		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
 	}) < 0
+}
+
+// encodeMember returns a member record as stored, and the same without its
+// timestamp, which tells whether anything but the time changed since the
+// last write.
+func encodeMember(m Member) (same, data []byte, err error) {
+	cmp := m
+	cmp.UpdatedAt = time.Time{}
+	if same, err = json.Marshal(cmp); err != nil {
+		return nil, nil, err
+	}
+	data, err = json.Marshal(m)
+	return same, data, err
 }

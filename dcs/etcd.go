@@ -181,13 +181,7 @@ func (e *Etcd) PublishMember(ctx context.Context, m Member, force bool) error {
 		return errors.New("etcd: read-only store")
 	}
 	m.Name = e.name
-	cmp := m
-	cmp.UpdatedAt = time.Time{}
-	same, err := json.Marshal(cmp)
-	if err != nil {
-		return err
-	}
-	data, err := json.Marshal(m)
+	same, data, err := encodeMember(m)
 	if err != nil {
 		return err
 	}

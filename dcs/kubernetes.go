@@ -518,13 +518,7 @@ func (k *Kubernetes) PublishMember(ctx context.Context, m Member, force bool) er
 		return errors.New("kubernetes: read-only store")
 	}
 	m.Name = k.name
-	cmp := m
-	cmp.UpdatedAt = time.Time{}
-	same, err := json.Marshal(cmp)
-	if err != nil {
-		return err
-	}
-	data, err := json.Marshal(m)
+	same, data, err := encodeMember(m)
 	if err != nil {
 		return err
 	}
