@@ -84,17 +84,6 @@ func newStore(t *testing.T, endpoint, name string) *Etcd {
 	return s
 }
 
-func load(t *testing.T, s *Etcd) *Cluster {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := s.Load(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func waitFor(t *testing.T, d time.Duration, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -123,7 +112,7 @@ func TestEtcdLease(t *testing.T) {
 	if errA != nil || !errors.Is(errB, ErrInitialized) {
 		t.Fatalf("bootstrap race: a=%v b=%v", errA, errB)
 	}
-	if c := load(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
+	if c := loadCluster(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
 		t.Fatalf("after bootstrap acquire: %+v", c)
 	}
 	if err := b.SetInitialized(ctx, "42"); !errors.Is(err, ErrNotLeader) {
@@ -135,7 +124,7 @@ func TestEtcdLease(t *testing.T) {
 	if err := a.SetSync(ctx, Sync{Leader: "a", Standby: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	if c := load(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" {
+	if c := loadCluster(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" {
 		t.Fatalf("after SetInitialized: %+v", c)
 	}
 	if err := b.Acquire(ctx, false); !errors.Is(err, ErrNotLeader) {
@@ -148,13 +137,13 @@ func TestEtcdLease(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if c := load(t, b); c.Leader != "a" {
+	if c := loadCluster(t, b); c.Leader != "a" {
 		t.Fatalf("renewed leader lost: %+v", c)
 	}
 	// Without renewal the key expires and b can take it; a's renewal
 	// then reports the loss.
 	waitFor(t, 10*time.Second, "lease expiry", func() error {
-		if c := load(t, b); c.Leader != "" {
+		if c := loadCluster(t, b); c.Leader != "" {
 			return fmt.Errorf("leader still %q", c.Leader)
 		}
 		return nil
@@ -176,29 +165,7 @@ func TestEtcdLease(t *testing.T) {
 	if err := b2.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Handover: key gone, switchover recorded, in one step.
-	if err := b2.Handover(ctx, Switchover{From: "b", To: "a", HandedOverAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	c := load(t, a)
-	if c.Leader != "" || c.Switchover == nil || c.Switchover.To != "a" {
-		t.Fatalf("after handover: leader %q switchover %+v", c.Leader, c.Switchover)
-	}
-	if err := b2.SetStatus(ctx, Status{Leader: "b"}); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("write after handover = %v", err)
-	}
-	if err := a.Acquire(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.ClearSwitchover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if c := load(t, b); c.Leader != "" || c.Switchover != nil {
-		t.Fatalf("after release: %+v", c)
-	}
+	checkHandoverAndRelease(t, ctx, b2, a, b)
 }
 
 // TestEtcdMembersAndWatch: member records expire with their agent, the
@@ -219,7 +186,7 @@ func TestEtcdMembersAndWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "member record", func() error {
-		c := load(t, reader)
+		c := loadCluster(t, reader)
 		if got := c.Members["a"]; got.Name != "a" || got.ReceivedLSN != 7 || got.Rev == 0 {
 			return fmt.Errorf("members %+v", c.Members)
 		}
@@ -248,7 +215,7 @@ func TestEtcdMembersAndWatch(t *testing.T) {
 	}
 	// An agent that stops publishing disappears after the TTL.
 	waitFor(t, 10*time.Second, "member record expiry", func() error {
-		if c := load(t, reader); len(c.Members) != 0 {
+		if c := loadCluster(t, reader); len(c.Members) != 0 {
 			return fmt.Errorf("members %v", c.Members)
 		}
 		return nil
@@ -257,10 +224,42 @@ func TestEtcdMembersAndWatch(t *testing.T) {
 	if err := a.PublishMember(ctx, m, false); err != nil {
 		t.Fatal(err)
 	}
-	if c := load(t, reader); c.Members["a"].ConnAddr != m.ConnAddr {
+	if c := loadCluster(t, reader); c.Members["a"].ConnAddr != m.ConnAddr {
 		t.Fatalf("republished: %+v", c.Members)
 	}
 	cancel()
 	<-done
 	<-done
+}
+
+// checkHandoverAndRelease runs the contract's last steps on any Store:
+// the holder hands over (holder gone, switchover recorded, in one step)
+// and may write no more; a takes the lease, clears the switchover and
+// releases it. It returns the cluster as b then sees it.
+func checkHandoverAndRelease(t *testing.T, ctx context.Context, holder, a, b Store) *Cluster {
+	t.Helper()
+	if err := holder.Handover(ctx, Switchover{From: "b", To: "a", HandedOverAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	c := loadCluster(t, a)
+	if c.Leader != "" || c.Switchover == nil || c.Switchover.To != "a" {
+		t.Fatalf("after handover: leader %q switchover %+v", c.Leader, c.Switchover)
+	}
+	if err := holder.SetStatus(ctx, Status{Leader: "b"}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("write after handover = %v", err)
+	}
+	if err := a.Acquire(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ClearSwitchover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c = loadCluster(t, b)
+	if c.Leader != "" || c.Switchover != nil {
+		t.Fatalf("after release: %+v", c)
+	}
+	return c
 }

@@ -220,7 +220,8 @@ func (f *kubeFixture) store(t *testing.T, scope, name string) *Kubernetes {
 	return s
 }
 
-func kload(t *testing.T, s Store) *Cluster {
+// loadCluster reads the whole cluster as s sees it.
+func loadCluster(t *testing.T, s Store) *Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -245,7 +246,7 @@ func TestKubernetesLease(t *testing.T) {
 	if errA != nil || !errors.Is(errB, ErrInitialized) {
 		t.Fatalf("bootstrap race: a=%v b=%v", errA, errB)
 	}
-	if c := kload(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
+	if c := loadCluster(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
 		t.Fatalf("after bootstrap acquire: %+v", c)
 	}
 	if err := b.SetInitialized(ctx, "42"); !errors.Is(err, ErrNotLeader) {
@@ -257,7 +258,7 @@ func TestKubernetesLease(t *testing.T) {
 	if err := a.SetSync(ctx, Sync{Leader: "a", Standby: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	if c := kload(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" || c.Leader != "a" {
+	if c := loadCluster(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" || c.Leader != "a" {
 		t.Fatalf("after SetInitialized: %+v", c)
 	}
 	if err := b.Acquire(ctx, false); !errors.Is(err, ErrNotLeader) {
@@ -271,7 +272,7 @@ func TestKubernetesLease(t *testing.T) {
 		if err := a.SetStatus(ctx, Status{Leader: "a", LSN: uint64(i)}); err != nil {
 			t.Fatal(err)
 		}
-		if c := kload(t, b); c.Leader != "a" {
+		if c := loadCluster(t, b); c.Leader != "a" {
 			t.Fatalf("renewed leader lost: %+v", c)
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -279,7 +280,7 @@ func TestKubernetesLease(t *testing.T) {
 	// Without renewal the lease expires for b, which takes it; a's
 	// leader-only writes and renewals are then refused.
 	waitFor(t, 10*time.Second, "lease expiry", func() error {
-		if c := kload(t, b); c.Leader != "" {
+		if c := loadCluster(t, b); c.Leader != "" {
 			return fmt.Errorf("leader still %q", c.Leader)
 		}
 		return nil
@@ -293,7 +294,7 @@ func TestKubernetesLease(t *testing.T) {
 	if err := a.Renew(ctx); !errors.Is(err, ErrLost) {
 		t.Fatalf("renew after takeover = %v, want ErrLost", err)
 	}
-	if c := kload(t, a); c.Leader != "b" || c.Status.Leader != "a" || c.Status.LSN != 5 {
+	if c := loadCluster(t, a); c.Leader != "b" || c.Status.Leader != "a" || c.Status.LSN != 5 {
 		t.Fatalf("after takeover: leader %q status %+v", c.Leader, c.Status)
 	}
 	// A restarted b (new Store, same name) adopts its own lease; the old
@@ -311,27 +312,7 @@ func TestKubernetesLease(t *testing.T) {
 	if err := b2.Renew(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Handover: holder gone, switchover recorded, in one step.
-	if err := b2.Handover(ctx, Switchover{From: "b", To: "a", HandedOverAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	c := kload(t, a)
-	if c.Leader != "" || c.Switchover == nil || c.Switchover.To != "a" {
-		t.Fatalf("after handover: leader %q switchover %+v", c.Leader, c.Switchover)
-	}
-	if err := b2.SetStatus(ctx, Status{Leader: "b"}); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("write after handover = %v", err)
-	}
-	if err := a.Acquire(ctx, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.ClearSwitchover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if c := kload(t, b); c.Leader != "" || c.Switchover != nil || c.Initialized != "42" {
+	if c := checkHandoverAndRelease(t, ctx, b2, a, b); c.Initialized != "42" {
 		t.Fatalf("after release: %+v", c)
 	}
 	l, err := f.cs.CoordinationV1().Leases(f.ns).Get(ctx, LeaseName("t"), metav1.GetOptions{})
@@ -345,11 +326,11 @@ func TestKubernetesLease(t *testing.T) {
 	if err := x.Acquire(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if c := kload(t, y); c.Bootstrapping != "x" {
+	if c := loadCluster(t, y); c.Bootstrapping != "x" {
 		t.Fatalf("bootstrapping: %+v", c)
 	}
 	waitFor(t, 10*time.Second, "bootstrap marker expiry", func() error {
-		if c := kload(t, y); c.Bootstrapping != "" || c.Leader != "" {
+		if c := loadCluster(t, y); c.Bootstrapping != "" || c.Leader != "" {
 			return fmt.Errorf("%+v", c)
 		}
 		return nil
@@ -401,7 +382,7 @@ func TestKubernetesMembersAndWatch(t *testing.T) {
 	if err := a.PublishMember(ctx, m, false); err != nil {
 		t.Fatal(err)
 	}
-	if c := kload(t, reader); c.Members["a"].ReceivedLSN != 7 || c.Members["a"].Name != "a" || c.Members["a"].Rev == 0 {
+	if c := loadCluster(t, reader); c.Members["a"].ReceivedLSN != 7 || c.Members["a"].Name != "a" || c.Members["a"].Rev == 0 {
 		t.Fatalf("members %+v", c.Members)
 	}
 	labels, ann := pod()
@@ -467,12 +448,12 @@ func TestKubernetesMembersAndWatch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("control watch did not fire when the lease expired")
 	}
-	if c := kload(t, reader); c.Leader != "" {
+	if c := loadCluster(t, reader); c.Leader != "" {
 		t.Fatalf("leader %q after expiry", c.Leader)
 	}
 	// An agent that stops publishing disappears after the TTL.
 	waitFor(t, 10*time.Second, "member record expiry", func() error {
-		if c := kload(t, reader); len(c.Members) != 0 {
+		if c := loadCluster(t, reader); len(c.Members) != 0 {
 			return fmt.Errorf("members %v", c.Members)
 		}
 		return nil
@@ -483,7 +464,7 @@ func TestKubernetesMembersAndWatch(t *testing.T) {
 	if err := a.PublishMember(ctx, m, false); err != nil {
 		t.Fatal(err)
 	}
-	if c := kload(t, reader); c.Members["a"].ConnAddr != m.ConnAddr {
+	if c := loadCluster(t, reader); c.Members["a"].ConnAddr != m.ConnAddr {
 		t.Fatalf("republished: %+v", c.Members)
 	}
 	if err := a.DeleteMember(ctx); err != nil {
@@ -493,7 +474,7 @@ func TestKubernetesMembersAndWatch(t *testing.T) {
 	if _, ok := ann[MemberAnnotation]; ok || labels[RoleLabel] != "" {
 		t.Fatalf("after DeleteMember: labels %v annotations %v", labels, ann)
 	}
-	if c := kload(t, reader); len(c.Members) != 0 {
+	if c := loadCluster(t, reader); len(c.Members) != 0 {
 		t.Fatalf("members after delete: %v", c.Members)
 	}
 	cancel()
