@@ -114,57 +114,61 @@ func TestFaultLink(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	// relays reports whether a byte sent on c comes back; silent (a read
-	// deadline) is false, a closed connection an error.
-	relays := func(c net.Conn) (bool, error) {
+	// relays checks whether a byte sent on c comes back: a relaying link
+	// echoes it (waited for up to 10s), a silent one neither answers
+	// within 300ms nor closes.
+	relays := func(c net.Conn, want bool) {
+		t.Helper()
 		if _, err := c.Write([]byte{'x'}); err != nil {
-			return false, err
+			t.Fatal(err)
 		}
-		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		wait := 10 * time.Second
+		if !want {
+			wait = 300 * time.Millisecond
+		}
+		_ = c.SetReadDeadline(time.Now().Add(wait))
 		defer c.SetReadDeadline(time.Time{})
 		_, err := c.Read(make([]byte, 1))
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return false, nil
+		switch {
+		case want && err != nil:
+			t.Fatalf("not relayed: %v", err)
+		case !want && err == nil:
+			t.Fatal("relayed while silent")
+		case !want && !errors.Is(err, os.ErrDeadlineExceeded):
+			t.Fatalf("closed while silent: %v", err)
 		}
-		return err == nil, err
 	}
-	// closed waits until the link closes c.
+	// closed waits until the link closes c (a FIN or a reset).
 	closed := func(c net.Conn) {
 		t.Helper()
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.Copy(io.Discard, c); err != nil {
-			t.Fatalf("connection not closed by the link: %v", err)
-		}
-	}
-	mustRelay := func(c net.Conn, want bool) {
-		t.Helper()
-		if got, err := relays(c); got != want || err != nil {
-			t.Fatalf("relays = %v, %v; want %v", got, err, want)
+		if _, err := io.Copy(io.Discard, c); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("connection not closed by the link")
 		}
 	}
 
 	before := dial()
-	mustRelay(before, true)
+	relays(before, true)
 
 	l.Silence(t)
 	during := dial()
-	mustRelay(before, false)
-	mustRelay(during, false)
+	relays(before, false)
+	relays(during, false)
 
 	l.Heal(t)
 	closed(before)
 	closed(during)
 	after := dial()
-	mustRelay(after, true)
+	relays(after, true)
 
 	l.Cut(t)
 	closed(after)
 	held := dial()
-	mustRelay(held, false)
+	relays(held, false)
 
 	l.Heal(t)
 	closed(held)
-	mustRelay(dial(), true)
+	relays(dial(), true)
 }
 
 // startEcho runs a TCP echo server until the test ends.
