@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -150,112 +149,6 @@ func startEtcd(t *testing.T, bin, dir string) *etcdProc {
 	return e
 }
 
-// faultProxy relays TCP to a target until Cut: then it closes every
-// relayed connection and holds new ones open without relaying anything, as
-// a network partition does, until Restore.
-type faultProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func newFaultProxy(t *testing.T, target string) *faultProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &faultProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *faultProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *faultProxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut := p.cut
-		p.conns[c] = true
-		p.mu.Unlock()
-		if cut {
-			continue // held open, never relayed
-		}
-		p.wg.Go(func() { p.relay(c) })
-	}
-}
-
-func (p *faultProxy) relay(c net.Conn) {
-	defer p.drop(c)
-	s, err := net.DialTimeout("tcp", p.target, 2*time.Second)
-	if err != nil {
-		return
-	}
-	p.mu.Lock()
-	if p.cut {
-		p.mu.Unlock()
-		s.Close()
-		return
-	}
-	p.conns[s] = true
-	p.mu.Unlock()
-	defer p.drop(s)
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(s, c); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(c, s); done <- struct{}{} }()
-	<-done
-	c.Close()
-	s.Close()
-	<-done
-}
-
-func (p *faultProxy) drop(c net.Conn) {
-	c.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-}
-
-func (p *faultProxy) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-// Cut partitions the client from the target.
-func (p *faultProxy) Cut() {
-	p.mu.Lock()
-	p.cut = true
-	p.mu.Unlock()
-	p.closeAll()
-}
-
-// Restore ends the partition; held connections are closed so the client
-// reconnects at once.
-func (p *faultProxy) Restore() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
-	p.closeAll()
-}
-
-func (p *faultProxy) close() {
-	p.ln.Close()
-	p.closeAll()
-	p.wg.Wait()
-}
-
 // agentProc is one `pgrouter agent` and its PostgreSQL.
 type agentProc struct {
 	t       *testing.T
@@ -270,7 +163,7 @@ type agentProc struct {
 	cred    *syscall.Credential
 	bin     string
 	logPath string
-	etcd    *faultProxy
+	etcd    *faultLink // the agent's link to etcd
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -492,7 +385,7 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 		if o.store != nil {
 			store = o.store(a)
 		} else {
-			a.etcd = newFaultProxy(t, c.etcd.Client)
+			a.etcd = newFaultLink(t, c.etcd.Client)
 			store = []string{"--name", name, "--dcs", "etcd", "--etcd-endpoints", a.etcd.Addr()}
 		}
 		a.args = append([]string{"agent", "--scope", agentScope}, store...)

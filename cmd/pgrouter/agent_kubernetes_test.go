@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,112 +51,6 @@ const agentRBAC = "../../configs/kubernetes/agent-rbac.yaml"
 var agentKubeRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch"}},
 	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch", "patch"}},
-}
-
-// silentLink relays TCP to a target. Drop partitions it as a real
-// network does: nothing is closed, every byte is lost, on the connections
-// open at the time (forever: their state is gone, as behind a rebooted
-// NAT) and on new ones until Heal. Clients must notice by themselves.
-type silentLink struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	epoch  int // incremented by Drop; a connection relays while its epoch is current and not dropped
-	down   bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func newSilentLink(t *testing.T, target string) *silentLink {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &silentLink{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	l.wg.Go(l.accept)
-	t.Cleanup(l.close)
-	return l
-}
-
-func (l *silentLink) Addr() string { return l.ln.Addr().String() }
-
-// Drop starts the partition.
-func (l *silentLink) Drop() {
-	l.mu.Lock()
-	l.epoch++
-	l.down = true
-	l.mu.Unlock()
-}
-
-// Heal ends it for connections made from now on.
-func (l *silentLink) Heal() {
-	l.mu.Lock()
-	l.epoch++
-	l.down = false
-	l.mu.Unlock()
-}
-
-// live reports whether a connection of epoch may carry bytes.
-func (l *silentLink) live(epoch int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return epoch == l.epoch && !l.down
-}
-
-func (l *silentLink) accept() {
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		l.mu.Lock()
-		epoch := l.epoch
-		l.conns[c] = true
-		l.mu.Unlock()
-		l.wg.Go(func() { l.relay(c, epoch) })
-	}
-}
-
-func (l *silentLink) relay(c net.Conn, epoch int) {
-	s, err := net.DialTimeout("tcp", l.target, 2*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	l.mu.Lock()
-	l.conns[s] = true
-	l.mu.Unlock()
-	pump := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 && l.live(epoch) {
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					break
-				}
-			}
-			if err != nil {
-				break
-			}
-		}
-		c.Close()
-		s.Close()
-	}
-	done := make(chan struct{})
-	go func() { pump(s, c); close(done) }()
-	pump(c, s)
-	<-done
-}
-
-func (l *silentLink) close() {
-	l.ln.Close()
-	l.mu.Lock()
-	for c := range l.conns {
-		c.Close()
-	}
-	l.mu.Unlock()
-	l.wg.Wait()
 }
 
 // writeKubeconfig writes a kubeconfig for cfg into dir that the agents' OS
@@ -268,7 +161,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 	agentCfg := env.Token(t, ns, "pgrouter-agent")
 	proxyCfg := env.Token(t, ns, "pgrouter-proxy")
 	apiServer := strings.TrimPrefix(env.Config.Host, "https://")
-	links := map[string]*silentLink{} // agent name -> its link to the API server
+	links := map[string]*faultLink{} // agent name -> its link to the API server
 	var proxyKubeconfig string
 	c := startAgentCluster(t, agentOptions{
 		synchronous: true,
@@ -277,7 +170,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 			if proxyKubeconfig == "" {
 				proxyKubeconfig = writeKubeconfig(t, dir, "proxy", proxyCfg, a.cred)
 			}
-			links[a.Name] = newSilentLink(t, apiServer)
+			links[a.Name] = newFaultLink(t, apiServer)
 			cfg := rest.CopyConfig(agentCfg)
 			cfg.Host = "https://" + links[a.Name].Addr()
 			kubeconfig := writeKubeconfig(t, dir, "agent-"+a.Name, cfg, a.cred)
@@ -426,7 +319,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 
 	scenario("leader-partitioned-from-api-server", func(t *testing.T, ld *agentProc) *agentProc {
 		cut := time.Now()
-		links[ld.Name].Drop()
+		links[ld.Name].Silence(t)
 		var fenced, promoted time.Time
 		var nl *agentProc
 		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
@@ -451,8 +344,9 @@ func TestKubernetesAgentFailover(t *testing.T) {
 		}
 		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
 			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
-		// The agent must notice by itself that its connections died.
-		links[ld.Name].Heal()
+		// The agent had to notice the partition by itself: its connections
+		// stayed open and silent. Heal closes them; it reconnects.
+		links[ld.Name].Heal(t)
 		return nl
 	})
 }

@@ -74,7 +74,7 @@ func TestAgentFailover(t *testing.T) {
 
 	scenario("leader-partitioned-from-etcd", func(t *testing.T, ld *agentProc) {
 		cut := time.Now()
-		ld.etcd.Cut()
+		ld.etcd.Cut(t)
 		var fenced, promoted time.Time
 		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
 			if fenced.IsZero() && !acceptsConnections(ld) {
@@ -98,7 +98,7 @@ func TestAgentFailover(t *testing.T) {
 		}
 		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
 			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
-		ld.etcd.Restore()
+		ld.etcd.Heal(t)
 	})
 
 	scenario("planned-switchover", func(t *testing.T, ld *agentProc) {

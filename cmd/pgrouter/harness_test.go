@@ -93,14 +93,36 @@ type proxyProc struct {
 	exitErr     error
 }
 
+// given holds every address freeAddr returned in this process.
+var given struct {
+	mu    sync.Mutex
+	addrs map[string]bool
+}
+
+// freeAddr returns a loopback address free at the time of the call, never
+// one it returned before: the kernel may hand out a port again as soon as
+// it is closed, and two listeners of one process must not get the same.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	given.mu.Lock()
+	defer given.mu.Unlock()
+	if given.addrs == nil {
+		given.addrs = map[string]bool{}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !given.addrs[addr] {
+			given.addrs[addr] = true
+			return addr
+		}
+	}
+	t.Fatal("freeAddr: the kernel returned only addresses already given out")
+	return ""
 }
 
 func backends(nodes []*pgtest.Node) string {
