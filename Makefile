@@ -4,12 +4,16 @@
 #   PGR_FUZZTIME      time per fuzz target in `make fuzz` (default 10s)
 #   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
 #   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary (default bin/)
+#   PGR_CHAOS_FAULTS  faults of the short chaos campaign `make test` runs (default 8)
 
 GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
 PGR_FUZZTIME ?= 10s
+PGR_CHAOS_FAULTS ?= 8
+FAULTS ?= 100
+SEED ?= 0
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite
+.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite chaos
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -35,6 +39,7 @@ ensure-etcd:
 test: ensure-postgres ensure-etcd vet fmt-check
 	PGR_ETCD_BIN=$$(sh tools/etcd/ensure.sh) $(GO) test -race -count=1 -timeout $(PGR_TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
+	$(MAKE) chaos FAULTS=$(PGR_CHAOS_FAULTS) SEED=$(SEED)
 
 # fuzz runs every Fuzz target of every package for PGR_FUZZTIME each. `go
 # test -list` prints a package's matching names and then "ok <package>";
@@ -68,6 +73,13 @@ bench:
 # the proxy's read-write port (see bench/failover.sh for its knobs).
 bench-failover: build ensure-etcd
 	bash bench/failover.sh
+
+# chaos: FAULTS faults drawn from SEED (0: a random seed, printed) under
+# clients through both proxies, then the history checked (see
+# internal/chaos and the README's "Chaos testing"). Needs root. A failing
+# run prints the seed and keeps the history and every log.
+chaos: build ensure-postgres ensure-etcd
+	$(GO) run ./cmd/chaos -faults $(FAULTS) -seed $(SEED) -pgrouter bin/pgrouter -etcd "$$(sh tools/etcd/ensure.sh)"
 
 clean:
 	rm -rf bin
