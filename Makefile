@@ -12,8 +12,9 @@ PGR_FUZZTIME ?= 10s
 PGR_CHAOS_FAULTS ?= 8
 FAULTS ?= 100
 SEED ?= 0
+DURATION ?= 30m
 
-.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite chaos
+.PHONY: build test vet fmt-check fuzz demo demo-ha demo-static bench bench-failover clean ensure-postgres ensure-etcd pgx-suite chaos soak
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -80,6 +81,12 @@ bench-failover: build ensure-etcd
 # run prints the seed and keeps the history and every log.
 chaos: build ensure-postgres ensure-etcd
 	$(GO) run ./cmd/chaos -faults $(FAULTS) -seed $(SEED) -pgrouter bin/pgrouter -etcd "$$(sh tools/etcd/ensure.sh)"
+
+# soak: pgbench through every port of both proxies for DURATION with
+# connection churn and a few switchovers; the proxies' RSS, goroutines and
+# descriptors are sampled and must end flat. Needs root. Not part of `make test`.
+soak: build ensure-postgres ensure-etcd
+	$(GO) run ./cmd/chaos -soak $(DURATION) -pgrouter bin/pgrouter -etcd "$$(sh tools/etcd/ensure.sh)"
 
 clean:
 	rm -rf bin

@@ -35,11 +35,12 @@ func main() {
 	only := flag.String("only", "", "comma-separated fault names to draw from (default: all)")
 	keep := flag.Bool("keep", false, "keep the directory even when the run passes")
 	checkTimeout := flag.Duration("check-timeout", 5*time.Minute, "time limit of the linearizability check")
+	soak := flag.Duration("soak", 0, "instead of the campaign: pgbench through every proxy port this long, with churn and switchovers, sampling the proxies' RSS, goroutines and descriptors")
 	flag.Parse()
-	os.Exit(run(*faults, *seed, *dir, *bin, *etcd, *only, *keep, *checkTimeout))
+	os.Exit(run(*faults, *seed, *dir, *bin, *etcd, *only, *keep, *checkTimeout, *soak))
 }
 
-func run(faults int, seed uint64, dir, bin, etcd, only string, keep bool, checkTimeout time.Duration) int {
+func run(faults int, seed uint64, dir, bin, etcd, only string, keep bool, checkTimeout, soak time.Duration) int {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "chaos: needs root (network namespaces, agents run as the postgres user)")
 		if os.Getenv("CI") != "" {
@@ -77,6 +78,9 @@ func run(faults int, seed uint64, dir, bin, etcd, only string, keep bool, checkT
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if soak > 0 {
+		return runSoak(ctx, soak, dir, bin, etcd, keep)
+	}
 	var names []string
 	if only != "" {
 		names = strings.Split(only, ",")
@@ -92,12 +96,31 @@ func run(faults int, seed uint64, dir, bin, etcd, only string, keep bool, checkT
 	}
 	res.Summary(os.Stdout)
 	if len(res.Failures) > 0 || ctx.Err() != nil {
-		fmt.Printf("replay: go run ./cmd/chaos -faults %d -seed %d\nhistory and logs kept in %s:\n", faults, seed, dir)
+		fmt.Printf("replay: make chaos FAULTS=%d SEED=%d\nhistory and logs kept in %s:\n", faults, seed, dir)
 		logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 		more, _ := filepath.Glob(filepath.Join(dir, "n*", "postgresql.log"))
 		for _, l := range append(append(logs, more...), filepath.Join(dir, "history.json")) {
 			fmt.Println("  " + l)
 		}
+		return 1
+	}
+	if !keep {
+		os.RemoveAll(dir)
+	}
+	return 0
+}
+
+func runSoak(ctx context.Context, d time.Duration, dir, bin, etcd string, keep bool) int {
+	fmt.Printf("soak: %v, files in %s\n", d, dir)
+	began := time.Now()
+	res, err := chaos.RunSoak(ctx, chaos.SoakConfig{Duration: d, Dir: dir, PGRouter: bin, Etcd: etcd, Out: os.Stdout})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "soak: %v\nsoak: files kept in %s\n", err, dir)
+		return 2
+	}
+	res.Table(os.Stdout, min(d, time.Since(began)).Seconds())
+	if len(res.Failures) > 0 || ctx.Err() != nil {
+		fmt.Printf("logs kept in %s\n", dir)
 		return 1
 	}
 	if !keep {

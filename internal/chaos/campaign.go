@@ -188,6 +188,11 @@ func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result,
 		res.Failures = append(res.Failures, msg)
 		logf("CHECK FAILED: %s", msg)
 	}
+	for _, op := range ops {
+		if op.OK && (op.Kind == Write || op.Kind == CAS && op.Applied) {
+			res.Acked++
+		}
+	}
 	ld, err := c.WaitHealthy(ctx, 120*time.Second)
 	if err != nil {
 		fail("final: %v", err)
@@ -200,11 +205,6 @@ func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result,
 	if err != nil {
 		fail("read wlog on %s: %v", ld.Name, err)
 		return
-	}
-	for _, op := range ops {
-		if op.OK && (op.Kind == Write || op.Kind == CAS && op.Applied) {
-			res.Acked++
-		}
 	}
 	for _, op := range LostWrites(ops, committed) {
 		fail("acknowledged write lost: %s", op)

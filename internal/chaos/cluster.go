@@ -377,6 +377,16 @@ func (c *Cluster) Healthy(ctx context.Context) (*Member, error) {
 	if sync != 1 {
 		return nil, fmt.Errorf("%d synchronous standbys (%v)", sync, streaming)
 	}
+	// Until the leader records its synchronous standby in etcd (one loop
+	// after the standby caught up), no member may be promoted: a cluster
+	// is ready for the next fault only once that is done.
+	st, err := ld.Status()
+	if err != nil {
+		return nil, fmt.Errorf("%s /status: %w", ld.Name, err)
+	}
+	if st.Sync == nil || st.Sync.Leader != ld.Name || streaming[st.Sync.Standby] != "sync" {
+		return nil, fmt.Errorf("synchronous standby not recorded yet (record %+v, streaming %v)", st.Sync, streaming)
+	}
 	for _, p := range c.Proxies {
 		if !p.Proc.Running() {
 			return nil, fmt.Errorf("proxy %s is not running (log %s)", p.Name, p.Proc.log)
