@@ -51,8 +51,8 @@ type FaultRecord struct {
 	Target string
 	// Times since the history started.
 	Injected, Healed, Healthy int64
-	// Recovery is how long after the injection writes succeeded again
-	// (0: they never failed).
+	// Recovery is how long after the injection every client had a write
+	// called after the injection acknowledged.
 	Recovery time.Duration
 	Errors   map[string]int
 	// Failed lists the checks this fault's window failed.
@@ -243,30 +243,29 @@ func attribute(res *Result, t int64, what string) {
 
 // window summarizes the operations around one fault: the errors that
 // ended between the injection and the cluster's recovery, and how long
-// after the injection every client that saw an error had a write
-// acknowledged again (0: no client saw an error).
+// after the injection every client had its first write called after the
+// injection acknowledged (writes that stall count as well as writes that
+// fail; a fault that does not touch writes shows as a few milliseconds).
 func window(ops []Op, from, to int64) (time.Duration, map[string]int) {
 	errs := map[string]int{}
-	lastErr := map[int]int64{}
+	first := map[int]int64{}
 	for _, op := range ops {
-		if op.OK || op.Ret < from || op.Ret > to {
-			continue
+		if !op.OK && op.Ret >= from && op.Ret <= to {
+			errs[op.Err]++
 		}
-		errs[op.Err]++
-		if op.Call > lastErr[op.Client] || lastErr[op.Client] == 0 {
-			lastErr[op.Client] = max(op.Call, 1)
+		if op.OK && op.Kind != Read && op.Call >= from {
+			if f, ok := first[op.Client]; !ok || op.Ret < f {
+				first[op.Client] = op.Ret
+			}
 		}
 	}
 	var worst int64
-	for client, last := range lastErr {
-		first := to
-		for _, op := range ops {
-			if op.Client == client && op.OK && op.Kind != Read && op.Call >= last {
-				first = op.Ret
-				break
-			}
+	for _, op := range ops {
+		f, ok := first[op.Client]
+		if !ok {
+			f = max(to, op.Ret) // never wrote again: at least until recovery
 		}
-		worst = max(worst, first-from)
+		worst = max(worst, f-from)
 	}
 	return time.Duration(worst), errs
 }
