@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,8 +52,8 @@ type FaultRecord struct {
 	Target string
 	// Times since the history started.
 	Injected, Healed, Healthy int64
-	// Recovery is how long after the injection every client had a write
-	// called after the injection acknowledged.
+	// Recovery is the write outage: the longest time a client went
+	// without an acknowledged write after the injection (see window).
 	Recovery time.Duration
 	Errors   map[string]int
 	// Failed lists the checks this fault's window failed.
@@ -163,7 +164,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 		}
 		sleep(ctx, time.Duration(1000+rng.IntN(2000))*time.Millisecond)
-		rec.Recovery, rec.Errors = window(h.Ops(), rec.Injected, rec.Healthy)
+		rec.Recovery, rec.Errors = window(h.Ops(), rec.Injected, h.Now())
 		res.Faults = append(res.Faults, rec)
 		logf("%s", rec.Line(cfg.Faults))
 		for _, f := range rec.Failed {
@@ -241,31 +242,38 @@ func attribute(res *Result, t int64, what string) {
 	}
 }
 
-// window summarizes the operations around one fault: the errors that
-// ended between the injection and the cluster's recovery, and how long
-// after the injection every client had its first write called after the
-// injection acknowledged (writes that stall count as well as writes that
-// fail; a fault that does not touch writes shows as a few milliseconds).
+// window summarizes the operations around one fault, from its injection
+// to the end of the recovery pause: the errors that ended in it, and the
+// write outage, the longest time any client went without a write
+// acknowledged (counted from the injection). It catches writes that fail,
+// writes that stall, and an outage that starts late (a killed agent's
+// lease running out). A client untouched by the fault shows its usual
+// gap between writes, some tens of milliseconds.
 func window(ops []Op, from, to int64) (time.Duration, map[string]int) {
 	errs := map[string]int{}
-	first := map[int]int64{}
+	prev := map[int]int64{}
 	for _, op := range ops {
 		if !op.OK && op.Ret >= from && op.Ret <= to {
 			errs[op.Err]++
 		}
-		if op.OK && op.Kind != Read && op.Call >= from {
-			if f, ok := first[op.Client]; !ok || op.Ret < f {
-				first[op.Client] = op.Ret
-			}
+		if _, ok := prev[op.Client]; !ok {
+			prev[op.Client] = from
+		}
+	}
+	acks := map[int][]int64{}
+	for _, op := range ops {
+		if op.OK && op.Kind != Read && op.Ret > from && op.Ret <= to {
+			acks[op.Client] = append(acks[op.Client], op.Ret)
 		}
 	}
 	var worst int64
-	for _, op := range ops {
-		f, ok := first[op.Client]
-		if !ok {
-			f = max(to, op.Ret) // never wrote again: at least until recovery
+	for client, last := range prev {
+		ts := acks[client]
+		slices.Sort(ts)
+		for _, t := range append(ts, to) {
+			worst = max(worst, t-last)
+			last = t
 		}
-		worst = max(worst, f-from)
 	}
 	return time.Duration(worst), errs
 }

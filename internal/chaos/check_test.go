@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -8,7 +9,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("CHAOS_TEST_LISTEN"); addr != "" {
+		serveTCP(addr)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func w(client, key int, v int64, call, ret int64, member string, tl int32) Op {
 	return Op{Client: client, Kind: Write, Key: key, Value: v, Call: call, Ret: ret, OK: true, Member: member, Timeline: tl}
@@ -94,13 +100,18 @@ func TestOverlaps(t *testing.T) {
 func TestWindow(t *testing.T) {
 	ops := []Op{
 		w(0, 0, 1, 0, 1, "a", 1),
-		failed(w(0, 0, 2, 10, 15, "", 0)),
-		w(1, 0, 3, 8, 20, "b", 2), // stalled across the injection
-		w(0, 0, 4, 16, 17, "b", 2),
-		w(1, 0, 5, 21, 30, "b", 2),
+		w(1, 0, 2, 0, 2, "a", 1),
+		w(0, 0, 3, 11, 12, "a", 1), // client 0 writes on for a while
+		failed(w(0, 0, 4, 13, 15, "", 0)),
+		w(1, 0, 5, 8, 20, "b", 2), // client 1 stalled across the injection
+		w(0, 0, 6, 16, 40, "b", 2),
+		w(1, 0, 7, 21, 22, "b", 2),
 	}
-	rec, errs := window(ops, 10, 25)
-	if rec != 20 || errs["conn-lost"] != 1 {
-		t.Fatalf("window = %v, %v; want 20ns (client 1's first write called after 10 acknowledged at 30) and 1 error", rec, errs)
+	out, errs := window(ops, 10, 50)
+	if out != 28 || errs["conn-lost"] != 1 {
+		t.Fatalf("window = %v, %v; want 28ns (client 0 between 12 and 40) and 1 error", out, errs)
+	}
+	if out, _ := window(ops, 10, 30); out != 18 {
+		t.Fatalf("window to 30 = %v; want 18ns (client 0 from 12 to the end)", out)
 	}
 }

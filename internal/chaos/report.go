@@ -16,7 +16,7 @@ func (r FaultRecord) Line(total int) string {
 	if len(r.Failed) > 0 {
 		status = "FAILED: " + strings.Join(r.Failed, "; ")
 	}
-	return fmt.Sprintf("fault %d/%d %-24s target=%s held=%v writes-ok-after=%v healthy-after=%v errors=%s %s",
+	return fmt.Sprintf("fault %d/%d %-24s target=%s held=%v write-outage=%v healthy-after=%v errors=%s %s",
 		r.N, total, r.Name, r.Target, ms(r.Healed-r.Injected), r.Recovery.Round(time.Millisecond),
 		ms(r.Healthy-r.Injected), formatCounts(r.Errors), status)
 }
@@ -58,7 +58,7 @@ func (res *Result) Summary(w io.Writer) {
 			a.failed++
 		}
 	}
-	fmt.Fprintf(w, "\n%-24s %5s %14s %12s %7s  %s\n", "fault", "count", "recovery p50", "max", "failed", "client errors by SQLSTATE/class")
+	fmt.Fprintf(w, "\n%-24s %5s %14s %12s %7s  %s\n", "fault", "count", "outage p50", "max", "failed", "client errors by SQLSTATE/class")
 	for _, name := range slices.Sorted(maps.Keys(byName)) {
 		a := byName[name]
 		sort.Slice(a.recovery, func(i, j int) bool { return a.recovery[i] < a.recovery[j] })
