@@ -123,6 +123,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 		}
 	}
+	// seen[v] bounds when a write whose client saw an error committed:
+	// after each fault the leader is asked which of those writes' rows it
+	// has (see barrier).
+	seen := map[int64]int64{}
 	stopped := false
 	stop := func() {
 		if !stopped {
@@ -164,6 +168,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 		}
 		sleep(ctx, time.Duration(1000+rng.IntN(2000))*time.Millisecond)
+		if err := barrier(ctx, c, h, seen); err != nil {
+			logf("barrier after fault %d: %v", n, err)
+		}
 		rec.Recovery, rec.Errors = window(h.Ops(), rec.Injected, h.Now())
 		res.Faults = append(res.Faults, rec)
 		logf("%s", rec.Line(cfg.Faults))
@@ -173,12 +180,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	stop()
 	logf("clients stopped; final checks")
-	final(ctx, c, h, cfg, res, logf)
+	final(ctx, c, h, cfg, res, seen, logf)
 	return res, nil
 }
 
 // final runs the checks at the end of a campaign and writes history.json.
-func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result, logf func(string, ...any)) {
+func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result, seen map[int64]int64, logf func(string, ...any)) {
 	ops := h.Ops()
 	res.Ops = len(ops)
 	if b, err := json.Marshal(ops); err == nil {
@@ -207,11 +214,21 @@ func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result,
 		fail("read wlog on %s: %v", ld.Name, err)
 		return
 	}
+	// What is committed now committed before this read returned.
+	readAt := h.Now()
+	for v := range committed {
+		if _, ok := seen[v]; !ok {
+			seen[v] = readAt
+		}
+	}
 	for _, op := range LostWrites(ops, committed) {
 		fail("acknowledged write lost: %s", op)
 		attribute(res, op.Ret, "acknowledged write lost")
 	}
-	resolved := Resolve(ops, committed)
+	resolved := Resolve(ops, committed, seen)
+	if b, err := json.Marshal(resolved); err == nil {
+		_ = os.WriteFile(filepath.Join(cfg.Dir, "resolved.json"), b, 0o644)
+	}
 	for _, o := range Overlaps(Eras(resolved)) {
 		fail("%s: first %s; last %s", o.Reason, o.B.First, o.A.Last)
 		attribute(res, o.A.LastCall, "two members accepted writes")
@@ -230,6 +247,51 @@ func final(ctx context.Context, c *Cluster, h *History, cfg Config, res *Result,
 	}
 	logf("checked %d operations (%d acknowledged writes, %d committed) in %v: linearizability %s",
 		len(ops), res.Acked, len(committed), time.Since(start).Round(time.Millisecond), lin)
+}
+
+// barrier asks the leader which writes whose clients saw an error have
+// their row, and records the time the answer came back: those writes had
+// committed by then. Without this bound such a write stays concurrent with
+// every later operation, and a few hundred of them make the
+// linearizability search explode.
+func barrier(ctx context.Context, c *Cluster, h *History, seen map[int64]int64) error {
+	var pending []int64
+	for _, op := range h.Ops() {
+		if !op.OK && op.Kind != Read && op.Key >= 0 {
+			if _, ok := seen[op.Value]; !ok {
+				pending = append(pending, op.Value)
+			}
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	ld, err := c.Leader()
+	if err != nil {
+		return err
+	}
+	conn, err := connect(ctx, ld.PGAddr())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	rows, _ := conn.Query(ctx, "SELECT v FROM wlog WHERE v = ANY($1)", pending)
+	var found []int64
+	for rows.Next() {
+		var v int64
+		if err := rows.Scan(&v); err != nil {
+			return err
+		}
+		found = append(found, v)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	now := h.Now()
+	for _, v := range found {
+		seen[v] = now
+	}
+	return nil
 }
 
 // attribute adds a failed check to the fault whose window holds t.

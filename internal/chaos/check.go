@@ -10,17 +10,19 @@ import (
 )
 
 // Never is the return time of an operation whose client saw an error but
-// which committed all the same: it took effect at some unknown moment
-// after its call, so it stays concurrent with everything after it.
+// which committed all the same, when nothing bounds the moment it took
+// effect: it stays concurrent with everything after its call.
 const Never = math.MaxInt64
 
 // Resolve settles the operations whose outcome the client could not know.
 // committed holds the values of wlog on the final primary: a failed write
-// or compare-and-set whose value is there committed (it is kept, applied,
-// with return time Never); one whose value is not there never took effect
-// (or took effect and was lost, which the reads that saw it reveal), and
-// is dropped. Failed reads are dropped: they changed nothing.
-func Resolve(ops []Op, committed map[int64]bool) []Op {
+// or compare-and-set whose value is there committed, and is kept as
+// applied; one whose value is not there never took effect (or took effect
+// and was lost, which the reads that saw it reveal) and is dropped. A kept
+// one returns at seen[value], the time by which a query on the leader had
+// seen its row (so it had committed), or Never. Failed reads are dropped:
+// they changed nothing.
+func Resolve(ops []Op, committed map[int64]bool, seen map[int64]int64) []Op {
 	var out []Op
 	for _, op := range ops {
 		if op.OK {
@@ -31,6 +33,9 @@ func Resolve(ops []Op, committed map[int64]bool) []Op {
 			continue
 		}
 		op.Ret = Never
+		if t, ok := seen[op.Value]; ok && t >= op.Call {
+			op.Ret = t
+		}
 		op.Applied = true
 		out = append(out, op)
 	}

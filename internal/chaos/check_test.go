@@ -39,27 +39,32 @@ func TestLinearizable(t *testing.T) {
 		name      string
 		ops       []Op
 		committed []int64
+		seen      map[int64]int64
 		want      porcupine.CheckResult
 	}{
-		{"sequential", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 0, 1, 2, 3), cas(0, 0, 1, 2, true, 4, 5), r(1, 0, 2, 6, 7)}, nil, porcupine.Ok},
-		{"initial zero", []Op{r(0, 0, 0, 0, 1), cas(0, 0, 0, 5, true, 2, 3)}, nil, porcupine.Ok},
-		{"stale read", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 0, 0, 2, 3)}, nil, porcupine.Illegal},
-		{"concurrent read may see either", []Op{w(0, 0, 1, 0, 10, "a", 1), r(1, 0, 0, 2, 3), r(2, 0, 1, 4, 5)}, nil, porcupine.Ok},
-		{"cas that should have applied", []Op{w(0, 0, 1, 0, 1, "a", 1), cas(1, 0, 1, 2, false, 2, 3)}, nil, porcupine.Illegal},
-		{"keys are independent", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 1, 0, 2, 3)}, nil, porcupine.Ok},
+		{"sequential", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 0, 1, 2, 3), cas(0, 0, 1, 2, true, 4, 5), r(1, 0, 2, 6, 7)}, nil, nil, porcupine.Ok},
+		{"initial zero", []Op{r(0, 0, 0, 0, 1), cas(0, 0, 0, 5, true, 2, 3)}, nil, nil, porcupine.Ok},
+		{"stale read", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 0, 0, 2, 3)}, nil, nil, porcupine.Illegal},
+		{"concurrent read may see either", []Op{w(0, 0, 1, 0, 10, "a", 1), r(1, 0, 0, 2, 3), r(2, 0, 1, 4, 5)}, nil, nil, porcupine.Ok},
+		{"cas that should have applied", []Op{w(0, 0, 1, 0, 1, "a", 1), cas(1, 0, 1, 2, false, 2, 3)}, nil, nil, porcupine.Illegal},
+		{"keys are independent", []Op{w(0, 0, 1, 0, 1, "a", 1), r(1, 1, 0, 2, 3)}, nil, nil, porcupine.Ok},
 		// A write whose client saw an error but which committed may take
 		// effect any time after its call.
-		{"unacknowledged committed write seen later", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 0, 2, 3), r(1, 0, 7, 20, 21)}, []int64{7}, porcupine.Ok},
+		{"unacknowledged committed write seen later", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 0, 2, 3), r(1, 0, 7, 20, 21)}, []int64{7}, nil, porcupine.Ok},
+		// A query saw its row by 10: reads after that must see it (or a
+		// later value).
+		{"unacknowledged write seen by a barrier", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 7, 2, 3), r(1, 0, 0, 12, 13)}, []int64{7}, map[int64]int64{7: 10}, porcupine.Illegal},
+		{"unacknowledged write before a barrier", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 0, 2, 3), r(1, 0, 7, 12, 13)}, []int64{7}, map[int64]int64{7: 10}, porcupine.Ok},
 		// One that did not commit is dropped, so a read of it is a read of a
 		// value nobody wrote.
-		{"read of a write that never committed", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 7, 2, 3)}, nil, porcupine.Illegal},
+		{"read of a write that never committed", []Op{failed(w(0, 0, 7, 0, 1, "", 0)), r(1, 0, 7, 2, 3)}, nil, nil, porcupine.Illegal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			committed := map[int64]bool{}
 			for _, v := range tc.committed {
 				committed[v] = true
 			}
-			got, err := Linearizable(Resolve(tc.ops, committed), 10*time.Second, "")
+			got, err := Linearizable(Resolve(tc.ops, committed, tc.seen), 10*time.Second, "")
 			if err != nil || got != tc.want {
 				t.Fatalf("Linearizable = %v, %v; want %v", got, err, tc.want)
 			}
