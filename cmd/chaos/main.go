@@ -34,7 +34,7 @@ func main() {
 	etcd := flag.String("etcd", os.Getenv("PGR_ETCD_BIN"), "etcd binary (default $PGR_ETCD_BIN)")
 	only := flag.String("only", "", "comma-separated fault names to draw from (default: all)")
 	keep := flag.Bool("keep", false, "keep the directory even when the run passes")
-	checkTimeout := flag.Duration("check-timeout", 5*time.Minute, "time limit of the linearizability check")
+	checkTimeout := flag.Duration("check-timeout", 2*time.Minute, "time limit of the linearizability check")
 	soak := flag.Duration("soak", 0, "instead of the campaign: pgbench through every proxy port this long, with churn and switchovers, sampling the proxies' RSS, goroutines and descriptors")
 	flag.Parse()
 	os.Exit(run(*faults, *seed, *dir, *bin, *etcd, *only, *keep, *checkTimeout, *soak))

@@ -113,8 +113,14 @@ type Client struct {
 	ID   int
 	Addr string
 	H    *History
-	rng  *rand.Rand
-	seq  int64
+	// Direct clients connect to one member's PostgreSQL, bypassing the
+	// proxies, and only write: they find out whether a server that is no
+	// longer the leader (a paused or partitioned one) still acknowledges
+	// writes. Their reads would be stale by design there (the proxy is
+	// what keeps clients off such a server), so they do none.
+	Direct bool
+	rng    *rand.Rand
+	seq    int64
 	// last value this client saw per key, to aim compare-and-sets at a
 	// value that may still be there.
 	seen [Keys]int64
@@ -169,16 +175,29 @@ func (c *Client) Run(ctx context.Context) {
 		if err != nil {
 			conn.Close(context.Background())
 			conn = nil
+			if c.Direct {
+				// Standbys refuse every write: do not hammer them.
+				sleep(ctx, 200*time.Millisecond)
+			}
 			sleep(ctx, 20*time.Millisecond)
 			continue
 		}
-		sleep(ctx, time.Duration(10+c.rng.IntN(30))*time.Millisecond)
+		pace := time.Duration(10+c.rng.IntN(30)) * time.Millisecond
+		if c.Direct {
+			pace *= 4
+		}
+		sleep(ctx, pace)
 	}
 }
 
 func (c *Client) next() Op {
 	op := Op{Client: c.ID, Port: c.Addr, Key: c.rng.IntN(Keys)}
+	if c.Direct {
+		op.Port = "direct:" + c.Addr
+	}
 	switch r := c.rng.IntN(10); {
+	case c.Direct:
+		op.Kind = Write
 	case r < 4:
 		op.Kind = Read
 	case r < 7:
