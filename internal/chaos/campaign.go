@@ -70,6 +70,8 @@ type Result struct {
 	// Linearizability is porcupine's verdict.
 	Linearizability porcupine.CheckResult
 	Ops, Acked      int
+	// Unplanned counts leader changes between faults, with none injected.
+	Unplanned int
 }
 
 // Run runs the campaign. The error is about the harness itself (a cluster
@@ -150,9 +152,22 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Failures = append(res.Failures, "before any fault: "+err.Error())
 	}
 
+	lastLeader := ld.Name
 	for n := 1; n <= cfg.Faults && len(res.Failures) == 0 && ctx.Err() == nil; n++ {
 		f := faults[rng.IntN(len(faults))]
 		hold := f.Hold(rng)
+		// The cluster was healthy after the previous fault; it must still
+		// be (or be again) before the next. A leader change nobody caused
+		// is worth a line: it shows in the logs around that time.
+		now, err := c.WaitHealthy(ctx, 120*time.Second)
+		if err != nil {
+			res.Failures = append(res.Failures, fmt.Sprintf("before fault %d: %v", n, err))
+			break
+		}
+		if now.Name != lastLeader {
+			res.Unplanned++
+			logf("NOTE: leader changed from %s to %s with no fault injected", lastLeader, now.Name)
+		}
 		rec := FaultRecord{N: n, Name: f.Name, Injected: h.Now()}
 		target, heal, err := f.Inject(ctx, c, rng)
 		rec.Target = target
@@ -170,6 +185,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			rec.Failed = append(rec.Failed, err.Error())
 		}
 		rec.Healthy = h.Now()
+		if ld, err := c.Leader(); err == nil {
+			lastLeader = ld.Name
+		}
 		if len(rec.Failed) == 0 {
 			if err := waitClientsWrite(ctx, h, clients, rec.Healthy, 30*time.Second); err != nil {
 				rec.Failed = append(rec.Failed, "after recovery: "+err.Error())

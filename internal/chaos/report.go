@@ -66,8 +66,8 @@ func (res *Result) Summary(w io.Writer) {
 			a.recovery[len(a.recovery)/2].Round(time.Millisecond), a.recovery[len(a.recovery)-1].Round(time.Millisecond),
 			a.failed, formatCounts(a.errors))
 	}
-	fmt.Fprintf(w, "\n%d faults, %d operations, %d acknowledged writes; linearizability: %s\n",
-		len(res.Faults), res.Ops, res.Acked, res.Linearizability)
+	fmt.Fprintf(w, "\n%d faults, %d operations, %d acknowledged writes; linearizability: %s; %d leader changes between faults\n",
+		len(res.Faults), res.Ops, res.Acked, res.Linearizability, res.Unplanned)
 	if len(res.Failures) == 0 {
 		fmt.Fprintf(w, "PASS seed=%d\n", res.Seed)
 		return

@@ -152,7 +152,7 @@ func (c *Client) Run(ctx context.Context) {
 					// Recorded as a failed read of no key: counted among the
 					// errors, ignored by the checks.
 					now := c.H.Now()
-					c.H.add(Op{Client: c.ID, Port: c.Addr, Key: -1, Call: now, Ret: now, Err: "connect:" + errClass(err)})
+					c.H.add(Op{Client: c.ID, Port: c.port(), Key: -1, Call: now, Ret: now, Err: "connect:" + errClass(err)})
 				}
 				sleep(ctx, 50*time.Millisecond)
 				continue
@@ -190,11 +190,17 @@ func (c *Client) Run(ctx context.Context) {
 	}
 }
 
-func (c *Client) next() Op {
-	op := Op{Client: c.ID, Port: c.Addr, Key: c.rng.IntN(Keys)}
+// port names where the client's operations went: a proxy address, or
+// direct:<member address>.
+func (c *Client) port() string {
 	if c.Direct {
-		op.Port = "direct:" + c.Addr
+		return "direct:" + c.Addr
 	}
+	return c.Addr
+}
+
+func (c *Client) next() Op {
+	op := Op{Client: c.ID, Port: c.port(), Key: c.rng.IntN(Keys)}
 	switch r := c.rng.IntN(10); {
 	case c.Direct:
 		op.Kind = Write
