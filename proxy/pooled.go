@@ -265,7 +265,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
 	sess.srv.perMember[ps.member]++
 	sess.srv.mu.Unlock()
-	sess.logger().Debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
+	sess.debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
 
 	if sc != nil && mode == PoolTransaction {
 		ps.release(sc, true)

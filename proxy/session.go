@@ -53,6 +53,15 @@ func (s *Server) newSession(l *listener, nc net.Conn) *session {
 	return &session{id: id, srv: s, ln: l, client: nc}
 }
 
+// debug logs at debug level without making the session's logger when
+// that level is off: most sessions log nothing else.
+func (sess *session) debug(msg string, fields ...zap.Field) {
+	if !sess.srv.log.Core().Enabled(zap.DebugLevel) {
+		return
+	}
+	sess.logger().Debug(msg, fields...)
+}
+
 // logger returns the session's logger, made on first use: zap's With
 // copies an encoder with its buffer (about 1 KiB), too much to keep for
 // every idle session when most never log.
@@ -109,10 +118,10 @@ func (sess *session) ended(err error) {
 		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
 		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
 		writeClientError(sess.client, ce)
-		sess.logger().Debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
+		sess.debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
 		return
 	}
-	sess.logger().Debug("session ended", zap.Error(err))
+	sess.debug("session ended", zap.Error(err))
 }
 
 // run goes through the startup and relays until either side ends.
@@ -180,7 +189,7 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	sess.srv.metrics.routes.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name, dec.Role.String()).Inc()
 	sess.logMember.Store(&dec.Member.Name)
 	sess.lg.Store(nil)
-	sess.logger().Debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
+	sess.debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
 		zap.Stringer("role", dec.Role), zap.Bool("fallback", dec.Fallback))
 
 	// The topology may have changed between routing and now; the watcher
@@ -274,7 +283,7 @@ func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (
 		if timer == nil {
 			timer = time.NewTimer(cfg.PrimaryWait)
 			defer timer.Stop()
-			sess.logger().Debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
+			sess.debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
 		}
 		select {
 		case <-changed:

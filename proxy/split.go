@@ -265,7 +265,7 @@ func (ps *pooled) afterWrite(sc *pool.ServerConn, done chan struct{}) {
 	defer close(done)
 	lsn, err := queryLSN(sc, "SELECT pg_current_wal_insert_lsn()")
 	if err != nil {
-		ps.sess.logger().Debug("cannot read the write's LSN", zap.Error(err))
+		ps.sess.debug("cannot read the write's LSN", zap.Error(err))
 		return
 	}
 	ps.mu.Lock()
@@ -301,8 +301,8 @@ var errRetryOnPrimary = errors.New("retry on the primary")
 func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
 	route, reason := ps.splitRoute(msgs, cfg)
 	wrote := route == classify.Write
-	if ce := ps.sess.logger().Check(zap.DebugLevel, "split route"); ce != nil && len(msgs) > 0 {
-		ce.Write(zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
+	if len(msgs) > 0 && ps.sess.srv.log.Core().Enabled(zap.DebugLevel) {
+		ps.sess.debug("split route", zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
 	}
 	ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason).Inc()
 	var need uint64
