@@ -5,6 +5,8 @@
 #   PGR_PG_BINDIR     PostgreSQL server bin directory (see scripts/ensure-postgres.sh)
 #   PGR_BIN_CACHE     where tools/etcd/ensure.sh caches the etcd binary (default bin/)
 #   PGR_CHAOS_FAULTS  faults of the short chaos campaign `make test` runs (default 8)
+# and, as the issue names them, FAULTS and SEED for `make chaos` (default 100, 0 = a random
+# seed) and DURATION for `make soak` (default 30m).
 
 GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
