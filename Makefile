@@ -9,6 +9,8 @@
 #   PGR_DEMO_PORT     first port of `make demo` (default 6432; see `pgrouter demo --help`)
 #   PGR_CHAOS_INTERVAL time between kills in `make demo-chaos` (default 20s)
 #   PGR_CHAOS_FAULTS  faults of the short chaos campaign `make test` runs (default 8)
+# and, as the issue names them, FAULTS and SEED for `make chaos` (default 100, 0 = a random
+# seed) and DURATION for `make soak` (default 30m).
 
 GO ?= go
 PGR_TEST_TIMEOUT ?= 20m
