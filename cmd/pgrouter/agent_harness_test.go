@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrouter/pgrouter/election"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // The agent tests run real processes only: etcd built by tools/etcd (its
@@ -556,16 +557,8 @@ func (c *agentCluster) checkHealthy() (*agentProc, error) {
 		return nil, err
 	}
 	defer conn.Close(ctx)
-	rows, _ := conn.Query(ctx, "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'")
-	streaming := map[string]string{}
-	for rows.Next() {
-		var name, ss string
-		if err := rows.Scan(&name, &ss); err != nil {
-			return nil, err
-		}
-		streaming[name] = ss
-	}
-	if err := rows.Err(); err != nil {
+	streaming, err := pgtest.StreamingStandbys(ctx, conn)
+	if err != nil {
 		return nil, err
 	}
 	for _, a := range c.agents {

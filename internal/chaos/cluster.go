@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgrouter/pgrouter/election"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // The cluster's fixed names and secrets. The campaign owns the whole
@@ -243,19 +244,7 @@ func (c *Cluster) writeAuthFile(ctx context.Context, ld *Member) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	rows, _ := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")
-	var b strings.Builder
-	for rows.Next() {
-		var name, secret string
-		if err := rows.Scan(&name, &secret); err != nil {
-			return err
-		}
-		fmt.Fprintf(&b, "%q %q\n", name, secret)
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(c.Dir, "userlist.txt"), []byte(b.String()), 0o600)
+	return pgtest.WriteUserlist(ctx, conn, filepath.Join(c.Dir, "userlist.txt"))
 }
 
 // Close stops the proxies and the agents (each stops its PostgreSQL), then
@@ -349,16 +338,8 @@ func (c *Cluster) Healthy(ctx context.Context) (*Member, error) {
 		return nil, err
 	}
 	defer conn.Close(context.Background())
-	rows, _ := conn.Query(ctx, "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'")
-	streaming := map[string]string{}
-	for rows.Next() {
-		var name, ss string
-		if err := rows.Scan(&name, &ss); err != nil {
-			return nil, err
-		}
-		streaming[name] = ss
-	}
-	if err := rows.Err(); err != nil {
+	streaming, err := pgtest.StreamingStandbys(ctx, conn)
+	if err != nil {
 		return nil, err
 	}
 	sync := 0

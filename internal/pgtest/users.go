@@ -110,6 +110,12 @@ func (c *Cluster) WriteAuthFile(ctx context.Context, path string) error {
 		return err
 	}
 	defer conn.Close(ctx)
+	return WriteUserlist(ctx, conn, path)
+}
+
+// WriteUserlist writes the PgBouncer-format userlist of the server conn is
+// connected to (it must be allowed to read pg_authid) into path.
+func WriteUserlist(ctx context.Context, conn *pgx.Conn, path string) error {
 	rows, err := conn.Query(ctx, "SELECT rolname, rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL ORDER BY rolname")
 	if err != nil {
 		return fmt.Errorf("read pg_authid: %w", err)
@@ -126,4 +132,22 @@ func (c *Cluster) WriteAuthFile(ctx context.Context, path string) error {
 		return err
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// StreamingStandbys returns the application_name and sync_state of every
+// standby streaming from the server conn is connected to.
+func StreamingStandbys(ctx context.Context, conn *pgx.Conn) (map[string]string, error) {
+	rows, err := conn.Query(ctx, "SELECT application_name, sync_state FROM pg_stat_replication WHERE state = 'streaming'")
+	if err != nil {
+		return nil, err
+	}
+	streaming := map[string]string{}
+	for rows.Next() {
+		var name, ss string
+		if err := rows.Scan(&name, &ss); err != nil {
+			return nil, err
+		}
+		streaming[name] = ss
+	}
+	return streaming, rows.Err()
 }
