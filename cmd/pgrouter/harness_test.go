@@ -156,6 +156,15 @@ func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyPr
 		"--health-interval", "200ms", "--log-level", "debug")
 	args = append(args, extra...)
 	p.launch(binPath, args, append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword))
+	p.waitAdmin()
+	return p
+}
+
+// waitAdmin returns once the proxy's admin server answers, whether or not
+// a primary is known; the test fails if the proxy exits first.
+func (p *proxyProc) waitAdmin() {
+	t := p.t
+	t.Helper()
 	eventually(t, 20*time.Second, "admin server up", func() error {
 		select {
 		case <-p.done:
@@ -169,7 +178,6 @@ func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyPr
 		resp.Body.Close()
 		return nil
 	})
-	return p
 }
 
 // newProxyProc picks free loopback addresses for every listener.

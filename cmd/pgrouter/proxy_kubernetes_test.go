@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -115,19 +114,7 @@ func startKubeProxy(t *testing.T, c *pgtest.Cluster, kc, ns string, extra ...str
 		"--health-user", c.SuperUser, "--health-database", "postgres", "--health-interval", "200ms",
 		"--primary-wait", "1s", "--log-level", "debug"}, extra...)
 	p.launch(binPath, args, append(os.Environ(), "PGROUTER_HEALTH_PASSWORD="+c.SuperPassword))
-	eventually(t, 20*time.Second, "admin server up", func() error {
-		select {
-		case <-p.done:
-			t.Fatalf("pgrouter exited: %v\n%s", p.exitErr, p.logs())
-		default:
-		}
-		resp, err := http.Get("http://" + p.Admin + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	p.waitAdmin()
 	return p
 }
 
