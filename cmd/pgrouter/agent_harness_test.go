@@ -766,6 +766,24 @@ func (w *writer) errorCount() int {
 }
 
 // count returns how many writes were acknowledged so far.
+// settle waits until writes flow again after a fault, stops the writer,
+// and fails the test if an acknowledged row is missing on the new leader.
+func (w *writer) settle(t *testing.T, nl *agentProc) (acked []int64, errs int, longest time.Duration) {
+	t.Helper()
+	before := w.count()
+	eventually(t, 20*time.Second, "writes flowing again", func() error {
+		if n := w.count(); n < before+20 {
+			return fmt.Errorf("%d acknowledged since healthy", n-before)
+		}
+		return nil
+	})
+	acked, errs, longest = w.finish()
+	if missing := missingRows(t, nl.PGAddr, acked); len(missing) > 0 {
+		t.Errorf("%d of %d acknowledged rows missing on %s, e.g. %v", len(missing), len(acked), nl.Name, missing[:min(5, len(missing))])
+	}
+	return acked, errs, longest
+}
+
 func (w *writer) count() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()

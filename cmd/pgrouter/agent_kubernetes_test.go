@@ -258,18 +258,8 @@ func TestKubernetesAgentFailover(t *testing.T) {
 				t.Fatalf("leader %s, want %s", got.Name, nl.Name)
 			}
 			eventually(t, 10*time.Second, "lease and role labels after the fault", func() error { return roles(nl) })
-			before := w.count()
-			eventually(t, 20*time.Second, "writes flowing again", func() error {
-				if n := w.count(); n < before+20 {
-					return fmt.Errorf("%d acknowledged since healthy", n-before)
-				}
-				return nil
-			})
-			acked, errs, longest := w.finish()
+			acked, errs, longest := w.settle(t, nl)
 			next += 10_000_000
-			if missing := missingRows(t, nl.PGAddr, acked); len(missing) > 0 {
-				t.Errorf("%d of %d acknowledged rows missing on %s, e.g. %v", len(missing), len(acked), nl.Name, missing[:min(5, len(missing))])
-			}
 			t.Logf("%s: leader %s -> %s labelled primary after %v, first write on it after %v; %d writes acknowledged, %d client errors, longest gap %v",
 				name, ld.Name, nl.Name, labelled.Sub(began).Round(time.Millisecond), written.Sub(began).Round(time.Millisecond),
 				len(acked), errs, longest.Round(time.Millisecond))
