@@ -200,24 +200,17 @@ func switchoverCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !force {
-				var v election.View
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := getJSON(ctx, api, "/status", &v)
-				cancel()
+				v, err := agentView(cmd.Context(), api, "switchover")
 				if err != nil {
-					return fmt.Errorf("switchover: ask the agent at %s: %w", api, err)
+					return err
 				}
 				target := to
 				if target == "" {
 					target = "the best standby"
 				}
-				ok, err := confirm(cmd.InOrStdin(), cmd.OutOrStdout(),
-					fmt.Sprintf("Switch over scope %s from %s to %s? Writes pause until it is promoted. [y/N] ", v.Scope, v.Leader, target))
-				if err != nil {
+				if err := confirmed(cmd, false, "switchover",
+					fmt.Sprintf("Switch over scope %s from %s to %s? Writes pause until it is promoted. [y/N] ", v.Scope, v.Leader, target)); err != nil {
 					return err
-				}
-				if !ok {
-					return errors.New("switchover: aborted, nothing changed (use --force to skip the question)")
 				}
 			}
 			res, err := requestSwitchover(api, to, timeout)

@@ -35,25 +35,16 @@ func failoverCommand() *cobra.Command {
 			if to == "" {
 				return errors.New("failover: --to NAME is required (see `pgrouter status` for the members)")
 			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
-			var v election.View
-			err := getJSON(ctx, api, "/status", &v)
-			cancel()
+			v, err := agentView(cmd.Context(), api, "failover")
 			if err != nil {
-				return fmt.Errorf("failover: ask the agent at %s: %w", api, err)
+				return err
 			}
 			if err := checkFailover(v, to, maxLag); err != nil {
 				return fmt.Errorf("failover to %s refused: %w", to, err)
 			}
-			if !force {
-				ok, err := confirm(cmd.InOrStdin(), cmd.OutOrStdout(),
-					fmt.Sprintf("Fail over scope %s from %s to %s? Writes stop until %s is promoted. [y/N] ", v.Scope, v.Leader, to, to))
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return errors.New("failover: aborted, nothing changed (use --force to skip the question)")
-				}
+			if err := confirmed(cmd, force, "failover",
+				fmt.Sprintf("Fail over scope %s from %s to %s? Writes stop until %s is promoted. [y/N] ", v.Scope, v.Leader, to, to)); err != nil {
+				return err
 			}
 			res, err := requestSwitchover(api, to, timeout)
 			if err != nil {
@@ -108,6 +99,32 @@ func checkFailover(v election.View, to string, maxLag uint64) error {
 	if lead, pos := leader.LSN(), replayed(*target); lead > pos && lead-pos > maxLag {
 		return fmt.Errorf("lag too high: %s has replayed up to %s, %s behind the primary's %s (--max-lag %s)",
 			to, topology.FormatLSN(pos), formatBytes(lead-pos), topology.FormatLSN(lead), formatBytes(maxLag))
+	}
+	return nil
+}
+
+// agentView reads the cluster as the agent at api sees it.
+func agentView(ctx context.Context, api, what string) (election.View, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var v election.View
+	if err := getJSON(ctx, api, "/status", &v); err != nil {
+		return v, fmt.Errorf("%s: ask the agent at %s: %w", what, api, err)
+	}
+	return v, nil
+}
+
+// confirmed asks q unless force is set; anything but a yes aborts what.
+func confirmed(cmd *cobra.Command, force bool, what, q string) error {
+	if force {
+		return nil
+	}
+	ok, err := confirm(cmd.InOrStdin(), cmd.OutOrStdout(), q)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New(what + ": aborted, nothing changed (use --force to skip the question)")
 	}
 	return nil
 }
