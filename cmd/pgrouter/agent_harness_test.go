@@ -673,7 +673,7 @@ func (w *writer) run(ctx context.Context) {
 			cancel()
 			if err != nil {
 				w.fail()
-				pause(ctx, 20*time.Millisecond)
+				pauseCtx(ctx, 20*time.Millisecond)
 				continue
 			}
 			conn = c
@@ -702,16 +702,7 @@ func (w *writer) run(ctx context.Context) {
 		}
 		w.lastOK = now
 		w.mu.Unlock()
-		pause(ctx, 5*time.Millisecond)
-	}
-}
-
-func pause(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
+		pauseCtx(ctx, 5*time.Millisecond)
 	}
 }
 

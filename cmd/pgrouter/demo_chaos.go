@@ -256,10 +256,13 @@ func demoExec(ctx context.Context, addr, sql string) error {
 	return err
 }
 
+// pauseCtx sleeps for d or until ctx ends.
 func pauseCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-ctx.Done():
-	case <-time.After(d):
+	case <-t.C:
 	}
 }
 

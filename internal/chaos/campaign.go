@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // Config is one campaign.
@@ -174,7 +176,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		if err != nil {
 			rec.Failed = append(rec.Failed, "inject: "+err.Error())
 		}
-		sleep(ctx, hold)
+		_ = pgtest.Sleep(ctx, hold)
 		if heal != nil {
 			if err := heal(); err != nil {
 				rec.Failed = append(rec.Failed, "heal: "+err.Error())
@@ -193,7 +195,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				rec.Failed = append(rec.Failed, "after recovery: "+err.Error())
 			}
 		}
-		sleep(ctx, time.Duration(1000+rng.IntN(2000))*time.Millisecond)
+		_ = pgtest.Sleep(ctx, time.Duration(1000+rng.IntN(2000))*time.Millisecond)
 		if err := barrier(ctx, c, h, seen); err != nil {
 			logf("barrier after fault %d: %v", n, err)
 		}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // SoakConfig is one soak run: pgbench through every port of both proxies
@@ -103,7 +105,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 	changes := 0
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	for lctx.Err() == nil {
-		sleep(lctx, time.Until(began.Add(next)))
+		_ = pgtest.Sleep(lctx, time.Until(began.Add(next)))
 		if lctx.Err() != nil {
 			break
 		}
@@ -125,7 +127,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 	res.Transactions = txns.Load()
 	// Let pooled servers and closing sessions settle, then the idle
 	// figures must be back near where they started.
-	sleep(ctx, 10*time.Second)
+	_ = pgtest.Sleep(ctx, 10*time.Second)
 	sample(time.Since(began), "idle-end")
 	res.check()
 	return res, nil
@@ -160,7 +162,7 @@ func pgbenchLoop(ctx context.Context, bin, addr string, extra []string, txns *at
 			n, _ := strconv.ParseInt(string(m[1]), 10, 64)
 			txns.Add(n)
 		}
-		sleep(ctx, 200*time.Millisecond)
+		_ = pgtest.Sleep(ctx, 200*time.Millisecond)
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // Kind is an operation of the key-value workload.
@@ -154,7 +156,7 @@ func (c *Client) Run(ctx context.Context) {
 					now := c.H.Now()
 					c.H.add(Op{Client: c.ID, Port: c.port(), Key: -1, Call: now, Ret: now, Err: "connect:" + errClass(err)})
 				}
-				sleep(ctx, 50*time.Millisecond)
+				_ = pgtest.Sleep(ctx, 50*time.Millisecond)
 				continue
 			}
 		}
@@ -177,16 +179,16 @@ func (c *Client) Run(ctx context.Context) {
 			conn = nil
 			if c.Direct {
 				// Standbys refuse every write: do not hammer them.
-				sleep(ctx, 200*time.Millisecond)
+				_ = pgtest.Sleep(ctx, 200*time.Millisecond)
 			}
-			sleep(ctx, 20*time.Millisecond)
+			_ = pgtest.Sleep(ctx, 20*time.Millisecond)
 			continue
 		}
 		pace := time.Duration(10+c.rng.IntN(30)) * time.Millisecond
 		if c.Direct {
 			pace *= 4
 		}
-		sleep(ctx, pace)
+		_ = pgtest.Sleep(ctx, pace)
 	}
 }
 
@@ -265,15 +267,6 @@ func errClass(err error) string {
 		return "conn-refused"
 	default:
 		return "conn-lost"
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
 	}
 }
 

@@ -37,7 +37,7 @@ func (c *Cluster) waitStreaming(ctx context.Context) error {
 		if len(missing) == 0 {
 			return nil
 		}
-		if err := pause(ctx, 20*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 20*time.Millisecond); err != nil {
 			var logs []string
 			for _, n := range c.Nodes[1:] {
 				logs = append(logs, n.LogFile)
@@ -142,7 +142,7 @@ func (c *Cluster) waitReplayedOn(ctx context.Context, n *Node, target string) er
 		if done {
 			return nil
 		}
-		if err := pause(ctx, 10*time.Millisecond); err != nil {
+		if err := Sleep(ctx, 10*time.Millisecond); err != nil {
 			replayed := "nothing"
 			if at != nil {
 				replayed = *at
@@ -152,8 +152,8 @@ func (c *Cluster) waitReplayedOn(ctx context.Context, n *Node, target string) er
 	}
 }
 
-// pause sleeps for d, or returns ctx's error if it ends first.
-func pause(ctx context.Context, d time.Duration) error {
+// Sleep sleeps for d, or returns ctx's error if it ends first.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
