@@ -358,7 +358,7 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 	if o.bin != "" {
 		src = o.bin
 	}
-	if err := copyExecutable(src, agentBin); err != nil {
+	if err := pgtest.CopyFile(src, agentBin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.close)
@@ -402,7 +402,7 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 			a.args = append(a.args, "--standby-mode", "warm")
 		}
 		a.args = append(a.args, o.extra...)
-		a.env = append(cleanAgentEnv(), "HOME="+nodeDir,
+		a.env = append(pgtest.ProcessEnv(), "HOME="+nodeDir,
 			"PGROUTER_SUPERUSER_PASSWORD="+agentSuperPass, "PGROUTER_REPLICATION_PASSWORD="+agentReplPass)
 		c.agents = append(c.agents, a)
 	}
@@ -417,25 +417,6 @@ func startAgentCluster(t *testing.T, o agentOptions) *agentCluster {
 	}
 	c.waitHealthy(30 * time.Second)
 	return c
-}
-
-func cleanAgentEnv() []string {
-	var env []string
-	for _, e := range os.Environ() {
-		if strings.HasPrefix(e, "PG") || strings.HasPrefix(e, "HOME=") || strings.HasPrefix(e, "ETCD") {
-			continue
-		}
-		env = append(env, e)
-	}
-	return env
-}
-
-func copyExecutable(src, dst string) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, 0o755)
 }
 
 func freePortNum(t *testing.T) int {
@@ -626,7 +607,7 @@ func startEtcdProxy(t *testing.T, bin, etcd string) *proxyProc {
 	p.launch(bin, []string{"proxy", "--discovery", "etcd", "--etcd-endpoints", etcd, "--scope", agentScope,
 		"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
 		"--health-user", agentSuper, "--health-interval", "200ms", "--primary-wait", "20s", "--log-level", "debug"},
-		append(cleanAgentEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass))
+		append(pgtest.ProcessEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass))
 	p.waitReady()
 	return p
 }

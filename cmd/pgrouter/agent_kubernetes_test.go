@@ -23,6 +23,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/dcs"
 	"github.com/pgrouter/pgrouter/internal/kubetest"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 func TestAdvertise(t *testing.T) {
@@ -184,7 +185,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 				"--role-preset", "pgrouter", "--kubeconfig", proxyKubeconfig,
 				"--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,
 				"--health-user", agentSuper, "--health-interval", "200ms", "--primary-wait", "20s", "--log-level", "debug"},
-				append(cleanAgentEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass))
+				append(pgtest.ProcessEnv(), "PGROUTER_HEALTH_PASSWORD="+agentSuperPass))
 			p.waitReady()
 			return p
 		},

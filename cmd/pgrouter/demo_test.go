@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 )
 
 // demoPortOffsets are the ports `pgrouter demo --port P` listens on.
@@ -111,7 +113,7 @@ func TestDemoChaos(t *testing.T) {
 	dir = filepath.Join(dir, "cluster")
 	cmd := exec.Command(binPath, "demo", "--chaos", "--interval", "4s", "--port", strconv.Itoa(freeDemoBase(t)),
 		"--dir", dir, "--etcd-bin", etcd)
-	cmd.Env = cleanAgentEnv()
+	cmd.Env = pgtest.ProcessEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -111,10 +110,10 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (c *Cluster, err error
 		}
 	}()
 	// The agents' OS user must be able to run the binary: copy it here.
-	if err := copyFile(cfg.PGRouter, c.bin, 0o755); err != nil {
+	if err := pgtest.CopyFile(cfg.PGRouter, c.bin, 0o755); err != nil {
 		return c, err
 	}
-	env := cleanEnv()
+	env := pgtest.ProcessEnv()
 	if err := nw.AddHost("etcd", hostEtcd); err != nil {
 		return c, err
 	}
@@ -473,23 +472,4 @@ func poll(ctx context.Context, d time.Duration, what string, f func() error) err
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-func cleanEnv() []string {
-	var env []string
-	for _, e := range os.Environ() {
-		if strings.HasPrefix(e, "PG") || strings.HasPrefix(e, "HOME=") || strings.HasPrefix(e, "ETCD") {
-			continue
-		}
-		env = append(env, e)
-	}
-	return env
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	b, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, b, mode)
 }

@@ -137,7 +137,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 func pgbenchCmd(ctx context.Context, bin, addr string, args ...string) *exec.Cmd {
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.CommandContext(ctx, bin, append([]string{"-h", host, "-p", port, "-U", superUser}, append(args, "postgres")...)...)
-	cmd.Env = append(cleanEnv(), "PGPASSWORD="+superPass, "PGCONNECT_TIMEOUT=5")
+	cmd.Env = append(pgtest.ProcessEnv(), "PGPASSWORD="+superPass, "PGCONNECT_TIMEOUT=5")
 	return cmd
 }
 

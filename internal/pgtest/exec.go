@@ -256,3 +256,18 @@ func canTraverse(fi os.FileInfo, uid, gid uint32) bool {
 		return perm&0o001 != 0
 	}
 }
+
+// ProcessEnv is the environment for processes a test starts that run
+// PostgreSQL's programs or talk to etcd (agents, proxies): the caller's own
+// without its PG*, HOME and ETCD* variables, which would point them at
+// the developer's servers.
+func ProcessEnv() []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if strings.HasPrefix(e, "PG") || strings.HasPrefix(e, "HOME=") || strings.HasPrefix(e, "ETCD") {
+			continue
+		}
+		env = append(env, e)
+	}
+	return env
+}

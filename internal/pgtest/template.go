@@ -136,7 +136,7 @@ func copyDir(r *runner, src, dst string) error {
 				return err
 			}
 		case info.Mode().IsRegular():
-			if err := copyFile(path, to, info.Mode().Perm()); err != nil {
+			if err := CopyFile(path, to, info.Mode().Perm()); err != nil {
 				return err
 			}
 		default:
@@ -146,7 +146,9 @@ func copyDir(r *runner, src, dst string) error {
 	})
 }
 
-func copyFile(src, dst string, perm fs.FileMode) error {
+// CopyFile copies src to dst, which must not exist yet, with mode perm: a
+// test copies the pgrouter binary where the postgres OS user may run it.
+func CopyFile(src, dst string, perm fs.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
