@@ -789,3 +789,35 @@ func missingRows(t *testing.T, addr string, acked []int64) []int64 {
 	}
 	return missing
 }
+
+// fencedBeforePromoted waits, after ld was cut off at cut, until its
+// PostgreSQL refuses connections and another member leads; the fencing
+// must come first. It returns the new leader.
+func fencedBeforePromoted(t *testing.T, c *agentCluster, ld *agentProc, cut time.Time) *agentProc {
+	t.Helper()
+	var fenced, promoted time.Time
+	var nl *agentProc
+	eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
+		if fenced.IsZero() && !acceptsConnections(ld) {
+			fenced = time.Now()
+		}
+		if promoted.IsZero() {
+			if l, err := c.leader(); err == nil && l != ld {
+				promoted, nl = time.Now(), l
+			}
+		}
+		if fenced.IsZero() || promoted.IsZero() {
+			return fmt.Errorf("fenced %v, promoted %v", !fenced.IsZero(), !promoted.IsZero())
+		}
+		return nil
+	})
+	if !fenced.Before(promoted) {
+		t.Errorf("the old primary still accepted connections %v after the new leader was promoted", fenced.Sub(promoted))
+	}
+	if n := ld.metric("pgrouter_agent_fencings_total", ""); n < 1 {
+		t.Errorf("fencings_total on %s = %v, want ≥ 1", ld.Name, n)
+	}
+	t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
+		fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
+	return nl
+}

@@ -311,30 +311,7 @@ func TestKubernetesAgentFailover(t *testing.T) {
 	scenario("leader-partitioned-from-api-server", func(t *testing.T, ld *agentProc) *agentProc {
 		cut := time.Now()
 		links[ld.Name].Silence(t)
-		var fenced, promoted time.Time
-		var nl *agentProc
-		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
-			if fenced.IsZero() && !acceptsConnections(ld) {
-				fenced = time.Now()
-			}
-			if promoted.IsZero() {
-				if l, err := c.leader(); err == nil && l != ld {
-					promoted, nl = time.Now(), l
-				}
-			}
-			if fenced.IsZero() || promoted.IsZero() {
-				return fmt.Errorf("fenced %v, promoted %v", !fenced.IsZero(), !promoted.IsZero())
-			}
-			return nil
-		})
-		if !fenced.Before(promoted) {
-			t.Errorf("the old primary still accepted connections %v after the new leader was promoted", fenced.Sub(promoted))
-		}
-		if n := ld.metric("pgrouter_agent_fencings_total", ""); n < 1 {
-			t.Errorf("fencings_total on %s = %v, want ≥ 1", ld.Name, n)
-		}
-		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
-			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
+		nl := fencedBeforePromoted(t, c, ld, cut)
 		// The agent had to notice the partition by itself: its connections
 		// stayed open and silent. Heal closes them; it reconnects.
 		links[ld.Name].Heal(t)

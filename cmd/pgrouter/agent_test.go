@@ -65,29 +65,7 @@ func TestAgentFailover(t *testing.T) {
 	scenario("leader-partitioned-from-etcd", func(t *testing.T, ld *agentProc) {
 		cut := time.Now()
 		ld.etcd.Cut(t)
-		var fenced, promoted time.Time
-		eventually(t, 30*time.Second, "old primary fenced and a new leader promoted", func() error {
-			if fenced.IsZero() && !acceptsConnections(ld) {
-				fenced = time.Now()
-			}
-			if promoted.IsZero() {
-				if nl, err := c.leader(); err == nil && nl != ld {
-					promoted = time.Now()
-				}
-			}
-			if fenced.IsZero() || promoted.IsZero() {
-				return fmt.Errorf("fenced %v, promoted %v", !fenced.IsZero(), !promoted.IsZero())
-			}
-			return nil
-		})
-		if !fenced.Before(promoted) {
-			t.Errorf("the old primary still accepted connections %v after the new leader was promoted", fenced.Sub(promoted))
-		}
-		if n := ld.metric("pgrouter_agent_fencings_total", ""); n < 1 {
-			t.Errorf("fencings_total on %s = %v, want ≥ 1", ld.Name, n)
-		}
-		t.Logf("partition: old primary fenced %v after the cut, new leader at %v",
-			fenced.Sub(cut).Round(time.Millisecond), promoted.Sub(cut).Round(time.Millisecond))
+		fencedBeforePromoted(t, c, ld, cut)
 		ld.etcd.Heal(t)
 	})
 
