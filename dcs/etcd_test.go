@@ -107,26 +107,7 @@ func TestEtcdLease(t *testing.T) {
 	ctx := context.Background()
 	a, b := newStore(t, ep, "a"), newStore(t, ep, "b")
 
-	// Bootstrap race: one winner, the other sees the cluster initialized.
-	errA, errB := a.Acquire(ctx, true), b.Acquire(ctx, true)
-	if errA != nil || !errors.Is(errB, ErrInitialized) {
-		t.Fatalf("bootstrap race: a=%v b=%v", errA, errB)
-	}
-	if c := loadCluster(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
-		t.Fatalf("after bootstrap acquire: %+v", c)
-	}
-	if err := b.SetInitialized(ctx, "42"); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("non-leader SetInitialized = %v", err)
-	}
-	if err := a.SetInitialized(ctx, "42"); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.SetSync(ctx, Sync{Leader: "a", Standby: "b"}); err != nil {
-		t.Fatal(err)
-	}
-	if c := loadCluster(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" {
-		t.Fatalf("after SetInitialized: %+v", c)
-	}
+	checkBootstrap(t, ctx, a, b)
 	if err := b.Acquire(ctx, false); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("second acquire = %v, want ErrNotLeader", err)
 	}
@@ -262,4 +243,30 @@ func checkHandoverAndRelease(t *testing.T, ctx context.Context, holder, a, b Sto
 		t.Fatalf("after release: %+v", c)
 	}
 	return c
+}
+
+// checkBootstrap runs the contract's first steps on two fresh stores: a
+// bootstrap race has one winner (a), only the leader records the
+// initialization and the synchronous standby, and b sees both.
+func checkBootstrap(t *testing.T, ctx context.Context, a, b Store) {
+	t.Helper()
+	errA, errB := a.Acquire(ctx, true), b.Acquire(ctx, true)
+	if errA != nil || !errors.Is(errB, ErrInitialized) {
+		t.Fatalf("bootstrap race: a=%v b=%v", errA, errB)
+	}
+	if c := loadCluster(t, a); c.Leader != "a" || c.Bootstrapping != "a" || c.Initialized != "" {
+		t.Fatalf("after bootstrap acquire: %+v", c)
+	}
+	if err := b.SetInitialized(ctx, "42"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("non-leader SetInitialized = %v", err)
+	}
+	if err := a.SetInitialized(ctx, "42"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetSync(ctx, Sync{Leader: "a", Standby: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if c := loadCluster(t, b); c.Initialized != "42" || c.Bootstrapping != "" || c.Sync.Standby != "b" || c.Leader != "a" {
+		t.Fatalf("after SetInitialized: %+v", c)
+	}
 }
