@@ -188,33 +188,25 @@ func withoutChannelBinding(body []byte) []byte {
 	return append(out, 0)
 }
 
-// forwardCancel sends a client's cancel request to the backend its key
-// names, with the backend's real key. A key unknown here goes to the peer
-// replicas, if any; otherwise it reaches nobody, as with PostgreSQL
-// itself, and the client gets no answer either way.
-func (s *Server) forwardCancel(pid uint32, key []byte, cfg *Config) {
-	if len(cfg.Peer.Peers) == 0 {
-		s.cancelLocal(pid, key, cfg, "unknown_key")
-		return
-	}
-	if _, ok := s.cancels.lookup(pid, key); ok {
-		s.cancelLocal(pid, key, cfg, "unknown_key")
-		return
-	}
-	if s.forwardToPeers(cfg.Peer.Peers, pid, key) {
-		s.metrics.cancels.WithLabelValues("to_peers").Inc()
-	} else {
-		s.metrics.cancels.WithLabelValues("to_peers_dropped").Inc()
-	}
-}
-
-// cancelLocal cancels what this replica's key names; unknown counts a key
-// it does not know under that outcome.
-func (s *Server) cancelLocal(pid uint32, key []byte, cfg *Config, unknown string) {
+// forwardCancel sends a cancel request to the backend its key names, with
+// the backend's real key. A key unknown here goes to the peer replicas,
+// unless the request came from one (one hop, no loops); otherwise it
+// reaches nobody, as with PostgreSQL itself. The sender gets no answer
+// either way.
+func (s *Server) forwardCancel(pid uint32, key []byte, cfg *Config, fromPeer bool) {
 	t, ok := s.cancels.lookup(pid, key)
 	if !ok {
-		s.metrics.cancels.WithLabelValues(unknown).Inc()
-		s.log.Debug("cancel request with unknown key", zap.Uint32("pid", pid), zap.String("outcome", unknown))
+		switch {
+		case fromPeer:
+			s.metrics.cancels.WithLabelValues("peer_unknown_key").Inc()
+		case len(cfg.Peer.Peers) == 0:
+			s.metrics.cancels.WithLabelValues("unknown_key").Inc()
+		case s.forwardToPeers(cfg.Peer.Peers, pid, key):
+			s.metrics.cancels.WithLabelValues("to_peers").Inc()
+		default:
+			s.metrics.cancels.WithLabelValues("to_peers_dropped").Inc()
+		}
+		s.log.Debug("cancel request with unknown key", zap.Uint32("pid", pid), zap.Bool("from_peer", fromPeer))
 		return
 	}
 	if t.session != nil {

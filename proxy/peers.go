@@ -36,19 +36,11 @@ const maxPeerForwards = 16
 // peerTimeout bounds resolving, dialing and writing to one peer.
 const peerTimeout = 2 * time.Second
 
-type peerForwarder struct {
-	slots chan struct{}
-}
-
-func newPeerForwarder() *peerForwarder {
-	return &peerForwarder{slots: make(chan struct{}, maxPeerForwards)}
-}
-
-// forward sends a cancel request unknown here to every peer, in the
+// forwardToPeers sends a cancel request unknown here to every peer, in the
 // background. It reports false when too many are already under way.
 func (s *Server) forwardToPeers(peers []string, pid uint32, key []byte) bool {
 	select {
-	case s.peers.slots <- struct{}{}:
+	case s.peerSlots <- struct{}{}:
 	default:
 		return false
 	}
@@ -56,7 +48,7 @@ func (s *Server) forwardToPeers(peers []string, pid uint32, key []byte) bool {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		defer func() { <-s.peers.slots }()
+		defer func() { <-s.peerSlots }()
 		ctx, cancel := context.WithTimeout(context.Background(), peerTimeout)
 		defer cancel()
 		var wg sync.WaitGroup
@@ -135,7 +127,7 @@ func (s *Server) servePeers(ctx context.Context, ln net.Listener) {
 				s.metrics.cancels.WithLabelValues("peer_refused").Inc()
 				return
 			}
-			s.cancelLocal(p.cancelPID, p.cancelKey, s.cfg.Load(), "peer_unknown_key")
+			s.forwardCancel(p.cancelPID, p.cancelKey, s.cfg.Load(), true)
 		}()
 	}
 }

@@ -100,8 +100,9 @@ type Server struct {
 	log     *zap.Logger
 	metrics *Metrics
 	cancels *cancelRegistry
-	peers   *peerForwarder
-	pools   *pools
+	// peerSlots bounds the cancel requests being passed to peers at once.
+	peerSlots chan struct{}
+	pools     *pools
 
 	listeners []*listener
 	peerLn    net.Listener
@@ -137,7 +138,7 @@ func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server,
 	}
 	cfg.setDefaults()
 	s := &Server{
-		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), peers: newPeerForwarder(), pools: newPools(),
+		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), peerSlots: make(chan struct{}, maxPeerForwards), pools: newPools(),
 		sessions: make(map[*session]struct{}), perMember: make(map[string]int),
 	}
 	s.cfg.Store(&cfg)

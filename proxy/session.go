@@ -216,7 +216,7 @@ func (sess *session) negotiate(cfg *Config) (*startupPacket, error) {
 		case packetStartup:
 			return &p, nil
 		case packetCancel:
-			sess.srv.forwardCancel(p.cancelPID, p.cancelKey, cfg)
+			sess.srv.forwardCancel(p.cancelPID, p.cancelKey, cfg, false)
 			return nil, nil
 		case packetGSSENCRequest:
 			if encrypted {
