@@ -591,7 +591,7 @@ func (ps *pooled) writeClient(b []byte) error {
 	return err
 }
 
-// serverName returns a fresh server-side name for a client statement.
+// newServerName returns a fresh server-side name for a client statement.
 func (ps *pooled) newServerName() string {
 	ps.stmtSeq++
 	return "pgr_" + strconv.FormatUint(ps.sess.id, 36) + "_" + strconv.FormatUint(ps.stmtSeq, 36)
