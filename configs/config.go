@@ -144,6 +144,10 @@ type Proxy struct {
 	DrainTimeout time.Duration `yaml:"drainTimeout"`
 	// MaxStartupPacket caps the startup packet in bytes. Default 10000.
 	MaxStartupPacket int `yaml:"maxStartupPacket"`
+	// RelayThreads is how many epoll threads relay passthrough sessions
+	// without TLS once they have started; 0 relays them with two
+	// goroutines each instead. Default 1.
+	RelayThreads int `yaml:"relayThreads"`
 	// TLSCertFile and TLSKeyFile enable TLS for clients. Default: none
 	// (SSLRequest is answered N).
 	TLSCertFile string `yaml:"tlsCertFile"`
@@ -299,6 +303,7 @@ func Defaults() Config {
 			PrimaryWait:          15 * time.Second,
 			DrainTimeout:         30 * time.Second,
 			MaxStartupPacket:     10000,
+			RelayThreads:         1,
 			ServerSSLMode:        "prefer",
 			ServerConnectTimeout: 5 * time.Second,
 		},
@@ -402,6 +407,9 @@ func (c *Config) Validate() error {
 	}
 	if p.MaxStartupPacket != 0 && (p.MaxStartupPacket < 64 || p.MaxStartupPacket > 1<<20) {
 		errs = append(errs, fmt.Errorf("max-startup-packet %d is outside 64..1048576", p.MaxStartupPacket))
+	}
+	if p.RelayThreads < 0 || p.RelayThreads > 64 {
+		errs = append(errs, fmt.Errorf("relay-threads %d is outside 0..64", p.RelayThreads))
 	}
 	if (p.TLSCertFile == "") != (p.TLSKeyFile == "") {
 		errs = append(errs, errors.New("tls-cert and tls-key must be given together"))

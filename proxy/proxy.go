@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/proxy/loop"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/topology"
@@ -73,6 +74,11 @@ type Config struct {
 	// Peer passes cancel requests between replicas of one proxy. The peer
 	// list is reloadable; the peer port is bound at start only.
 	Peer PeerConfig
+	// RelayThreads is how many epoll loop threads relay passthrough
+	// sessions once they have started (package loop); sessions with TLS on
+	// either side are relayed by goroutines. 0 means one; negative relays
+	// every session with goroutines. Read at start only.
+	RelayThreads int
 }
 
 func (c *Config) setDefaults() {
@@ -103,6 +109,7 @@ type Server struct {
 	// peerSlots bounds the cancel requests being passed to peers at once.
 	peerSlots chan struct{}
 	pools     *pools
+	loop      *loop.Loop // nil when RelayThreads < 0
 
 	listeners []*listener
 	peerLn    net.Listener
@@ -209,6 +216,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		if err := s.Listen(); err != nil {
 			return err
 		}
+	}
+	if n := s.cfg.Load().RelayThreads; n >= 0 {
+		lp, err := loop.New(n)
+		if err != nil {
+			s.closeListeners()
+			return err
+		}
+		s.loop = lp
+		defer lp.Close()
 	}
 	var loops sync.WaitGroup
 	for _, l := range s.listeners {

@@ -68,6 +68,19 @@ func (s *frameScanner) next(b []byte) (n int, done bool, err error) {
 	return n, false, nil
 }
 
+// feed scans a whole chunk; only its error matters to a relay that acts
+// on nothing but message boundaries.
+func (s *frameScanner) feed(b []byte) error {
+	for len(b) > 0 {
+		k, _, err := s.next(b)
+		if err != nil {
+			return err
+		}
+		b = b[k:]
+	}
+	return nil
+}
+
 // typ is the type byte of the message being (or just) scanned.
 func (s *frameScanner) typ() byte { return s.hdr[0] }
 

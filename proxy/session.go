@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/pgrouter/pgrouter/proxy/loop"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/topology"
@@ -42,8 +43,9 @@ type session struct {
 	// pooled is set for sessions of pooled listeners.
 	pooled *pooled
 
-	mu       sync.Mutex // guards server and killed against kill
+	mu       sync.Mutex // guards server, pair and killed against kill
 	server   *pool.ServerConn
+	pair     *loop.Pair // set while a loop thread relays the session
 	killed   atomic.Pointer[clientError]
 	clientPK []byte // the proxy's cancel key handed to the client
 }
@@ -88,7 +90,10 @@ func (sess *session) kill(e *clientError) bool {
 	}
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
-	if sess.server != nil {
+	if sess.pair != nil {
+		// The loop thread tells the client why (Farewell).
+		sess.pair.Stop()
+	} else if sess.server != nil {
 		// Unblocks the serve goroutine's read; it tells the client why.
 		sess.server.Close()
 	} else {
@@ -314,6 +319,11 @@ func routeError(err error) error {
 // killed. The client-to-server copy runs on its own goroutine; this one
 // copies server to client and is the only writer to the client.
 func (sess *session) relay() error {
+	if sess.srv.loop != nil {
+		if err, ok := sess.relayOnLoop(); ok {
+			return err
+		}
+	}
 	name := sess.ln.cfg.Name
 	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
 	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
@@ -339,6 +349,46 @@ func (sess *session) relay() error {
 		return nil
 	}
 	return err
+}
+
+// relayOnLoop hands the session's two sockets to a loop thread and waits
+// for the pair to end. It reports false, having changed nothing, when the
+// sockets cannot leave Go's poller (TLS on either side), and the caller
+// relays them itself.
+func (sess *session) relayOnLoop() (error, bool) {
+	name := sess.ln.cfg.Name
+	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
+	scan := &frameScanner{watch: serverWatch}
+	p, err := sess.srv.loop.Attach(sess.client, sess.server.Conn, loop.Hooks{
+		FromServer: scan.feed,
+		Relayed: func(up bool, n int) {
+			if up {
+				toServer.Add(float64(n))
+			} else {
+				toClient.Add(float64(n))
+			}
+		},
+		Farewell: func() []byte {
+			if e := sess.killed.Load(); e != nil && scan.atBoundary() {
+				return appendErrorResponse(nil, e)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		if errors.Is(err, loop.ErrUnsupported) {
+			return nil, false
+		}
+		return err, true
+	}
+	sess.mu.Lock()
+	sess.pair = p
+	sess.mu.Unlock()
+	if sess.killed.Load() != nil {
+		p.Stop() // killed while the sockets changed hands
+	}
+	return p.Wait(), true
 }
 
 func copyToServer(dst net.Conn, src net.Conn, bytes prometheus.Counter) error {
@@ -368,12 +418,8 @@ func copyToClient(dst net.Conn, src net.Conn, scan *frameScanner, bytes promethe
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			for b := buf[:n]; len(b) > 0; {
-				k, _, serr := scan.next(b)
-				if serr != nil {
-					return serr
-				}
-				b = b[k:]
+			if serr := scan.feed(buf[:n]); serr != nil {
+				return serr
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return werr

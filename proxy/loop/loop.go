@@ -1,0 +1,484 @@
+//go:build linux
+
+// Package loop relays pairs of sockets (a client and its server) on a few
+// OS threads, each running one epoll loop, the way HAProxy and PgBouncer
+// do. A goroutine per direction costs a park, a netpoller wake-up and
+// often a hand-off between cores for every message; on a machine whose
+// cores are shared with PostgreSQL that is most of a relay's cost. A loop
+// thread instead reads whatever is ready and writes it straight to the
+// peer: in the steady state a message costs one read and one write, and
+// one epoll_wait is shared by every message that became ready meanwhile.
+//
+// A pair is owned by exactly one thread from Attach until it ends; only
+// that thread reads, writes or closes its sockets. Stop is the one call
+// another goroutine may make on a running pair.
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// readBuf is the size of the one read buffer each thread shares among
+// its pairs: a result set moves in chunks of up to this size.
+const readBuf = 64 << 10
+
+// ErrUnsupported is returned by Attach for connections the loop cannot
+// take over (TLS, or anything without a kernel socket under it); the
+// caller relays those itself.
+var ErrUnsupported = errors.New("loop: connection has no plain socket")
+
+// ErrClosed is returned by Attach once Close has been called.
+var ErrClosed = errors.New("loop: closed")
+
+// Hooks observe a pair on its loop thread. Each must be quick and must
+// not block: it holds up every pair of that thread. Nil hooks are skipped.
+type Hooks struct {
+	// FromServer sees each chunk read from the server before it is
+	// forwarded; an error ends the pair with that error and the chunk is
+	// not forwarded.
+	FromServer func(b []byte) error
+	// Relayed counts bytes forwarded in each direction.
+	Relayed func(toServer bool, n int)
+	// Farewell is called when a pair that Stop ended is closing; the
+	// bytes it returns are written to the client (best effort, without
+	// blocking) just before the client's socket is closed.
+	Farewell func() []byte
+}
+
+// Loop is a set of relay threads. The zero value is not usable; call New.
+type Loop struct {
+	threads []*thread
+	next    atomic.Uint32
+	closed  atomic.Bool
+}
+
+// New starts n relay threads (at least one).
+func New(n int) (*Loop, error) {
+	if n < 1 {
+		n = 1
+	}
+	l := &Loop{}
+	for range n {
+		t, err := newThread()
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.threads = append(l.threads, t)
+		go t.run()
+	}
+	return l, nil
+}
+
+// Close ends every pair still relayed, stops the threads and waits for
+// them to exit.
+func (l *Loop) Close() {
+	if l.closed.Swap(true) {
+		return
+	}
+	for _, t := range l.threads {
+		t.stop()
+	}
+	for _, t := range l.threads {
+		<-t.exited
+	}
+}
+
+// Attach takes over client and server and relays between them until one
+// side closes, an I/O error occurs, a hook fails or Stop is called. On
+// success both conns are closed (the loop works on duplicates of their
+// sockets) and must not be used again; on error they are untouched.
+func (l *Loop) Attach(client, server net.Conn, h Hooks) (*Pair, error) {
+	if l.closed.Load() {
+		return nil, ErrClosed
+	}
+	cfd, err := dupSocket(client)
+	if err != nil {
+		return nil, err
+	}
+	sfd, err := dupSocket(server)
+	if err != nil {
+		unix.Close(cfd)
+		return nil, err
+	}
+	// Closing the originals takes them out of Go's own poller, so only
+	// this loop hears about the sockets from now on.
+	client.Close()
+	server.Close()
+	p := &Pair{hooks: h, done: make(chan struct{})}
+	p.client = side{fd: cfd, pair: p, peer: &p.server}
+	p.server = side{fd: sfd, pair: p, peer: &p.client, isServer: true}
+	t := l.threads[int(l.next.Add(1))%len(l.threads)]
+	p.t = t
+	if !t.enqueue(p) {
+		unix.Close(cfd)
+		unix.Close(sfd)
+		return nil, ErrClosed
+	}
+	return p, nil
+}
+
+// dupSocket returns a duplicate of c's socket descriptor. The duplicate
+// shares the open file, so it is non-blocking like the original.
+func dupSocket(c net.Conn) (int, error) {
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return -1, ErrUnsupported
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup socket: %w", derr)
+	}
+	return fd, nil
+}
+
+// Pair is a client and its server relayed by a loop thread.
+type Pair struct {
+	hooks  Hooks
+	client side
+	server side
+	t      *thread
+
+	stopped atomic.Bool
+	// mu orders Stop's shutdown against the thread closing the sockets,
+	// so Stop never touches a descriptor number that was reused.
+	mu     sync.Mutex
+	closed bool
+
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// side is one socket of a pair and the bytes waiting to be written to it.
+type side struct {
+	fd       int
+	pair     *Pair
+	peer     *side
+	isServer bool
+	// pending holds bytes read from the peer that this socket did not
+	// take yet. While it is not empty the peer is not read, so a slow
+	// reader slows its writer instead of growing a buffer.
+	pending []byte
+	backing *[]byte // the pooled buffer under pending
+	events  uint32  // the epoll interest set now registered
+}
+
+// Stop ends the pair from any goroutine: the server link is shut down and
+// the thread closes both sockets, calling Farewell first. It does not
+// wait; use Wait.
+func (p *Pair) Stop() {
+	p.stopped.Store(true)
+	p.mu.Lock()
+	if !p.closed {
+		_ = unix.Shutdown(p.server.fd, unix.SHUT_RDWR)
+	}
+	p.mu.Unlock()
+}
+
+// Stopped reports whether Stop was called.
+func (p *Pair) Stopped() bool { return p.stopped.Load() }
+
+// Wait blocks until the pair has ended and both sockets are closed. It
+// returns nil when a side closed cleanly or Stop ended the pair.
+func (p *Pair) Wait() error {
+	<-p.done
+	return p.err
+}
+
+// Done is closed when the pair has ended.
+func (p *Pair) Done() <-chan struct{} { return p.done }
+
+// thread is one epoll loop and the pairs it owns.
+type thread struct {
+	epfd   int
+	wakefd int // eventfd: new pairs or stop
+	buf    []byte
+	sides  []*side // indexed by descriptor number; owned by the loop goroutine
+	pairs  map[*Pair]struct{}
+	exited chan struct{}
+
+	mu       sync.Mutex
+	incoming []*Pair
+	stopping bool
+}
+
+func newThread() (*thread, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wfd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return &thread{epfd: epfd, wakefd: wfd, buf: make([]byte, readBuf), pairs: make(map[*Pair]struct{}), exited: make(chan struct{})}, nil
+}
+
+var one = [8]byte{1}
+
+func (t *thread) wake() {
+	_, _ = unix.Write(t.wakefd, one[:])
+}
+
+func (t *thread) enqueue(p *Pair) bool {
+	t.mu.Lock()
+	if t.stopping {
+		t.mu.Unlock()
+		return false
+	}
+	t.incoming = append(t.incoming, p)
+	t.mu.Unlock()
+	t.wake()
+	return true
+}
+
+func (t *thread) stop() {
+	t.mu.Lock()
+	t.stopping = true
+	t.mu.Unlock()
+	t.wake()
+}
+
+// run is the loop. It first polls without blocking and only blocks in
+// the kernel when nothing is ready, so a busy thread never gives up its P.
+func (t *thread) run() {
+	runtime.LockOSThread()
+	defer close(t.exited)
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, errno := epollPoll(t.epfd, events)
+		if n == 0 && errno == 0 {
+			var err error
+			n, err = unix.EpollWait(t.epfd, events, -1)
+			if err != nil {
+				n = 0
+				if !errors.Is(err, unix.EINTR) {
+					panic(fmt.Sprintf("loop: epoll_wait: %v", err))
+				}
+			}
+		}
+		for i := 0; i < n; i++ {
+			fd := int(events[i].Fd)
+			if fd == t.wakefd {
+				if t.admit() {
+					t.shutdown()
+					return
+				}
+				continue
+			}
+			if fd >= len(t.sides) || t.sides[fd] == nil {
+				continue // its pair ended earlier in this batch
+			}
+			t.handle(t.sides[fd], events[i].Events)
+		}
+	}
+}
+
+// admit registers the pairs handed over since the last wake-up. It
+// reports whether the thread must stop.
+func (t *thread) admit() bool {
+	var b [8]byte
+	_, _ = unix.Read(t.wakefd, b[:])
+	t.mu.Lock()
+	in := t.incoming
+	t.incoming = nil
+	stopping := t.stopping
+	t.mu.Unlock()
+	for _, p := range in {
+		t.register(p)
+	}
+	return stopping
+}
+
+func (t *thread) register(p *Pair) {
+	for _, s := range [2]*side{&p.client, &p.server} {
+		for s.fd >= len(t.sides) {
+			t.sides = append(t.sides, make([]*side, len(t.sides)+64)...)
+		}
+		t.sides[s.fd] = s
+		s.events = unix.EPOLLIN
+		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
+			t.pairs[p] = struct{}{}
+			t.end(p, fmt.Errorf("epoll_ctl: %w", err))
+			return
+		}
+	}
+	t.pairs[p] = struct{}{}
+}
+
+// shutdown ends every pair the thread still owns, then closes the loop.
+func (t *thread) shutdown() {
+	t.mu.Lock()
+	in := t.incoming
+	t.incoming = nil
+	t.mu.Unlock()
+	for _, p := range in {
+		t.register(p)
+	}
+	for p := range t.pairs {
+		p.stopped.Store(true)
+		t.end(p, nil)
+	}
+	unix.Close(t.wakefd)
+	unix.Close(t.epfd)
+}
+
+func (t *thread) handle(s *side, ev uint32) {
+	if ev&unix.EPOLLOUT != 0 && len(s.pending) > 0 {
+		if !t.flush(s) {
+			return
+		}
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+		return
+	}
+	if len(s.peer.pending) > 0 {
+		// Not reading from s until its peer drains; only a hang-up or
+		// an error, always reported, gets here.
+		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			t.end(s.pair, nil)
+		}
+		return
+	}
+	t.forward(s)
+}
+
+// forward reads once from s and writes what it got to s's peer. What the
+// peer does not take at once waits in the peer's pending buffer, and s is
+// not read again until it has gone.
+func (t *thread) forward(s *side) {
+	p := s.pair
+	n, errno := rawRead(s.fd, t.buf)
+	switch {
+	case errno == unix.EAGAIN || errno == unix.EINTR:
+		return
+	case errno != 0:
+		t.end(p, errno)
+		return
+	case n == 0:
+		t.end(p, nil)
+		return
+	}
+	b := t.buf[:n]
+	if s.isServer && p.hooks.FromServer != nil {
+		if err := p.hooks.FromServer(b); err != nil {
+			t.end(p, err)
+			return
+		}
+	}
+	if p.hooks.Relayed != nil {
+		p.hooks.Relayed(!s.isServer, n)
+	}
+	peer := s.peer
+	w, errno := rawWrite(peer.fd, b)
+	if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+		t.end(p, errno)
+		return
+	}
+	if w < 0 {
+		w = 0
+	}
+	if w == n {
+		return
+	}
+	peer.backing = bufs.Get().(*[]byte)
+	peer.pending = append((*peer.backing)[:0], b[w:]...)
+	t.interest(peer, unix.EPOLLIN|unix.EPOLLOUT)
+	t.interest(s, 0)
+}
+
+// flush writes s's pending bytes. It reports whether they all went, in
+// which case both sides are read again.
+func (t *thread) flush(s *side) bool {
+	w, errno := rawWrite(s.fd, s.pending)
+	if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+		t.end(s.pair, errno)
+		return false
+	}
+	if w > 0 {
+		s.pending = s.pending[w:]
+	}
+	if len(s.pending) > 0 {
+		return false
+	}
+	s.release()
+	t.interest(s, unix.EPOLLIN)
+	t.interest(s.peer, unix.EPOLLIN)
+	return true
+}
+
+func (t *thread) interest(s *side, events uint32) {
+	if s.events == events {
+		return
+	}
+	s.events = events
+	if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Events: events, Fd: int32(s.fd)}); err != nil {
+		t.end(s.pair, fmt.Errorf("epoll_ctl: %w", err))
+	}
+}
+
+// end closes both sockets of p, once, and wakes its Wait.
+func (t *thread) end(p *Pair, err error) {
+	if _, ok := t.pairs[p]; !ok {
+		return
+	}
+	delete(t.pairs, p)
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	if p.stopped.Load() && p.hooks.Farewell != nil {
+		if b := p.hooks.Farewell(); len(b) > 0 {
+			out := append(p.client.pending, b...)
+			_, _ = rawWrite(p.client.fd, out)
+		}
+	}
+	for _, s := range [2]*side{&p.client, &p.server} {
+		if s.fd < len(t.sides) && t.sides[s.fd] == s {
+			t.sides[s.fd] = nil
+		}
+		s.release()
+		unix.Close(s.fd) // also takes it out of the epoll set
+	}
+	if p.stopped.Load() {
+		err = nil
+	}
+	p.err = err
+	close(p.done)
+}
+
+// Pending buffers only exist while a reader is slower than its writer;
+// they are recycled instead of kept by idle pairs.
+var bufs = sync.Pool{New: func() any { b := make([]byte, 0, readBuf); return &b }}
+
+func (s *side) release() {
+	if s.backing != nil {
+		bufs.Put(s.backing)
+	}
+	s.backing = nil
+	s.pending = nil
+}

@@ -1,0 +1,276 @@
+package loop
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// tcpPair returns both ends of one loopback TCP connection.
+func tcpPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { a.Close(); r.c.Close() })
+	return a, r.c
+}
+
+// relayed sets up app <-> [loop] <-> db and returns the two outer ends.
+func relayed(t testing.TB, l *Loop, h Hooks) (app, db net.Conn, p *Pair) {
+	t.Helper()
+	app, clientSide := tcpPair(t)
+	serverSide, db := tcpPair(t)
+	p, err := l.Attach(clientSide, serverSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app, db, p
+}
+
+func newLoop(t testing.TB, n int) *Loop {
+	t.Helper()
+	l, err := New(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l
+}
+
+func waitPair(t *testing.T, p *Pair) error {
+	t.Helper()
+	select {
+	case <-p.Done():
+		return p.Wait()
+	case <-time.After(10 * time.Second):
+		t.Fatal("pair did not end")
+		return nil
+	}
+}
+
+func TestRelaysBothWays(t *testing.T) {
+	l := newLoop(t, 2)
+	var up, down int
+	app, db, p := relayed(t, l, Hooks{Relayed: func(toServer bool, n int) {
+		if toServer {
+			up += n
+		} else {
+			down += n
+		}
+	}})
+	for i := range 50 {
+		msg := bytes.Repeat([]byte{byte(i)}, 1+i*37)
+		if _, err := app.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(db, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("server got %d bytes, err %v", len(got), err)
+		}
+		if _, err := db.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("client got %d bytes, err %v", len(got), err)
+		}
+	}
+	app.Close()
+	if err := waitPair(t, p); err != nil {
+		t.Fatalf("clean close ended with %v", err)
+	}
+	if _, err := db.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("server side read %v after the client left, want EOF", err)
+	}
+	// Relayed runs on the loop thread; Wait orders it before this read.
+	if up != down || up == 0 {
+		t.Fatalf("counted %d bytes up and %d down", up, down)
+	}
+}
+
+// A client that reads slowly must get every byte of a large result, in
+// order, while the loop holds back the server instead of buffering it all.
+func TestSlowReaderGetsEverything(t *testing.T) {
+	l := newLoop(t, 1)
+	app, db, p := relayed(t, l, Hooks{})
+	const total = 16 << 20
+	want := sha256.New()
+	go func() {
+		r := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 64<<10)
+		for sent := 0; sent < total; sent += len(buf) {
+			for i := range buf {
+				buf[i] = byte(r.Uint32())
+			}
+			want.Write(buf)
+			if _, err := db.Write(buf); err != nil {
+				return
+			}
+		}
+		db.Close()
+	}()
+	got := sha256.New()
+	buf := make([]byte, 3000)
+	n := 0
+	for {
+		k, err := app.Read(buf)
+		got.Write(buf[:k])
+		n += k
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n < 1<<20 {
+			time.Sleep(100 * time.Microsecond) // slow at first, so the loop must hold back
+		}
+	}
+	if n != total || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatalf("client got %d bytes of %d, or different ones", n, total)
+	}
+	if err := waitPair(t, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStopSaysFarewell(t *testing.T) {
+	l := newLoop(t, 1)
+	app, db, p := relayed(t, l, Hooks{Farewell: func() []byte { return []byte("bye") }})
+	if _, err := db.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(app, got); err != nil {
+		t.Fatal(err)
+	}
+	p.Stop()
+	if err := waitPair(t, p); err != nil {
+		t.Fatalf("Stop ended the pair with %v", err)
+	}
+	rest, err := io.ReadAll(app)
+	if err != nil || string(rest) != "bye" {
+		t.Fatalf("client read %q, %v after Stop; want the farewell then EOF", rest, err)
+	}
+	if _, err := db.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("server read %v after Stop, want EOF", err)
+	}
+	p.Stop() // after the end: a no-op
+}
+
+func TestHookErrorEndsPair(t *testing.T) {
+	l := newLoop(t, 1)
+	bad := errors.New("bad frame")
+	app, db, p := relayed(t, l, Hooks{FromServer: func(b []byte) error {
+		if bytes.Contains(b, []byte("X")) {
+			return bad
+		}
+		return nil
+	}})
+	if _, err := db.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2)
+	if _, err := io.ReadFull(app, got); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Write([]byte("X")); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitPair(t, p); !errors.Is(err, bad) {
+		t.Fatalf("pair ended with %v, want the hook's error", err)
+	}
+	if rest, _ := io.ReadAll(app); len(rest) != 0 {
+		t.Fatalf("the refused chunk reached the client: %q", rest)
+	}
+}
+
+func TestCloseEndsPairs(t *testing.T) {
+	l, err := New(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pairs []*Pair
+	for range 10 {
+		_, _, p := relayed(t, l, Hooks{})
+		pairs = append(pairs, p)
+	}
+	l.Close()
+	for _, p := range pairs {
+		if err := waitPair(t, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := tcpPair(t)
+	if _, err := l.Attach(a, b, Hooks{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Attach after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestAttachRefusesWhatItCannotRelay(t *testing.T) {
+	l := newLoop(t, 1)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if _, err := l.Attach(a, b, Hooks{}); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Attach(net.Pipe): %v, want ErrUnsupported", err)
+	}
+	// The conns are untouched and still usable.
+	go func() { _, _ = a.Write([]byte("x")) }()
+	if _, err := b.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// BenchmarkRoundTrip is one small message each way through a pair, as a
+// simple-protocol query and its answer: allocations must stay at 0.
+func BenchmarkRoundTrip(b *testing.B) {
+	l := newLoop(b, 1)
+	app, db, _ := relayed(b, l, Hooks{FromServer: func([]byte) error { return nil }, Relayed: func(bool, int) {}})
+	q := make([]byte, 60)
+	r := make([]byte, 120)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := app.Write(q); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(db, q); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Write(r); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
