@@ -12,7 +12,7 @@
 #   PGR_BENCH_CASES       extended regex; keeps cases whose name or flags match,
 #                         e.g. 'S-simple' or 'c8$' (default: all)
 #   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
-#                         pgrouter-rw pgrouter-ro pgbouncer haproxy plainrelay
+#                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer haproxy plainrelay
 #                         pgrouter-tx pgbouncer-tx (direct is always kept), e.g.
 #                         '-tx$' for the pooled comparison alone
 #   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
@@ -207,6 +207,29 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && { want pgrouter-rw || want pgrouter-ro; }; then
 		log "$PGROUTER_NOTE"
 		tail -n 20 "$LOGS/pgrouter.log" >&2 || true
 		alive "$PGR_PID" && kill "$PGR_PID" 2>/dev/null && wait_gone "$PGR_PID" 10 || true
+	fi
+fi
+
+# pgrouter-gr: another pgrouter process whose rw port relays with two goroutines
+# per session (--relay-threads 0), the relay before the epoll loop, so every run
+# measures what the loop changes.
+if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-gr; then
+	free_port P_PGR_GR
+	free_port P_PGR_GR_ADMIN
+	"$OUT/pgrouter" proxy --relay-threads 0 \
+		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
+		--listen-rw "127.0.0.1:$P_PGR_GR" --admin-listen "127.0.0.1:$P_PGR_GR_ADMIN" \
+		--health-user postgres --health-database postgres \
+		--server-sslmode disable --health-sslmode disable \
+		>"$LOGS/pgrouter-gr.log" 2>&1 </dev/null &
+	PGR_GR_PID=$!
+	track pgrouter-gr "$PGR_GR_PID" TERM
+	if wait_for 30 "pgrouter-gr rw port to reach the primary" answers "$P_PGR_GR" "select pg_is_in_recovery()" f; then
+		log "pgrouter-gr up: rw 127.0.0.1:$P_PGR_GR (pid $PGR_GR_PID)"
+		TARGETS+=("pgrouter-gr:$P_PGR_GR:$PGR_GR_PID")
+	else
+		log "pgrouter-gr skipped: its rw port did not answer within 30 s"
+		alive "$PGR_GR_PID" && kill "$PGR_GR_PID" 2>/dev/null && wait_gone "$PGR_GR_PID" 10 || true
 	fi
 fi
 

@@ -8,12 +8,12 @@ import (
 
 // The loop's reads and writes are on non-blocking sockets and return at
 // once, so they skip the scheduler's bookkeeping for system calls that may
-// block (RawSyscall instead of Syscall); so does the poll that does not
-// wait. Only the waiting epoll_wait goes through the scheduler, which then
-// lends the thread's P to other goroutines.
+// block (RawSyscall instead of Syscall). They are recvfrom and sendto, not
+// read and write: a socket call skips the file-position lock and the VFS
+// layer, a few percent of the relay's CPU in a profile.
 
 func rawRead(fd int, b []byte) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
 	return int(n), e
 }
 
@@ -21,13 +21,13 @@ func rawWrite(fd int, b []byte) (int, unix.Errno) {
 	if len(b) == 0 {
 		return 0, 0
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
 	return int(n), e
 }
 
-// epollPoll returns the events ready now, without waiting.
-func epollPoll(epfd int, events []unix.EpollEvent) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+// epollWaitRaw waits up to ms milliseconds for events, keeping the P.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, ms int) (int, unix.Errno) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(ms), 0, 0)
 	if e != 0 {
 		return 0, e
 	}
