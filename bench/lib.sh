@@ -85,6 +85,9 @@ cleanup() {
 			fi
 		fi
 	done
+	if [ -n "${HUGE_OLD:-}" ]; then
+		echo "$HUGE_OLD" >/proc/sys/vm/nr_hugepages && log "huge pages: back to $HUGE_OLD reserved"
+	fi
 	if [ "$KEEP" != 1 ] && [ -d "$W/pg" ]; then
 		rm -rf "$W/pg"
 		log "removed data directories ($KEEP_KNOB=1 keeps them)"
