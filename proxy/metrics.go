@@ -9,6 +9,7 @@ type Metrics struct {
 	clientConnsTotal *prometheus.CounterVec
 	serverConns      *prometheus.GaugeVec
 	bytes            *prometheus.CounterVec
+	relays           *prometheus.CounterVec
 	routes           *prometheus.CounterVec
 	refused          *prometheus.CounterVec
 	terminated       *prometheus.CounterVec
@@ -34,6 +35,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_bytes_relayed_total", Help: "Bytes relayed after startup, by listener and direction (to_server, to_client).",
 		}, []string{"listener", "direction"}),
+		relays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrouter_relayed_sessions_total", Help: "Passthrough sessions relayed after startup, by listener and relay (loop: an epoll loop thread; goroutines: TLS on a side, or --relay-threads 0).",
+		}, []string{"listener", "relay"}),
 		routes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_routing_decisions_total", Help: "Sessions routed, by listener, member and the role routed to.",
 		}, []string{"listener", "member", "role"}),
@@ -61,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.routes,
+		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.relays, m.routes,
 			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes, m.deferredPrepares)
 	}
 	return m

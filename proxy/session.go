@@ -319,12 +319,13 @@ func routeError(err error) error {
 // killed. The client-to-server copy runs on its own goroutine; this one
 // copies server to client and is the only writer to the client.
 func (sess *session) relay() error {
+	name := sess.ln.cfg.Name
 	if sess.srv.loop != nil {
 		if err, ok := sess.relayOnLoop(); ok {
 			return err
 		}
 	}
-	name := sess.ln.cfg.Name
+	sess.srv.metrics.relays.WithLabelValues(name, "goroutines").Inc()
 	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
 	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
 	sc := sess.server
@@ -382,6 +383,7 @@ func (sess *session) relayOnLoop() (error, bool) {
 		}
 		return err, true
 	}
+	sess.srv.metrics.relays.WithLabelValues(name, "loop").Inc()
 	sess.mu.Lock()
 	sess.pair = p
 	sess.mu.Unlock()

@@ -299,13 +299,26 @@ func TestTLSTerminatedAtProxy(t *testing.T) {
 	if err == nil || !strings.Contains(out, "channel binding") {
 		t.Fatalf("psql channel_binding=require: want a clear channel binding error, got %v: %s", err, out)
 	}
-	// Without TLS configured the proxy answers N and plain connections work.
+	// TLS sessions cannot leave Go's poller: goroutines relay them.
+	if n := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="goroutines"}`); n < 2 {
+		t.Fatalf("%v TLS sessions relayed by goroutines, want every one so far", n)
+	}
+	// Without TLS configured the proxy answers N and plain connections work,
+	// relayed by the epoll loop.
 	plain := startProxy(t, c)
 	h2, p2, _ := net.SplitHostPort(plain.RW)
 	cmd := exec.Command("psql", "-X", "-At", "-c", "SELECT 1", "host="+h2+" port="+p2+" user=app dbname=app sslmode=require")
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword)
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "SSL") {
 		t.Fatalf("sslmode=require against a proxy without TLS: %v %s", err, out)
+	}
+	cmd = exec.Command("psql", "-X", "-At", "-c", "SELECT 1", "host="+h2+" port="+p2+" user=app dbname=app sslmode=prefer")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Fatalf("plain psql through the proxy: %v %s", err, out)
+	}
+	if n := metricValue(t, plain.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="loop"}`); n != 1 {
+		t.Fatalf("%v plain sessions relayed by the loop, want 1", n)
 	}
 }
 
