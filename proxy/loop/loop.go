@@ -161,6 +161,7 @@ type Pair struct {
 	client side
 	server side
 	t      *thread
+	ended  bool // set by its thread when it closes the sockets
 
 	stopped atomic.Bool
 	// mu orders Stop's shutdown against the thread closing the sockets,
@@ -426,8 +427,7 @@ func (t *thread) forward(s *side) {
 	}
 	peer.backing = bufs.Get().(*[]byte)
 	peer.pending = append((*peer.backing)[:0], b[w:]...)
-	t.interest(peer, unix.EPOLLIN|unix.EPOLLOUT)
-	t.interest(s, 0)
+	t.update(p)
 }
 
 // flush writes s's pending bytes. It reports whether they all went, in
@@ -445,13 +445,30 @@ func (t *thread) flush(s *side) bool {
 		return false
 	}
 	s.release()
-	t.interest(s, unix.EPOLLIN)
-	t.interest(s.peer, unix.EPOLLIN)
-	return true
+	t.update(s.pair)
+	return !s.pair.ended
+}
+
+// update registers what each side of p waits for: to be read unless its
+// peer still has bytes from it to take, and to be written while it has
+// bytes pending. Both directions can be held back at once (a client that
+// sends a long COPY while not reading the notices coming back), so the
+// interest sets are derived from both buffers, never set one at a time.
+func (t *thread) update(p *Pair) {
+	for _, s := range [2]*side{&p.client, &p.server} {
+		var want uint32
+		if len(s.peer.pending) == 0 {
+			want |= unix.EPOLLIN
+		}
+		if len(s.pending) > 0 {
+			want |= unix.EPOLLOUT
+		}
+		t.interest(s, want)
+	}
 }
 
 func (t *thread) interest(s *side, events uint32) {
-	if s.events == events {
+	if s.events == events || s.pair.ended {
 		return
 	}
 	s.events = events
@@ -466,6 +483,7 @@ func (t *thread) end(p *Pair, err error) {
 		return
 	}
 	delete(t.pairs, p)
+	p.ended = true
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()

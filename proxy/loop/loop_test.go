@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +273,88 @@ func BenchmarkRoundTrip(b *testing.B) {
 		if _, err := io.ReadFull(app, r); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// Both directions held back at once: neither end reads until both writers
+// are stuck, then both read. Every byte must arrive in both directions.
+func TestBothDirectionsHeldBack(t *testing.T) {
+	l := newLoop(t, 1)
+	app, clientSide := tcpPair(t)
+	serverSide, db := tcpPair(t)
+	for _, c := range []net.Conn{app, clientSide, serverSide, db} {
+		tc := c.(*net.TCPConn)
+		_ = tc.SetReadBuffer(64 << 10) // fixed buffers: no autotuning soaks up the test
+		_ = tc.SetWriteBuffer(64 << 10)
+	}
+	p, err := l.Attach(clientSide, serverSide, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 3 << 20
+	var wrote [2]atomic.Int64
+	for i, c := range []net.Conn{app, db} {
+		go func() {
+			buf := bytes.Repeat([]byte{byte('a' + i)}, 8<<10)
+			for sent := 0; sent < total; sent += len(buf) {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+				wrote[i].Add(int64(len(buf)))
+			}
+		}()
+	}
+	// Wait until neither writer moves: both directions are held back.
+	deadline := time.Now().Add(10 * time.Second)
+	last := [2]int64{-1, -1}
+	for still := 0; still < 5; {
+		now := [2]int64{wrote[0].Load(), wrote[1].Load()}
+		if now == last {
+			still++
+		} else {
+			still = 0
+		}
+		last = now
+		if time.Now().After(deadline) {
+			t.Fatalf("writers never stalled (wrote %v); the test needs backpressure", now)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if last[0] >= total || last[1] >= total {
+		t.Fatalf("a writer finished (%v) before both directions were held back", last)
+	}
+	errc := make(chan error, 2)
+	var read [2]atomic.Int64
+	for i, c := range []net.Conn{db, app} {
+		go func() {
+			got := 0
+			defer func() { read[i].Store(int64(got)) }()
+			buf := make([]byte, 32<<10)
+			for got < total {
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				n, err := c.Read(buf)
+				for _, b := range buf[:n] {
+					if b != byte('a'+i) {
+						errc <- errors.New("bytes of the wrong direction")
+						return
+					}
+				}
+				got += n
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatalf("reading after both directions were held back: %v (wrote %d %d, read %d %d)", err, wrote[0].Load(), wrote[1].Load(), read[0].Load(), read[1].Load())
+		}
+	}
+	app.Close()
+	if err := waitPair(t, p); err != nil {
+		t.Fatal(err)
 	}
 }
