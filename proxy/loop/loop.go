@@ -184,7 +184,11 @@ type side struct {
 	// reader slows its writer instead of growing a buffer.
 	pending []byte
 	backing *[]byte // the pooled buffer under pending
-	events  uint32  // the epoll interest set now registered
+	// gone is set when the socket hung up while its peer still had bytes
+	// from it to take; it is out of the epoll set, and the pair ends once
+	// the peer has taken them.
+	gone   bool
+	events uint32 // the epoll interest set now registered
 }
 
 // Stop ends the pair from any goroutine: the server link is shut down and
@@ -378,9 +382,17 @@ func (t *thread) handle(s *side, ev uint32) {
 	}
 	if len(s.peer.pending) > 0 {
 		// Not reading from s until its peer drains; only a hang-up or
-		// an error, always reported, gets here.
+		// an error, always reported, gets here. What s sent before it
+		// went still reaches the peer, as a goroutine relay's blocking
+		// write would have delivered it before reading the hang-up.
 		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			t.end(s.pair, nil)
+			if len(s.pending) > 0 {
+				t.end(s.pair, nil) // s can no longer take what waits for it
+				return
+			}
+			s.gone = true
+			s.events = 0
+			_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 		}
 		return
 	}
@@ -445,6 +457,10 @@ func (t *thread) flush(s *side) bool {
 		return false
 	}
 	s.release()
+	if s.peer.gone {
+		t.end(s.pair, nil) // delivered the last of what the peer sent
+		return false
+	}
 	t.update(s.pair)
 	return !s.pair.ended
 }
@@ -468,7 +484,7 @@ func (t *thread) update(p *Pair) {
 }
 
 func (t *thread) interest(s *side, events uint32) {
-	if s.events == events || s.pair.ended {
+	if s.events == events || s.pair.ended || s.gone {
 		return
 	}
 	s.events = events
