@@ -20,10 +20,13 @@ import (
 )
 
 // session is one client connection, from accept to close. The goroutine
-// that runs serve owns client and server; after the startup a second
-// goroutine copies client bytes to the server. Only the serve goroutine
-// writes to the client, so an ErrorResponse the proxy injects can never
-// interleave with a server message.
+// that runs serve owns client and server. After the startup of a
+// passthrough session without TLS, a loop thread (package loop) owns both
+// sockets and serve waits for the pair to end; otherwise a second
+// goroutine copies client bytes to the server. Either way one writer at a
+// time writes to the client (serve, or the loop thread), so an
+// ErrorResponse the proxy injects can never interleave with a server
+// message.
 type session struct {
 	id  uint64
 	srv *Server
