@@ -185,8 +185,9 @@ type side struct {
 	pending []byte
 	backing *[]byte // the pooled buffer under pending
 	// gone is set when the socket hung up while its peer still had bytes
-	// from it to take; it is out of the epoll set, and the pair ends once
-	// the peer has taken them.
+	// from it to take: it is out of the epoll set (a hang-up is reported
+	// whatever the interest set, so it would wake the loop in a spin)
+	// until the peer has taken them, and then read to its end.
 	gone   bool
 	events uint32 // the epoll interest set now registered
 }
@@ -383,8 +384,9 @@ func (t *thread) handle(s *side, ev uint32) {
 	if len(s.peer.pending) > 0 {
 		// Not reading from s until its peer drains; only a hang-up or
 		// an error, always reported, gets here. What s sent before it
-		// went still reaches the peer, as a goroutine relay's blocking
-		// write would have delivered it before reading the hang-up.
+		// went still reaches the peer, and what is still queued on s
+		// is read once the peer has drained, as a goroutine relay would
+		// have delivered both before reading the hang-up.
 		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 			if len(s.pending) > 0 {
 				t.end(s.pair, nil) // s can no longer take what waits for it
@@ -457,9 +459,15 @@ func (t *thread) flush(s *side) bool {
 		return false
 	}
 	s.release()
-	if s.peer.gone {
-		t.end(s.pair, nil) // delivered the last of what the peer sent
-		return false
+	if g := s.peer; g.gone {
+		// The peer hung up; what it sent before is still queued on its
+		// socket. Watch it again: reads drain the queue, then end the pair.
+		g.gone = false
+		g.events = unix.EPOLLIN
+		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, g.fd, &unix.EpollEvent{Events: g.events, Fd: int32(g.fd)}); err != nil {
+			t.end(s.pair, nil)
+			return false
+		}
 	}
 	t.update(s.pair)
 	return !s.pair.ended

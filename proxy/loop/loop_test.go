@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -356,5 +357,59 @@ func TestBothDirectionsHeldBack(t *testing.T) {
 	app.Close()
 	if err := waitPair(t, p); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server that resets its connection while the client is slow: what it
+// sent before the reset still reaches the client, then the client sees
+// the end.
+func TestResetAfterDataDeliversTheData(t *testing.T) {
+	l := newLoop(t, 1)
+	app, clientSide := tcpPair(t)
+	serverSide, db := tcpPair(t)
+	// The client's path holds about 128 KiB (its socket buffers and the
+	// loop's pending bytes); the server socket's receive queue the rest,
+	// so the reset comes while the loop holds bytes for the client and
+	// the kernel holds more for the loop.
+	_ = app.(*net.TCPConn).SetReadBuffer(16 << 10)
+	_ = clientSide.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	_ = serverSide.(*net.TCPConn).SetReadBuffer(200 << 10)
+	p, err := l.Attach(clientSide, serverSide, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 256 << 10
+	data := make([]byte, total)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if _, err := db.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the proxy's kernel has acknowledged every byte, then reset.
+	rc, err := db.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var queued int
+		_ = rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if queued == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes never left the server's socket", queued)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = db.(*net.TCPConn).SetLinger(0)
+	db.Close()
+	_ = app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(app)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("client read %d of %d bytes (equal: %v), then %v", len(got), total, bytes.Equal(got, data), err)
+	}
+	if err := waitPair(t, p); err != nil {
+		t.Logf("pair ended with %v", err) // a reset may surface as the pair's error
 	}
 }
