@@ -281,14 +281,16 @@ func (t *thread) stop() {
 // pgbench. The wait is bounded so the loop reaches a preemption point at
 // least every waitSlice even if no signal interrupts it; the scheduler's
 // preemption signals and stop-the-world requests end it at once (EINTR).
-// Otherwise the loop waits through the scheduler like any system call.
+// Otherwise, and whenever the loop relays no pair (a process serving only
+// pooled listeners keeps all its Ps for their goroutines), the loop waits
+// through the scheduler like any system call.
 func (t *thread) run(rawWait bool) {
 	defer close(t.exited)
 	events := make([]unix.EpollEvent, 128)
 	for {
 		var n int
 		var errno unix.Errno
-		if rawWait {
+		if rawWait && len(t.pairs) > 0 {
 			n, errno = epollWaitRaw(t.epfd, events, waitSlice)
 		} else {
 			var err error
