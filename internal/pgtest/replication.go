@@ -73,6 +73,22 @@ func (c *Cluster) Promote(ctx context.Context, n *Node) error {
 			"-t", strconv.Itoa(secs), "-D", n.DataDir); err != nil {
 			return n.errorf("promote: %w", err)
 		}
+		// pg_ctl returns once pg_control says the server is in production,
+		// a moment before the postmaster lets anyone in (57P03 until then).
+		deadline := time.Now().Add(time.Duration(secs) * time.Second)
+		for {
+			conn, err := c.connect(ctx, n)
+			if err == nil {
+				conn.Close(context.WithoutCancel(ctx))
+				break
+			}
+			if time.Now().After(deadline) {
+				return n.errorf("promote: not accepting connections after pg_ctl promote: %w", err)
+			}
+			if err := Sleep(ctx, 20*time.Millisecond); err != nil {
+				return n.errorf("promote: %w", err)
+			}
+		}
 	} else {
 		conn, err := c.connect(ctx, n)
 		if err != nil {
