@@ -120,9 +120,7 @@ func (l *Loop) Attach(client, server net.Conn, h Hooks) (*Pair, error) {
 	p := &Pair{hooks: h, done: make(chan struct{})}
 	p.client = side{fd: cfd, pair: p, peer: &p.server}
 	p.server = side{fd: sfd, pair: p, peer: &p.client, isServer: true}
-	t := l.threads[int(l.next.Add(1))%len(l.threads)]
-	p.t = t
-	if !t.enqueue(p) {
+	if !l.threads[int(l.next.Add(1))%len(l.threads)].enqueue(p) {
 		unix.Close(cfd)
 		unix.Close(sfd)
 		return nil, ErrClosed
@@ -160,14 +158,13 @@ type Pair struct {
 	hooks  Hooks
 	client side
 	server side
-	t      *thread
-	ended  bool // set by its thread when it closes the sockets
 
 	stopped atomic.Bool
-	// mu orders Stop's shutdown against the thread closing the sockets,
-	// so Stop never touches a descriptor number that was reused.
-	mu     sync.Mutex
-	closed bool
+	// ended is set when the thread closes the sockets. The thread writes
+	// it under mu and reads it freely; Stop reads it under mu, so it
+	// never shuts down a descriptor number that was reused.
+	mu    sync.Mutex
+	ended bool
 
 	done chan struct{}
 	err  error // set before done is closed
@@ -198,14 +195,11 @@ type side struct {
 func (p *Pair) Stop() {
 	p.stopped.Store(true)
 	p.mu.Lock()
-	if !p.closed {
+	if !p.ended {
 		_ = unix.Shutdown(p.server.fd, unix.SHUT_RDWR)
 	}
 	p.mu.Unlock()
 }
-
-// Stopped reports whether Stop was called.
-func (p *Pair) Stopped() bool { return p.stopped.Load() }
 
 // Wait blocks until the pair has ended and both sockets are closed. It
 // returns nil when a side closed cleanly or Stop ended the pair.
@@ -288,20 +282,7 @@ func (t *thread) run(rawWait bool) {
 	defer close(t.exited)
 	events := make([]unix.EpollEvent, 128)
 	for {
-		var n int
-		var errno unix.Errno
-		if rawWait && len(t.pairs) > 0 {
-			n, errno = epollWaitRaw(t.epfd, events, waitSlice)
-		} else {
-			var err error
-			n, err = unix.EpollWait(t.epfd, events, -1)
-			if err != nil {
-				errno, _ = err.(unix.Errno)
-				if errno == 0 {
-					errno = unix.EINVAL
-				}
-			}
-		}
+		n, errno := epollWait(t.epfd, events, rawWait && len(t.pairs) > 0)
 		if errno != 0 {
 			if errno != unix.EINTR {
 				panic(fmt.Sprintf("loop: epoll_wait: %v", errno))
@@ -342,6 +323,7 @@ func (t *thread) admit() bool {
 }
 
 func (t *thread) register(p *Pair) {
+	t.pairs[p] = struct{}{}
 	for _, s := range [2]*side{&p.client, &p.server} {
 		for s.fd >= len(t.sides) {
 			t.sides = append(t.sides, make([]*side, len(t.sides)+64)...)
@@ -349,23 +331,16 @@ func (t *thread) register(p *Pair) {
 		t.sides[s.fd] = s
 		s.events = unix.EPOLLIN
 		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
-			t.pairs[p] = struct{}{}
 			t.end(p, fmt.Errorf("epoll_ctl: %w", err))
 			return
 		}
 	}
-	t.pairs[p] = struct{}{}
 }
 
 // shutdown ends every pair the thread still owns, then closes the loop.
+// admit has registered the last pairs handed over: enqueue refuses new
+// ones once stopping is set.
 func (t *thread) shutdown() {
-	t.mu.Lock()
-	in := t.incoming
-	t.incoming = nil
-	t.mu.Unlock()
-	for _, p := range in {
-		t.register(p)
-	}
 	for p := range t.pairs {
 		p.stopped.Store(true)
 		t.end(p, nil)
@@ -505,13 +480,12 @@ func (t *thread) interest(s *side, events uint32) {
 
 // end closes both sockets of p, once, and wakes its Wait.
 func (t *thread) end(p *Pair, err error) {
-	if _, ok := t.pairs[p]; !ok {
+	if p.ended {
 		return
 	}
 	delete(t.pairs, p)
-	p.ended = true
 	p.mu.Lock()
-	p.closed = true
+	p.ended = true
 	p.mu.Unlock()
 	if p.stopped.Load() && p.hooks.Farewell != nil {
 		if b := p.hooks.Farewell(); len(b) > 0 {

@@ -25,9 +25,17 @@ func rawWrite(fd int, b []byte) (int, unix.Errno) {
 	return int(n), e
 }
 
-// epollWaitRaw waits up to ms milliseconds for events, keeping the P.
-func epollWaitRaw(epfd int, events []unix.EpollEvent, ms int) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(ms), 0, 0)
+// epollWait waits for events. raw waits at most waitSlice ms and keeps
+// the goroutine's P (see thread.run); otherwise it waits for as long as it
+// takes, through the scheduler.
+func epollWait(epfd int, events []unix.EpollEvent, raw bool) (int, unix.Errno) {
+	var n uintptr
+	var e unix.Errno
+	if raw {
+		n, _, e = unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), waitSlice, 0, 0)
+	} else {
+		n, _, e = unix.Syscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+	}
 	if e != 0 {
 		return 0, e
 	}
