@@ -323,14 +323,14 @@ func routeError(err error) error {
 // copies server to client and is the only writer to the client.
 func (sess *session) relay() error {
 	name := sess.ln.cfg.Name
+	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
 	if sess.srv.loop != nil {
-		if err, ok := sess.relayOnLoop(); ok {
+		if handled, err := sess.relayOnLoop(toServer, toClient); handled {
 			return err
 		}
 	}
 	sess.srv.metrics.relays.WithLabelValues(name, "goroutines").Inc()
-	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
-	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
 	sc := sess.server
 	errc := make(chan error, 1)
 	go func() {
@@ -359,10 +359,7 @@ func (sess *session) relay() error {
 // for the pair to end. It reports false, having changed nothing, when the
 // sockets cannot leave Go's poller (TLS on either side), and the caller
 // relays them itself.
-func (sess *session) relayOnLoop() (error, bool) {
-	name := sess.ln.cfg.Name
-	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
-	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
+func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter) (handled bool, err error) {
 	scan := &frameScanner{watch: serverWatch}
 	p, err := sess.srv.loop.Attach(sess.client, sess.server.Conn, loop.Hooks{
 		FromServer: scan.feed,
@@ -380,20 +377,20 @@ func (sess *session) relayOnLoop() (error, bool) {
 			return nil
 		},
 	})
-	if err != nil {
-		if errors.Is(err, loop.ErrUnsupported) {
-			return nil, false
-		}
-		return err, true
+	if errors.Is(err, loop.ErrUnsupported) {
+		return false, nil
 	}
-	sess.srv.metrics.relays.WithLabelValues(name, "loop").Inc()
+	if err != nil {
+		return true, err
+	}
+	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
 	sess.mu.Lock()
 	sess.pair = p
 	sess.mu.Unlock()
 	if sess.killed.Load() != nil {
 		p.Stop() // killed while the sockets changed hands
 	}
-	return p.Wait(), true
+	return true, p.Wait()
 }
 
 func copyToServer(dst net.Conn, src net.Conn, bytes prometheus.Counter) error {
