@@ -74,10 +74,10 @@ type Config struct {
 	// Peer passes cancel requests between replicas of one proxy. The peer
 	// list is reloadable; the peer port is bound at start only.
 	Peer PeerConfig
-	// RelayThreads is how many epoll loop threads relay passthrough
-	// sessions once they have started (package loop); sessions with TLS on
-	// either side are relayed by goroutines. 0 means one; negative relays
-	// every session with goroutines. Read at start only.
+	// RelayThreads is how many epoll loops relay passthrough sessions
+	// once they have started (package loop); sessions with TLS on either
+	// side are relayed by goroutines. 0 relays every session with
+	// goroutines. Read at start only.
 	RelayThreads int
 }
 
@@ -109,7 +109,7 @@ type Server struct {
 	// peerSlots bounds the cancel requests being passed to peers at once.
 	peerSlots chan struct{}
 	pools     *pools
-	loop      *loop.Loop // nil when RelayThreads < 0
+	loop      *loop.Loop // nil when RelayThreads is 0
 
 	listeners []*listener
 	peerLn    net.Listener
@@ -217,7 +217,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	if n := s.cfg.Load().RelayThreads; n >= 0 {
+	if n := s.cfg.Load().RelayThreads; n > 0 {
 		lp, err := loop.New(n)
 		if err != nil {
 			s.closeListeners()

@@ -319,7 +319,7 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 		PrimaryWait:      p.PrimaryWait,
 		DrainTimeout:     p.DrainTimeout,
 		MaxStartupPacket: p.MaxStartupPacket,
-		RelayThreads:     relayThreads(p.RelayThreads),
+		RelayThreads:     p.RelayThreads,
 		ServerResetQuery: c.Pool.ServerResetQuery,
 		Peer:             proxy.PeerConfig{Listen: p.PeerListen, Peers: p.Peers},
 		Pool: pool.Config{
@@ -438,12 +438,3 @@ func (r *certReloader) load(certFile, keyFile string) error {
 }
 
 func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.cur.Load(), nil }
-
-// relayThreads maps the configuration's "0 turns the loop off" to the
-// proxy's "negative turns it off".
-func relayThreads(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}
