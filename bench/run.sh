@@ -228,31 +228,42 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && { want pgrouter-rw || want pgrouter-ro; }; then
 	fi
 fi
 
-# pgrouter-gr: another pgrouter process whose rw port relays with two goroutines
-# per session (--relay-threads 0), the relay before the epoll loop, so every run
-# measures what the loop changes.
+# start_pgrouter NAME PORT ADMIN_PORT ARGS...: another `pgrouter proxy ARGS` in
+# its own process (so its RSS and CPU are its own), in front of the three
+# servers, serving PORT. It is a target once PORT reaches the primary; if that
+# takes over 30 s it is stopped and the run's note says so. Sets STARTED_PID.
+start_pgrouter() {
+	local name=$1 port=$2 admin=$3
+	shift 3
+	"$OUT/pgrouter" proxy "$@" \
+		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
+		--admin-listen "127.0.0.1:$admin" --health-user postgres --health-database postgres \
+		--server-sslmode disable --health-sslmode disable \
+		>"$LOGS/$name.log" 2>&1 </dev/null &
+	STARTED_PID=$!
+	track "$name" "$STARTED_PID" TERM
+	if wait_for 30 "$name to reach the primary" answers "$port" "select pg_is_in_recovery()" f; then
+		TARGETS+=("$name:$port:$STARTED_PID")
+		return 0
+	fi
+	PGROUTER_NOTE="${PGROUTER_NOTE:+$PGROUTER_NOTE; }$name skipped: its port did not answer within 30 s (log: $(tail -n1 "$LOGS/$name.log" 2>/dev/null))"
+	log "$PGROUTER_NOTE"
+	tail -n 20 "$LOGS/$name.log" >&2 || true
+	alive "$STARTED_PID" && kill "$STARTED_PID" 2>/dev/null && wait_gone "$STARTED_PID" 10 || true
+	return 1
+}
+
+# pgrouter-gr: its rw port relays with two goroutines per session
+# (--relay-threads 0), the relay before the epoll loop, so every run measures
+# what the loop changes.
 if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-gr; then
 	free_port P_PGR_GR
 	free_port P_PGR_GR_ADMIN
-	"$OUT/pgrouter" proxy --relay-threads 0 \
-		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
-		--listen-rw "127.0.0.1:$P_PGR_GR" --admin-listen "127.0.0.1:$P_PGR_GR_ADMIN" \
-		--health-user postgres --health-database postgres \
-		--server-sslmode disable --health-sslmode disable \
-		>"$LOGS/pgrouter-gr.log" 2>&1 </dev/null &
-	PGR_GR_PID=$!
-	track pgrouter-gr "$PGR_GR_PID" TERM
-	if wait_for 30 "pgrouter-gr rw port to reach the primary" answers "$P_PGR_GR" "select pg_is_in_recovery()" f; then
-		log "pgrouter-gr up: rw 127.0.0.1:$P_PGR_GR (pid $PGR_GR_PID)"
-		TARGETS+=("pgrouter-gr:$P_PGR_GR:$PGR_GR_PID")
-	else
-		log "pgrouter-gr skipped: its rw port did not answer within 30 s"
-		alive "$PGR_GR_PID" && kill "$PGR_GR_PID" 2>/dev/null && wait_gone "$PGR_GR_PID" 10 || true
-	fi
+	start_pgrouter pgrouter-gr "$P_PGR_GR" "$P_PGR_GR_ADMIN" --relay-threads 0 --listen-rw "127.0.0.1:$P_PGR_GR" &&
+		log "pgrouter-gr up: rw 127.0.0.1:$P_PGR_GR (pid $STARTED_PID)"
 fi
 
-# pgrouter-tx: a second pgrouter process, transaction pooling on its rw port
-# (its own process, so that its RSS and CPU are its own). Clients are
+# pgrouter-tx: transaction pooling on its rw port. Clients are
 # authenticated at the proxy by a trust rule; the servers trust too, so the
 # proxy logs in to them as the client without a secret. The auth file lists the
 # bench user with an md5 hash (of a password nobody uses) in PgBouncer's
@@ -263,25 +274,11 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
 	free_port P_PGR_TX_ADMIN
 	mkdir -p "$W/pgrouter-tx"
 	printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
-	"$OUT/pgrouter" proxy \
-		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
-		--listen-rw "127.0.0.1:$P_PGR_TX" --admin-listen "127.0.0.1:$P_PGR_TX_ADMIN" \
+	if start_pgrouter pgrouter-tx "$P_PGR_TX" "$P_PGR_TX_ADMIN" --listen-rw "127.0.0.1:$P_PGR_TX" \
 		--pool-mode transaction --pool-size "$POOL_SIZE" \
-		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust' \
-		--health-user postgres --health-database postgres \
-		--server-sslmode disable --health-sslmode disable \
-		>"$LOGS/pgrouter-tx.log" 2>&1 </dev/null &
-	PGR_TX_PID=$!
-	track pgrouter-tx "$PGR_TX_PID" TERM
-	if wait_for 30 "pgrouter-tx to reach the primary" answers "$P_PGR_TX" "select pg_is_in_recovery()" f; then
-		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $PGR_TX_PID)"
-		TARGETS+=("pgrouter-tx:$P_PGR_TX:$PGR_TX_PID")
+		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust'; then
+		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $STARTED_PID)"
 		PGR_TX_ADMIN=127.0.0.1:$P_PGR_TX_ADMIN
-	else
-		PGROUTER_NOTE="${PGROUTER_NOTE:+$PGROUTER_NOTE; }pgrouter-tx skipped: its port did not answer within 30 s (log: $(tail -n1 "$LOGS/pgrouter-tx.log" 2>/dev/null))"
-		log "$PGROUTER_NOTE"
-		tail -n 20 "$LOGS/pgrouter-tx.log" >&2 || true
-		alive "$PGR_TX_PID" && kill "$PGR_TX_PID" 2>/dev/null && wait_gone "$PGR_TX_PID" 10 || true
 	fi
 fi
 
