@@ -75,6 +75,7 @@ type pooled struct {
 	split    splitState
 	cfg      *Config
 	in       sessionIntent
+	loop     bool // relayed by a loop thread (txLoop)
 }
 
 // clientStmt is a named statement a client prepared, as the proxy keeps it
@@ -216,10 +217,11 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	// logged in yet lends one now to learn that (and to prove the login).
 	var sc *pool.ServerConn
 	var initial map[string]string
+	var entry *poolEntry
 	if mode == PoolTransaction {
-		if e, err := ps.poolFor(ctx, cfg, in); err != nil {
+		if entry, err = ps.poolFor(ctx, cfg, in); err != nil {
 			return nil, 0, err
-		} else if m := e.initial.Load(); m != nil {
+		} else if m := entry.initial.Load(); m != nil {
 			initial = *m
 		}
 	}
@@ -271,6 +273,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		ps.release(sc, true)
 		sc = nil
 	}
+	ps.loop = ps.onLoop(entry)
 	if sc != nil {
 		ps.lend(sc)
 	}
@@ -281,6 +284,15 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 // run relays the client's transactions until it leaves, then gives back
 // or closes whatever server it holds.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
+	if ps.loop {
+		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+	}
+	ps.sess.srv.metrics.relays.WithLabelValues(ps.sess.ln.cfg.Name, "goroutines").Inc()
 	err := ps.clientLoop(ctx, cfg, in)
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()

@@ -59,7 +59,16 @@ type poolEntry struct {
 	// initial are the parameters a fresh server reports at login, kept
 	// from the first login so clients can be greeted without a server.
 	initial atomic.Pointer[map[string]string]
+	// links says whether the pool's links to servers are plain TCP or
+	// TLS, as of the last dial: a loop thread relays only plain ones.
+	links atomic.Int32
 }
+
+const (
+	linksUnknown int32 = iota
+	linksPlain
+	linksTLS
+)
 
 func newPools() *pools { return &pools{m: make(map[pool.Key]*poolEntry)} }
 
@@ -145,6 +154,11 @@ func (s *Server) serverConnector(member, addr string, key pool.Key) func(*poolEn
 			sc, err := pool.Dial(ctx, member, addr, cfg.Server)
 			if err != nil {
 				return nil, err
+			}
+			if sc.TLS {
+				e.links.Store(linksTLS)
+			} else {
+				e.links.Store(linksPlain)
 			}
 			dl := time.Now().Add(cfg.StartupTimeout)
 			_ = sc.SetDeadline(dl)

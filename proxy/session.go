@@ -48,7 +48,7 @@ type session struct {
 
 	mu       sync.Mutex // guards server, pair and killed against kill
 	server   *pool.ServerConn
-	pair     *loop.Pair // set while a loop thread relays the session
+	onLoop   interface{ Stop() } // the loop.Pair or loop.Session while a loop thread relays the session
 	killed   atomic.Pointer[clientError]
 	clientPK []byte // the proxy's cancel key handed to the client
 }
@@ -93,9 +93,9 @@ func (sess *session) kill(e *clientError) bool {
 	}
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
-	if sess.pair != nil {
+	if sess.onLoop != nil {
 		// The loop thread tells the client why (Farewell).
-		sess.pair.Stop()
+		sess.onLoop.Stop()
 	} else if sess.server != nil {
 		// Unblocks the serve goroutine's read; it tells the client why.
 		sess.server.Close()
@@ -260,17 +260,7 @@ func (sess *session) negotiate(cfg *Config) (*startupPacket, error) {
 // route picks the member for the session, waiting up to PrimaryWait for a
 // primary to appear when the session needs one and there is none.
 func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (router.Decision, error) {
-	ri := router.Intent{
-		Listener: sess.ln.cfg.Kind,
-		ReadOnly: in.readOnly,
-		Sessions: sess.srv.sessionsOn,
-	}
-	if in.primaryOnly && ri.Listener == router.ListenerAny {
-		ri.ReadOnly = false
-	}
-	if ri.MayUseStandby() {
-		ri.Seq = sess.srv.seq.Add(1)
-	}
+	ri := sess.intent(in)
 	var timer *time.Timer
 	start := time.Now()
 	for {
@@ -305,6 +295,32 @@ func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (
 			return dec, fatalf(codeAdminShutdown, "terminating connection because pgrouter is shutting down")
 		}
 	}
+}
+
+func (sess *session) intent(in sessionIntent) router.Intent {
+	ri := router.Intent{
+		Listener: sess.ln.cfg.Kind,
+		ReadOnly: in.readOnly,
+		Sessions: sess.srv.sessionsOn,
+	}
+	if in.primaryOnly && ri.Listener == router.ListenerAny {
+		ri.ReadOnly = false
+	}
+	if ri.MayUseStandby() {
+		ri.Seq = sess.srv.seq.Add(1)
+	}
+	return ri
+}
+
+// routeNow routes without waiting; any error means "take the slow way",
+// where route waits for a primary and says what went wrong.
+func (sess *session) routeNow(cfg *Config, in sessionIntent) (router.Decision, bool) {
+	snap, _ := sess.srv.feed.Load()
+	dec, err := router.Route(sess.intent(in), snap, cfg.Policy)
+	if err != nil || (in.standbyOnly && dec.Role != topology.RoleStandby) {
+		return dec, false
+	}
+	return dec, true
 }
 
 func routeError(err error) error {
@@ -385,7 +401,7 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter) (handled
 	}
 	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
 	sess.mu.Lock()
-	sess.pair = p
+	sess.onLoop = p
 	sess.mu.Unlock()
 	if sess.killed.Load() != nil {
 		p.Stop() // killed while the sockets changed hands

@@ -32,9 +32,7 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 		}
 	}()
 	var out []byte
-	streamLeft := 0 // bytes of a CopyData being streamed through
-	failing := false
-	var failErr *clientError
+	var c clientState
 	for {
 		if len(buf) == cap(buf) {
 			if borrowed == nil && cap(buf) < clientReadBuf {
@@ -51,94 +49,28 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 		n, rerr := ps.sess.client.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		out = out[:0]
-		var sc *pool.ServerConn
 		msgs := buf
-		for len(msgs) > 0 {
-			if streamLeft > 0 {
-				k := min(streamLeft, len(msgs))
-				out = append(out, msgs[:k]...)
-				streamLeft -= k
-				msgs = msgs[k:]
-				continue
+		for {
+			var step clientStep
+			var err error
+			msgs, out, step, err = ps.consume(&c, msgs, out, ps.writeClient)
+			if err != nil {
+				return err
 			}
-			if len(msgs) < 5 {
-				break
-			}
-			typ := msgs[0]
-			l := int(getUint32(msgs[1:5]))
-			if l < 4 || l > maxClientMessage {
-				return fatalf(codeProtocolViolation, "invalid message length %d", l)
-			}
-			if typ == 'X' {
-				ps.flushToServer(sc, out)
+			if step == stepTerminate {
+				ps.flushToServer(ps.heldServer(), out)
 				return io.EOF
 			}
-			if sc == nil && !failing && typ == 'Q' && ps.splitCfg != nil && len(msgs) >= 1+l {
-				if resp, ok := ps.answerRouteSetting(msgs[5 : 1+l]); ok {
-					// SET pgrouter.route is the proxy's own: answered here,
-					// and `primary` needs no quotes although the server's
-					// grammar reserves it.
-					if err := ps.writeClient(resp); err != nil {
-						return err
-					}
-					msgs = msgs[1+l:]
-					continue
-				}
-			}
-			if sc == nil && !failing {
-				if resp, n := ps.deferPrepare(msgs); n > 0 {
-					if err := ps.writeClient(resp); err != nil {
-						return err
-					}
-					msgs = msgs[n:]
-					continue
-				}
-				var err error
-				sc, err = ps.ensureServerFor(ctx, cfg, in, msgs)
-				if err != nil {
-					ce, ok := asClientError(err)
-					if !ok || ce.Severity == "FATAL" {
-						return err
-					}
-					failing, failErr = true, ce
-				}
-			}
-			if typ == 'd' && len(msgs) < 1+l {
-				// Stream a long CopyData instead of holding it whole.
-				if !failing {
-					out = append(out, msgs...)
-				}
-				streamLeft = 1 + l - len(msgs)
-				msgs = msgs[len(msgs):]
-				continue
-			}
-			if len(msgs) < 1+l {
+			if step != stepNeedServer {
 				break
 			}
-			body := msgs[5 : 1+l]
-			if failing {
-				// Nothing reaches a server; answer at the next Sync or Query.
-				if typ == 'S' || typ == 'Q' {
-					resp := appendErrorResponse(nil, failErr)
-					resp = appendMessage(resp, 'Z', []byte{'I'})
-					if err := ps.writeClient(resp); err != nil {
-						return err
-					}
-					failing, failErr = false, nil
-				}
-			} else {
-				var held bool
-				out, held = ps.rewrite(out, sc, typ, msgs[:1+l], body)
-				if !held {
-					// The server went back to its pool just before this
-					// message (only possible for a chunk's first): get another.
-					sc = nil
-					continue
+			if _, err := ps.ensureServerFor(ctx, cfg, in, msgs); err != nil {
+				if err := c.fail(err); err != nil {
+					return err
 				}
 			}
-			msgs = msgs[1+l:]
 		}
-		ps.flushToServer(sc, out)
+		ps.flushToServer(ps.heldServer(), out)
 		rest := copy(buf, msgs)
 		buf = buf[:rest]
 		if rest <= idleReadBuf/2 && cap(buf) > idleReadBuf {
@@ -158,6 +90,126 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 			return rerr
 		}
 	}
+}
+
+// clientState is what the pooled relay remembers of the client's stream
+// between chunks.
+type clientState struct {
+	streamLeft int          // bytes of a CopyData being streamed through
+	failErr    *clientError // the server could not be had: messages are skipped up to the next Sync or Query, which gets this error
+}
+
+// fail handles a failure to get a server: a FATAL one ends the session,
+// any other is the answer to the messages up to the next Sync.
+func (c *clientState) fail(err error) error {
+	ce, ok := asClientError(err)
+	if !ok || ce.Severity == "FATAL" {
+		return err
+	}
+	c.failErr = ce
+	return nil
+}
+
+type clientStep uint8
+
+const (
+	stepMore       clientStep = iota // msgs holds no whole message: read more
+	stepNeedServer                   // the next message needs a server the session does not hold
+	stepTerminate                    // the client said goodbye
+)
+
+// consume handles the client messages at the start of msgs, appending what
+// goes to the held server to out and writing the proxy's own answers with
+// reply. It stops where it needs a server, at a Terminate, or where no
+// whole message is left, and returns the bytes it did not consume. The
+// server it writes for is the one held when it needs one: it is never
+// given back while out holds messages for it (they are outstanding).
+func (ps *pooled) consume(c *clientState, msgs, out []byte, reply func([]byte) error) ([]byte, []byte, clientStep, error) {
+	for len(msgs) > 0 {
+		if c.streamLeft > 0 {
+			k := min(c.streamLeft, len(msgs))
+			out = append(out, msgs[:k]...)
+			c.streamLeft -= k
+			msgs = msgs[k:]
+			continue
+		}
+		if len(msgs) < 5 {
+			break
+		}
+		typ := msgs[0]
+		l := int(getUint32(msgs[1:5]))
+		if l < 4 || l > maxClientMessage {
+			return msgs, out, stepMore, fatalf(codeProtocolViolation, "invalid message length %d", l)
+		}
+		if typ == 'X' {
+			return msgs, out, stepTerminate, nil
+		}
+		sc := ps.heldServer()
+		if sc == nil && c.failErr == nil {
+			if typ == 'Q' && ps.splitCfg != nil && len(msgs) >= 1+l {
+				if resp, ok := ps.answerRouteSetting(msgs[5 : 1+l]); ok {
+					// SET pgrouter.route is the proxy's own: answered here,
+					// and `primary` needs no quotes although the server's
+					// grammar reserves it.
+					if err := reply(resp); err != nil {
+						return msgs, out, stepMore, err
+					}
+					msgs = msgs[1+l:]
+					continue
+				}
+			}
+			if resp, n := ps.deferPrepare(msgs); n > 0 {
+				if err := reply(resp); err != nil {
+					return msgs, out, stepMore, err
+				}
+				msgs = msgs[n:]
+				continue
+			}
+			return msgs, out, stepNeedServer, nil
+		}
+		if typ == 'd' && len(msgs) < 1+l {
+			// Stream a long CopyData instead of holding it whole.
+			if c.failErr == nil {
+				out = append(out, msgs...)
+			}
+			c.streamLeft = 1 + l - len(msgs)
+			msgs = msgs[len(msgs):]
+			continue
+		}
+		if len(msgs) < 1+l {
+			break
+		}
+		body := msgs[5 : 1+l]
+		if c.failErr != nil {
+			// Nothing reaches a server; answer at the next Sync or Query.
+			if typ == 'S' || typ == 'Q' {
+				resp := appendErrorResponse(nil, c.failErr)
+				resp = appendMessage(resp, 'Z', []byte{'I'})
+				if err := reply(resp); err != nil {
+					return msgs, out, stepMore, err
+				}
+				c.failErr = nil
+			}
+		} else {
+			var held bool
+			out, held = ps.rewrite(out, sc, typ, msgs[:1+l], body)
+			if !held {
+				// The server went back to its pool just before this
+				// message (only possible for a chunk's first): get another.
+				continue
+			}
+		}
+		msgs = msgs[1+l:]
+	}
+	return msgs, out, stepMore, nil
+}
+
+// heldServer returns the server the session holds, nil between
+// transactions.
+func (ps *pooled) heldServer() *pool.ServerConn {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.server
 }
 
 // ensureServerFor returns the held server, acquiring one when the session
@@ -468,59 +520,25 @@ func (ps *pooled) pumpOne(sc *pool.ServerConn) bool {
 // pump copies one lent server's output to the client until the server
 // is given back (nil) or fails.
 func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
-	var scan frameScanner
-	scan.watch = serverWatchPooled
-	drop := false
-	msgStart := 0
-	retry := false
-	flushed := false // some of this lend's answer already reached the client
+	a := answer{scan: frameScanner{watch: serverWatchPooled}}
 	toClient := ps.sess.srv.metrics.bytes.WithLabelValues(ps.sess.ln.cfg.Name, "to_client")
 	for {
 		n, rerr := sc.Read(buf)
-		out = out[:0]
-		released := false
-		for b := buf[:n]; len(b) > 0; {
-			inHeader := scan.hdrN < 5
-			k, done, err := scan.next(b)
-			if err != nil {
-				return err
-			}
-			if inHeader {
-				if scan.hdrN == 5 || scan.hdrN == 0 {
-					drop = scan.typ() == '1' && ps.headIs(fifoParseDrop)
-					msgStart = len(out)
-					if !drop {
-						out = append(out, scan.hdr[:]...)
-					}
-				}
-			} else if !drop {
-				out = append(out, b[:k]...)
-			}
-			b = b[k:]
-			if done {
-				if scan.typ() == 'E' && ps.retryOnPrimary(scan.msg(), flushed) {
-					// A standby refused a statement the classifier let
-					// through: the client sees none of this answer; it
-					// runs again on the primary below.
-					out = out[:0]
-					retry = true
-				} else if retry && scan.typ() == 'Z' {
-					out = out[:msgStart]
-				}
-				if ps.onServerMessage(sc, scan.typ(), scan.msg(), len(b) == 0) {
-					released = true
-				}
-			}
+		var released bool
+		var err error
+		out, released, err = ps.take(&a, sc, buf[:n], out[:0])
+		if err != nil {
+			return err
 		}
-		if len(out) > 0 && !retry {
+		if len(out) > 0 && !a.retry {
 			if err := ps.writeClient(out); err != nil {
 				return err
 			}
-			flushed = true
+			a.flushed = true
 			toClient.Add(float64(len(out)))
 		}
 		if released {
-			if retry {
+			if a.retry {
 				ps.release(sc, true)
 				return errRetryOnPrimary
 			}
@@ -534,6 +552,57 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 			return rerr
 		}
 	}
+}
+
+// answer follows a lent server's output, one chunk at a time: it finds
+// the messages the pooled relay acts on, drops the ParseComplete of
+// Parses the proxy injected and says when the server goes back.
+type answer struct {
+	scan     frameScanner
+	drop     bool // the current message is not for the client
+	msgStart int  // where the current message starts in out
+	retry    bool // a standby refused the statement; it runs again on the primary
+	flushed  bool // some of this lend's answer already reached the client
+}
+
+// take appends to out what the client must see of chunk, read from sc,
+// and reports whether sc is to be given back now.
+func (ps *pooled) take(a *answer, sc *pool.ServerConn, chunk, out []byte) ([]byte, bool, error) {
+	released := false
+	for b := chunk; len(b) > 0; {
+		inHeader := a.scan.hdrN < 5
+		k, done, err := a.scan.next(b)
+		if err != nil {
+			return out, false, err
+		}
+		if inHeader {
+			if a.scan.hdrN == 5 || a.scan.hdrN == 0 {
+				a.drop = a.scan.typ() == '1' && ps.headIs(fifoParseDrop)
+				a.msgStart = len(out)
+				if !a.drop {
+					out = append(out, a.scan.hdr[:]...)
+				}
+			}
+		} else if !a.drop {
+			out = append(out, b[:k]...)
+		}
+		b = b[k:]
+		if done {
+			if a.scan.typ() == 'E' && ps.retryOnPrimary(a.scan.msg(), a.flushed) {
+				// A standby refused a statement the classifier let
+				// through: the client sees none of this answer; it
+				// runs again on the primary.
+				out = out[:0]
+				a.retry = true
+			} else if a.retry && a.scan.typ() == 'Z' {
+				out = out[:a.msgStart]
+			}
+			if ps.onServerMessage(sc, a.scan.typ(), a.scan.msg(), len(b) == 0) {
+				released = true
+			}
+		}
+	}
+	return out, released, nil
 }
 
 func (ps *pooled) headIs(k fifoKind) bool {
@@ -624,6 +693,24 @@ func lowerASCII(s string) string {
 // its next transaction on another server; a session that depended on the
 // server's state (session mode, pinned) is closed.
 func (ps *pooled) serverLost(sc *pool.ServerConn, err error) {
+	resp, fatal := ps.forget(sc, err)
+	if fatal != nil {
+		ps.sess.kill(fatal)
+		ps.sess.client.Close()
+		return
+	}
+	if len(resp) == 0 {
+		return
+	}
+	_ = ps.sess.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = ps.writeClient(resp)
+	_ = ps.sess.client.SetWriteDeadline(time.Time{})
+}
+
+// forget gives up a lent server that failed and says what the client
+// must be told: an error and a ReadyForQuery per outstanding Sync, or,
+// when the session depended on that server, the FATAL that ends it.
+func (ps *pooled) forget(sc *pool.ServerConn, err error) (resp []byte, fatal *clientError) {
 	ps.mu.Lock()
 	if ps.server == sc {
 		ps.server = nil
@@ -642,24 +729,20 @@ func (ps *pooled) serverLost(sc *pool.ServerConn, err error) {
 	ps.mu.Unlock()
 	ps.release(sc, false)
 	if !keep {
-		ps.sess.kill(&clientError{Severity: "FATAL", Code: codeConnectionFailure,
-			Message: "the server connection of this session was lost", Detail: err.Error()})
-		ps.sess.client.Close()
-		return
+		return nil, &clientError{Severity: "FATAL", Code: codeConnectionFailure,
+			Message: "the server connection of this session was lost", Detail: err.Error()}
 	}
 	if !inFlight {
-		return
+		return nil, nil
 	}
 	if syncs == 0 {
 		syncs = 1
 	}
-	resp := appendErrorResponse(nil, &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+	resp = appendErrorResponse(nil, &clientError{Severity: "ERROR", Code: codeConnectionFailure,
 		Message: "the server connection was lost during the transaction; it did not commit",
 		Hint:    "Retry the transaction: the session is still usable."})
 	for range syncs {
 		resp = appendMessage(resp, 'Z', []byte{'I'})
 	}
-	_ = ps.sess.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_ = ps.writeClient(resp)
-	_ = ps.sess.client.SetWriteDeadline(time.Time{})
+	return resp, nil
 }

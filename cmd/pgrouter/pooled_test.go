@@ -50,12 +50,29 @@ func appConn(t *testing.T, c *pgtest.Cluster, addr string) *pgx.Conn {
 	return conn
 }
 
+// TestTransactionPoolingSharesServers runs on both relays: an epoll loop
+// thread (the default) and goroutines (--relay-threads 0).
 func TestTransactionPoolingSharesServers(t *testing.T) {
+	for _, relay := range []struct {
+		name string
+		args []string
+	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+		t.Run(relay.name, func(t *testing.T) {
+			p := startPooled(t, sharedCluster(t), "transaction", append([]string{"--pool-size", "2"}, relay.args...)...)
+			testTransactionPooling(t, p, "pooled_"+relay.name)
+			want := `pgrouter_relayed_sessions_total{listener="rw",relay="` + relay.name + `"}`
+			if n := metricValue(t, p.Admin, want); n < 10 {
+				t.Fatalf("%s = %v, want every session (at least 10)", want, n)
+			}
+		})
+	}
+}
+
+func testTransactionPooling(t *testing.T, p *proxyProc, table string) {
 	c := sharedCluster(t)
-	p := startPooled(t, c, "transaction", "--pool-size", "2")
 	ctx := context.Background()
 	setup := appConn(t, c, p.RW)
-	if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS pooled_t (client int, n int)"); err != nil {
+	if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+table+" (client int, n int)"); err != nil {
 		t.Fatal(err)
 	}
 	const clients, rounds = 10, 30
@@ -81,12 +98,12 @@ func TestTransactionPoolingSharesServers(t *testing.T) {
 				}
 				// The default statement cache uses named prepared statements:
 				// they must follow the client from server to server.
-				if _, err := tx.Exec(ctx, "INSERT INTO pooled_t VALUES ($1, $2)", i, n); err != nil {
+				if _, err := tx.Exec(ctx, "INSERT INTO "+table+" VALUES ($1, $2)", i, n); err != nil {
 					errc <- fmt.Errorf("client %d round %d insert: %w", i, n, err)
 					return
 				}
 				var got, pid int
-				if err := tx.QueryRow(ctx, "SELECT count(*), pg_backend_pid() FROM pooled_t WHERE client = $1", i).Scan(&got, &pid); err != nil {
+				if err := tx.QueryRow(ctx, "SELECT count(*), pg_backend_pid() FROM "+table+" WHERE client = $1", i).Scan(&got, &pid); err != nil {
 					errc <- fmt.Errorf("client %d round %d select: %w", i, n, err)
 					return
 				}

@@ -213,17 +213,24 @@ func (p *Pair) Done() <-chan struct{} { return p.done }
 
 // thread is one epoll loop and the pairs it owns.
 type thread struct {
-	epfd   int
-	wakefd int // eventfd: new pairs or stop
-	buf    []byte
-	sides  []*side // indexed by descriptor number; owned by the loop goroutine
-	pairs  map[*Pair]struct{}
-	exited chan struct{}
+	epfd     int
+	wakefd   int // eventfd: new pairs or stop
+	buf      []byte
+	sides    []endpoint // indexed by descriptor number; owned by the loop goroutine
+	pairs    map[*Pair]struct{}
+	sessions map[*Session]struct{}
+	exited   chan struct{}
 
 	mu       sync.Mutex
 	incoming []*Pair
+	tasks    []task
 	stopping bool
 }
+
+// endpoint is a socket the thread serves: a side of a pair or of a session.
+type endpoint interface{ handle(t *thread, ev uint32) }
+
+func (s *side) handle(t *thread, ev uint32) { t.handle(s, ev) }
 
 func newThread() (*thread, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -240,7 +247,7 @@ func newThread() (*thread, error) {
 		unix.Close(wfd)
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	return &thread{epfd: epfd, wakefd: wfd, buf: make([]byte, readBuf), pairs: make(map[*Pair]struct{}), exited: make(chan struct{})}, nil
+	return &thread{epfd: epfd, wakefd: wfd, buf: make([]byte, readBuf), pairs: make(map[*Pair]struct{}), sessions: make(map[*Session]struct{}), exited: make(chan struct{})}, nil
 }
 
 var one = [8]byte{1}
@@ -282,7 +289,7 @@ func (t *thread) run(rawWait bool) {
 	defer close(t.exited)
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, errno := epollWait(t.epfd, events, rawWait && len(t.pairs) > 0)
+		n, errno := epollWait(t.epfd, events, rawWait && len(t.pairs)+len(t.sessions) > 0)
 		if errno != 0 {
 			if errno != unix.EINTR {
 				panic(fmt.Sprintf("loop: epoll_wait: %v", errno))
@@ -301,7 +308,7 @@ func (t *thread) run(rawWait bool) {
 			if fd >= len(t.sides) || t.sides[fd] == nil {
 				continue // its pair ended earlier in this batch
 			}
-			t.handle(t.sides[fd], events[i].Events)
+			t.sides[fd].handle(t, events[i].Events)
 		}
 	}
 }
@@ -312,12 +319,15 @@ func (t *thread) admit() bool {
 	var b [8]byte
 	_, _ = unix.Read(t.wakefd, b[:])
 	t.mu.Lock()
-	in := t.incoming
-	t.incoming = nil
+	in, tasks := t.incoming, t.tasks
+	t.incoming, t.tasks = nil, nil
 	stopping := t.stopping
 	t.mu.Unlock()
 	for _, p := range in {
 		t.register(p)
+	}
+	for _, k := range tasks {
+		t.runTask(k)
 	}
 	return stopping
 }
@@ -325,10 +335,7 @@ func (t *thread) admit() bool {
 func (t *thread) register(p *Pair) {
 	t.pairs[p] = struct{}{}
 	for _, s := range [2]*side{&p.client, &p.server} {
-		for s.fd >= len(t.sides) {
-			t.sides = append(t.sides, make([]*side, len(t.sides)+64)...)
-		}
-		t.sides[s.fd] = s
+		t.setEndpoint(s.fd, s)
 		s.events = unix.EPOLLIN
 		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
 			t.end(p, fmt.Errorf("epoll_ctl: %w", err))
@@ -344,6 +351,10 @@ func (t *thread) shutdown() {
 	for p := range t.pairs {
 		p.stopped.Store(true)
 		t.end(p, nil)
+	}
+	for s := range t.sessions {
+		s.stopped.Store(true)
+		t.endSession(s, nil)
 	}
 	unix.Close(t.wakefd)
 	unix.Close(t.epfd)
@@ -494,7 +505,7 @@ func (t *thread) end(p *Pair, err error) {
 		}
 	}
 	for _, s := range [2]*side{&p.client, &p.server} {
-		if s.fd < len(t.sides) && t.sides[s.fd] == s {
+		if s.fd < len(t.sides) && t.sides[s.fd] == endpoint(s) {
 			t.sides[s.fd] = nil
 		}
 		s.release()

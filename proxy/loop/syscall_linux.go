@@ -17,6 +17,13 @@ func rawRead(fd int, b []byte) (int, unix.Errno) {
 	return int(n), e
 }
 
+// rawPeek looks at one byte without taking it: EAGAIN means nothing came.
+func rawPeek(fd int) unix.Errno {
+	var b [1]byte
+	_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+	return e
+}
+
 func rawWrite(fd int, b []byte) (int, unix.Errno) {
 	if len(b) == 0 {
 		return 0, 0

@@ -12,6 +12,9 @@ import (
 // as when PostgreSQL shuts down). One non-blocking peek, no wait: cheap
 // enough for every lend.
 func alive(c net.Conn) bool {
+	if a, ok := c.(interface{ Alive() bool }); ok {
+		return a.Alive() // a socket outside Go's poller (package loop)
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}

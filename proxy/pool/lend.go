@@ -158,6 +158,33 @@ func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
 	}
 }
 
+// TryAcquire lends an idle connection without waiting or dialing: nil
+// when none is idle (Acquire then opens or waits for one), ErrClosed once
+// the pool is closed. It is the lend of a relay that must not block.
+func (p *Pool) TryAcquire() (*ServerConn, error) {
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		n := len(p.idle)
+		if n == 0 {
+			p.mu.Unlock()
+			return nil, nil
+		}
+		sc := p.idle[n-1]
+		p.idle[n-1] = nil
+		p.idle = p.idle[:n-1]
+		p.stats.Lent++
+		p.mu.Unlock()
+		if p.usable(sc) {
+			return sc, nil
+		}
+		p.discard(sc)
+	}
+}
+
 func (p *Pool) wait(ctx context.Context, ch chan *ServerConn, start time.Time) (*ServerConn, error) {
 	t := time.NewTimer(p.cfg.WaitTimeout - time.Since(start))
 	defer t.Stop()
