@@ -13,7 +13,7 @@
 #                         e.g. 'S-simple' or 'c8$' (default: all)
 #   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
 #                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer haproxy plainrelay
-#                         pgrouter-tx pgbouncer-tx (direct is always kept), e.g.
+#                         pgrouter-tx pgrouter-txgr pgbouncer-tx (direct is always kept), e.g.
 #                         '-tx$' for the pooled comparison alone
 #   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
 #   PGR_BENCH_TX_IDLE_CONNS  clients for the pooled targets' memory test, 0 skips
@@ -269,17 +269,28 @@ fi
 # bench user with an md5 hash (of a password nobody uses) in PgBouncer's
 # userlist format.
 PGR_TX_ADMIN=""
+mkdir -p "$W/pgrouter-tx"
+printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
 if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
 	free_port P_PGR_TX
 	free_port P_PGR_TX_ADMIN
-	mkdir -p "$W/pgrouter-tx"
-	printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
 	if start_pgrouter pgrouter-tx "$P_PGR_TX" "$P_PGR_TX_ADMIN" --listen-rw "127.0.0.1:$P_PGR_TX" \
 		--pool-mode transaction --pool-size "$POOL_SIZE" \
 		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust'; then
 		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $STARTED_PID)"
 		PGR_TX_ADMIN=127.0.0.1:$P_PGR_TX_ADMIN
 	fi
+fi
+
+# pgrouter-txgr: the same transaction pooling relayed by goroutines (a client
+# goroutine, and a pump goroutine per lend) instead of the epoll loop.
+if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-txgr; then
+	free_port P_PGR_TXGR
+	free_port P_PGR_TXGR_ADMIN
+	start_pgrouter pgrouter-txgr "$P_PGR_TXGR" "$P_PGR_TXGR_ADMIN" --relay-threads 0 --listen-rw "127.0.0.1:$P_PGR_TXGR" \
+		--pool-mode transaction --pool-size "$POOL_SIZE" \
+		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust' &&
+		log "pgrouter-txgr up: transaction pooling on goroutines, 127.0.0.1:$P_PGR_TXGR (pid $STARTED_PID)"
 fi
 
 # start_pgbouncer NAME POOL_MODE POOL_SIZE MAX_CLIENT_CONN: PgBouncer with trust

@@ -1,0 +1,331 @@
+package loop
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+)
+
+// relayHandler is a minimal protocol: the client's bytes go to the held
+// server; a client byte '!' asks for a server (attached on a goroutine
+// through Post, as a pool that must wait would); the server's bytes go to
+// the client, and a server byte '.' gives the server back.
+type relayHandler struct {
+	mu       sync.Mutex // guards what the test reads
+	servers  chan *Socket
+	released []*Socket
+	failed   []error
+	farewell []byte
+	pending  []byte // client bytes waiting for a server
+	posts    sync.WaitGroup
+}
+
+func (h *relayHandler) FromClient(s *Session, b []byte) {
+	if i := bytes.IndexByte(b, '!'); i >= 0 && !s.HasServer() {
+		h.pending = append(h.pending, b[i+1:]...)
+		s.Hold(true)
+		h.posts.Add(1)
+		go func() {
+			defer h.posts.Done()
+			sock := <-h.servers
+			s.Post(func(alive bool) {
+				if !alive {
+					sock.Close()
+					return
+				}
+				s.Hold(false)
+				if !s.Attach(sock) {
+					s.End(errors.New("attach failed"))
+					return
+				}
+				s.WriteServer(h.pending)
+				h.pending = nil
+			})
+		}()
+		return
+	}
+	s.WriteServer(b)
+}
+
+func (h *relayHandler) FromServer(s *Session, b []byte) {
+	s.WriteClient(b)
+	if len(b) > 0 && b[len(b)-1] == '.' {
+		sock := s.server.sock
+		clean := s.Detach()
+		h.mu.Lock()
+		h.released = append(h.released, sock)
+		h.mu.Unlock()
+		if !clean {
+			s.End(errors.New("detached with bytes pending"))
+		}
+	}
+}
+
+func (h *relayHandler) ServerFailed(s *Session, sock *Socket, err error) {
+	h.mu.Lock()
+	h.failed = append(h.failed, err)
+	h.mu.Unlock()
+	sock.Close()
+	s.WriteClient([]byte("lost"))
+}
+
+func (h *relayHandler) Farewell(*Session) []byte { return h.farewell }
+
+// serverSocket returns a Socket for one end of a loopback connection and
+// the other end, as a Go conn, playing the server.
+func serverSocket(t *testing.T) (*Socket, net.Conn) {
+	t.Helper()
+	a, db := tcpPair(t)
+	s, err := Detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, db
+}
+
+func readN(t *testing.T, c net.Conn, n int) string {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return string(b)
+}
+
+func waitSession(t *testing.T, s *Session) (error, *Socket, bool) {
+	t.Helper()
+	select {
+	case <-s.Done():
+		return s.Wait()
+	case <-time.After(10 * time.Second):
+		t.Fatal("session did not end")
+		return nil, nil, false
+	}
+}
+
+func TestSessionLendsAndGivesBackServers(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket, 2)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock1, db1 := serverSocket(t)
+	sock2, db2 := serverSocket(t)
+	h.servers <- sock1
+	h.servers <- sock2
+	for i, db := range []net.Conn{db1, db2} {
+		if _, err := app.Write([]byte("!query")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readN(t, db, 5); got != "query" {
+			t.Fatalf("server %d got %q", i, got)
+		}
+		if _, err := db.Write([]byte("rows.")); err != nil {
+			t.Fatal(err)
+		}
+		if got := readN(t, app, 5); got != "rows." {
+			t.Fatalf("client got %q from server %d", got, i)
+		}
+	}
+	app.Close()
+	err, left, _ := waitSession(t, s)
+	if err != nil || left != nil {
+		t.Fatalf("Wait = %v, %v; want a clean end holding no server", err, left)
+	}
+	h.posts.Wait()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.released) != 2 || h.released[0] != sock1 || h.released[1] != sock2 {
+		t.Fatalf("released %v, want both servers in turn", h.released)
+	}
+	// A detached server is usable by goroutines again.
+	if !sock1.Alive() {
+		t.Fatal("server 1 not alive after its lend")
+	}
+	if _, err := sock1.Write([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, db1, 5); got != "again" {
+		t.Fatalf("server 1 got %q after the lend", got)
+	}
+}
+
+func TestSessionEndHandsBackTheHeldServer(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket, 1), farewell: []byte("bye")}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, db := serverSocket(t)
+	h.servers <- sock
+	if _, err := app.Write([]byte("!q")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+	s.Stop()
+	err, left, clean := waitSession(t, s)
+	if err != nil || left != sock || !clean {
+		t.Fatalf("Wait = %v, %v, %v; want nil, the held server, clean", err, left, clean)
+	}
+	if got := readN(t, app, 3); got != "bye" {
+		t.Fatalf("farewell %q", got)
+	}
+	// The held server is the caller's: still open.
+	if _, err := left.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+	h.posts.Wait()
+}
+
+func TestSessionServerFailure(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket, 1)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, db := serverSocket(t)
+	h.servers <- sock
+	if _, err := app.Write([]byte("!q")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+	db.Close()
+	if got := readN(t, app, 4); got != "lost" {
+		t.Fatalf("client got %q", got)
+	}
+	// Another goroutine closing the held server is a failure too.
+	sock2, db2 := serverSocket(t)
+	h.servers <- sock2
+	if _, err := app.Write([]byte("!q")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db2, 1)
+	sock2.Close()
+	if got := readN(t, app, 4); got != "lost" {
+		t.Fatalf("client got %q", got)
+	}
+	app.Close()
+	waitSession(t, s)
+	h.posts.Wait()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.failed) != 2 {
+		t.Fatalf("failures %v, want 2", h.failed)
+	}
+}
+
+func TestSessionPostAfterEnd(t *testing.T) {
+	l := newLoop(t, 1)
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, &relayHandler{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.Close()
+	waitSession(t, s)
+	got := make(chan bool, 1)
+	s.Post(func(alive bool) { got <- alive })
+	if <-got {
+		t.Fatal("a task posted after the end ran as alive")
+	}
+	l.Close()
+	s.Post(func(alive bool) { got <- alive })
+	if <-got {
+		t.Fatal("a task posted after Close ran as alive")
+	}
+}
+
+// A client that does not read holds the server back: its output waits in
+// the kernel, not in a growing buffer, and arrives whole.
+func TestSessionSlowClient(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket, 1)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, db := serverSocket(t)
+	h.servers <- sock
+	if _, err := app.Write([]byte("!q")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+	data := make([]byte, 16<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	data[len(data)-1] = '.'
+	go func() { _, _ = db.Write(data) }()
+	time.Sleep(50 * time.Millisecond) // let the loop fill the client's socket
+	h2 := sha256.New()
+	_ = app.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if n, err := io.CopyN(h2, app, int64(len(data))); err != nil {
+		t.Fatalf("after %d bytes: %v", n, err)
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(h2.Sum(nil), want[:]) {
+		t.Fatal("the client got different bytes")
+	}
+	app.Close()
+	waitSession(t, s)
+	h.posts.Wait()
+}
+
+func TestSocketAsConn(t *testing.T) {
+	sock, db := serverSocket(t)
+	if !sock.Alive() {
+		t.Fatal("fresh socket not alive")
+	}
+	if _, err := db.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for sock.Alive() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if sock.Alive() {
+		t.Fatal("a socket with unasked bytes is alive")
+	}
+	b := make([]byte, 1)
+	if n, err := sock.Read(b); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v", n, err)
+	}
+	_ = sock.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if _, err := sock.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline = %v", err)
+	}
+	_ = sock.SetReadDeadline(time.Time{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := sock.Read(b)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	sock.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Read after Close succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not wake a blocked Read")
+	}
+	if _, err := sock.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write after Close = %v", err)
+	}
+}
