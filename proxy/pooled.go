@@ -430,6 +430,13 @@ func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*
 	}
 }
 
+// waitTimeout is the error of a transaction that found no free server.
+func (ps *pooled) waitTimeout(member string) *clientError {
+	return &clientError{Severity: "ERROR", Code: codeTooManyConnections,
+		Message: "no server connection became free within query-wait-timeout",
+		Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, member)}
+}
+
 // memberUnreachable is a dial failure: worth routing again.
 type memberUnreachable struct{ ce *clientError }
 
@@ -450,9 +457,7 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 	if err != nil {
 		switch {
 		case errors.Is(err, pool.ErrWaitTimeout):
-			return nil, &clientError{Severity: "ERROR", Code: codeTooManyConnections,
-				Message: "no server connection became free within query-wait-timeout",
-				Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, dec.Member.Name)}
+			return nil, ps.waitTimeout(dec.Member.Name)
 		case errors.Is(err, errServerRefused):
 			return nil, &clientError{Severity: "FATAL", Code: "28000",
 				Message: "pgrouter could not log in to " + dec.Member.Name + " as " + ps.user, Detail: err.Error()}

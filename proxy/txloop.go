@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -42,6 +43,21 @@ type txLoop struct {
 	pool       *pool.Pool
 	poolMember string
 
+	// A session waiting for a server of a full pool is queued there as a
+	// Waiter instead of parking a goroutine; the pool hands it a server
+	// (ready) and the thread takes it (takeHanded). waitDec is the route
+	// of the lend that waits; waitTimer bounds it (query-wait-timeout).
+	waiter    pool.Waiter
+	waitDec   router.Decision
+	waitTimer *time.Timer
+	takeTask  func(alive bool)
+	hmu       sync.Mutex // guards the hand-off below
+	waitPool  *pool.Pool // where the session waits
+	waitUntil time.Time  // a timer that fires before is from an earlier wait
+	handed    *pool.ServerConn
+	handedSet bool // Ready was called (handed nil: borrow with Acquire)
+	timedOut  bool
+
 	toClient, toServer prometheus.Counter
 }
 
@@ -63,6 +79,8 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	defer cancel()
 	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx}
 	h.reply = h.writeClient
+	h.waiter.Ready = h.ready
+	h.takeTask = h.takeHanded
 	h.a.scan.watch = serverWatchPooled
 	name := sess.ln.cfg.Name
 	h.toClient = sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
@@ -84,6 +102,10 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	err, _, clean := s.Wait()
 	cancel()
 	h.slow.Wait()
+	if h.waitTimer != nil {
+		h.waitTimer.Stop()
+		h.waitPool.CancelWait(&h.waiter, false) // if it ended waiting
+	}
 	ps.mu.Lock()
 	held := ps.server
 	ps.server = nil
@@ -95,6 +117,14 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	return true, err
 }
 
+// enter records the session on the thread's first call: the thread
+// writes h.s once, so the goroutines that hand it a server may read it.
+func (h *txLoop) enter(s *loop.Session) {
+	if h.s == nil {
+		h.s = s
+	}
+}
+
 func (h *txLoop) writeClient(b []byte) error {
 	h.s.WriteClient(b)
 	return nil
@@ -103,7 +133,7 @@ func (h *txLoop) writeClient(b []byte) error {
 // FromClient consumes the client's messages, lending a server when a
 // transaction starts.
 func (h *txLoop) FromClient(s *loop.Session, b []byte) {
-	h.s = s
+	h.enter(s)
 	data := b
 	if len(h.buf) > 0 {
 		h.buf = append(h.buf, b...)
@@ -170,26 +200,104 @@ func (h *txLoop) fail(err error) {
 	h.s.End(err)
 }
 
-// lend attaches a server now, when one is idle in the session's pool and
-// already has the session's settings; otherwise it holds the client and
-// lends on a goroutine. It reports whether a server is attached.
+// lend attaches a server now when one is idle in the session's pool and
+// already has the session's settings. When the pool is full it queues the
+// session there and holds the client until a server is handed over
+// (takeHanded); anything else (a first lend, a dial, settings to apply, a
+// pause, no primary) lends on a goroutine. It reports whether a server is
+// attached.
 func (h *txLoop) lend() bool {
 	ps := h.ps
 	var sc *pool.ServerConn
 	dec, ok := ps.sess.routeNow(h.cfg, h.in)
 	if ok && h.pool != nil && h.poolMember == dec.Member.Name && !ps.sess.srv.Paused() {
-		sc, _ = h.pool.TryAcquire()
-	}
-	if sc != nil && sc.SettingsFP == ps.desiredFP {
-		if sock, err := socketOf(sc); err == nil && h.s.Attach(sock) {
-			h.held(sc, dec.Role, dec.Member)
-			return true
+		var queued bool
+		sc, queued, _ = h.pool.Lend(&h.waiter)
+		if queued {
+			h.waitDec = dec
+			h.hmu.Lock()
+			h.waitPool, h.waitUntil = h.pool, time.Now().Add(h.cfg.Pool.WaitTimeout)
+			h.hmu.Unlock()
+			h.s.Hold(true)
+			if h.waitTimer == nil {
+				h.waitTimer = time.AfterFunc(h.cfg.Pool.WaitTimeout, h.waitExpired)
+			} else {
+				h.waitTimer.Reset(h.cfg.Pool.WaitTimeout)
+			}
+			return false
 		}
-		ps.release(sc, false)
-		sc = nil
+	}
+	if sc != nil && h.attach(sc, dec) {
+		return true
 	}
 	h.lendSlowly(sc, dec)
 	return false
+}
+
+// attach makes sc, lent by the pool, the session's server when it has
+// the session's settings; false leaves sc to lendSlowly.
+func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision) bool {
+	if sc.SettingsFP != h.ps.desiredFP {
+		return false
+	}
+	sock, err := socketOf(sc)
+	if err != nil || !h.s.Attach(sock) {
+		return false
+	}
+	h.held(sc, dec.Role, dec.Member)
+	return true
+}
+
+// ready is the pool handing the waiting session a server (or nil: borrow
+// with Acquire), on whichever goroutine released it.
+func (h *txLoop) ready(sc *pool.ServerConn) {
+	h.hmu.Lock()
+	h.handed, h.handedSet = sc, true
+	h.hmu.Unlock()
+	h.s.Post(h.takeTask)
+}
+
+// waitExpired ends a wait that lasted query-wait-timeout.
+func (h *txLoop) waitExpired() {
+	h.hmu.Lock()
+	p, until := h.waitPool, h.waitUntil
+	h.hmu.Unlock()
+	if time.Now().Before(until) || !p.CancelWait(&h.waiter, true) {
+		return // an earlier wait's timer, or a server is being handed over
+	}
+	h.hmu.Lock()
+	h.timedOut = true
+	h.hmu.Unlock()
+	h.s.Post(h.takeTask)
+}
+
+// takeHanded resumes a session that waited for a server, on its thread.
+func (h *txLoop) takeHanded(alive bool) {
+	h.hmu.Lock()
+	sc, handed, timedOut := h.handed, h.handedSet, h.timedOut
+	h.handed, h.handedSet, h.timedOut = nil, false, false
+	h.hmu.Unlock()
+	if !alive {
+		if sc != nil {
+			h.ps.release(sc, true) // nothing was written to it
+		}
+		return
+	}
+	if !handed && !timedOut {
+		return
+	}
+	h.waitTimer.Stop()
+	h.s.Hold(false)
+	if timedOut {
+		if err := h.c.fail(h.ps.waitTimeout(h.waitDec.Member.Name)); err != nil {
+			h.fail(err)
+			return
+		}
+	} else if sc == nil || !h.attach(sc, h.waitDec) {
+		h.lendSlowly(sc, h.waitDec)
+		return
+	}
+	h.keep(h.feed(h.buf))
 }
 
 // held makes sc the session's server.
@@ -242,7 +350,6 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision) {
 				}
 				return
 			}
-			h.s = s
 			s.Hold(false)
 			if err == nil && !s.Attach(sock) {
 				ps.release(sc, false)
@@ -279,7 +386,7 @@ func socketOf(sc *pool.ServerConn) (*loop.Socket, error) {
 // FromServer forwards the held server's answer and gives the server back
 // at the end of the transaction.
 func (h *txLoop) FromServer(s *loop.Session, b []byte) {
-	h.s = s
+	h.enter(s)
 	ps := h.ps
 	sc := ps.heldServer()
 	if sc == nil {
@@ -308,7 +415,7 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 // ServerFailed tells the client its transaction was lost (or, if the
 // session depended on that server, ends the session).
 func (h *txLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
-	h.s = s
+	h.enter(s)
 	if sc := h.ps.heldServer(); sc != nil {
 		h.lost(sc, err)
 	}

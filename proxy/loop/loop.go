@@ -224,7 +224,13 @@ type thread struct {
 	mu       sync.Mutex
 	incoming []*Pair
 	tasks    []task
+	spare    []task // the other buffer of tasks, swapped at each admit
 	stopping bool
+	// sleeping is set while the thread waits in epoll_wait, woken is set
+	// once the eventfd has been written since: work handed over while the
+	// thread is busy is picked up before it waits again, without a write.
+	sleeping bool
+	woken    bool
 }
 
 // endpoint is a socket the thread serves: a side of a pair or of a session.
@@ -256,6 +262,16 @@ func (t *thread) wake() {
 	_, _ = unix.Write(t.wakefd, one[:])
 }
 
+// wakeLocked says whether the caller, holding t.mu after handing work
+// over, must wake the thread (then call wake after unlocking).
+func (t *thread) wakeLocked() bool {
+	if !t.sleeping || t.woken {
+		return false
+	}
+	t.woken = true
+	return true
+}
+
 func (t *thread) enqueue(p *Pair) bool {
 	t.mu.Lock()
 	if t.stopping {
@@ -263,14 +279,18 @@ func (t *thread) enqueue(p *Pair) bool {
 		return false
 	}
 	t.incoming = append(t.incoming, p)
+	w := t.wakeLocked()
 	t.mu.Unlock()
-	t.wake()
+	if w {
+		t.wake()
+	}
 	return true
 }
 
 func (t *thread) stop() {
 	t.mu.Lock()
 	t.stopping = true
+	t.woken = true
 	t.mu.Unlock()
 	t.wake()
 }
@@ -289,7 +309,21 @@ func (t *thread) run(rawWait bool) {
 	defer close(t.exited)
 	events := make([]unix.EpollEvent, 128)
 	for {
+		t.mu.Lock()
+		if len(t.incoming)+len(t.tasks) > 0 || t.stopping {
+			t.mu.Unlock()
+			if t.admit() {
+				t.shutdown()
+				return
+			}
+			continue
+		}
+		t.sleeping = true
+		t.mu.Unlock()
 		n, errno := epollWait(t.epfd, events, rawWait && len(t.pairs)+len(t.sessions) > 0)
+		t.mu.Lock()
+		t.sleeping = false
+		t.mu.Unlock()
 		if errno != 0 {
 			if errno != unix.EINTR {
 				panic(fmt.Sprintf("loop: epoll_wait: %v", errno))
@@ -316,19 +350,26 @@ func (t *thread) run(rawWait bool) {
 // admit registers the pairs handed over since the last wake-up. It
 // reports whether the thread must stop.
 func (t *thread) admit() bool {
-	var b [8]byte
-	_, _ = unix.Read(t.wakefd, b[:])
 	t.mu.Lock()
+	if t.woken {
+		var b [8]byte
+		_, _ = unix.Read(t.wakefd, b[:])
+		t.woken = false
+	}
 	in, tasks := t.incoming, t.tasks
-	t.incoming, t.tasks = nil, nil
+	t.incoming, t.tasks = nil, t.spare[:0]
 	stopping := t.stopping
 	t.mu.Unlock()
 	for _, p := range in {
 		t.register(p)
 	}
-	for _, k := range tasks {
+	for i, k := range tasks {
 		t.runTask(k)
+		tasks[i] = task{}
 	}
+	t.mu.Lock()
+	t.spare = tasks[:0]
+	t.mu.Unlock()
 	return stopping
 }
 

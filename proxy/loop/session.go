@@ -220,8 +220,11 @@ func (t *thread) post(k task) bool {
 		return false
 	}
 	t.tasks = append(t.tasks, k)
+	w := t.wakeLocked()
 	t.mu.Unlock()
-	t.wake()
+	if w {
+		t.wake()
+	}
 	return true
 }
 

@@ -69,7 +69,7 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*ServerConn // most recently used last
 	open    int           // idle + lent + being dialed
-	waiters []chan *ServerConn
+	waiters []waiter // first come, first served
 	closed  bool
 
 	stats Stats
@@ -139,7 +139,7 @@ func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
 			return sc, nil
 		}
 		ch := make(chan *ServerConn, 1)
-		p.waiters = append(p.waiters, ch)
+		p.waiters = append(p.waiters, waiter{ch: ch})
 		p.mu.Unlock()
 		sc, err := p.wait(ctx, ch, start)
 		if err != nil {
@@ -158,20 +158,45 @@ func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
 	}
 }
 
-// TryAcquire lends an idle connection without waiting or dialing: nil
-// when none is idle (Acquire then opens or waits for one), ErrClosed once
-// the pool is closed. It is the lend of a relay that must not block.
-func (p *Pool) TryAcquire() (*ServerConn, error) {
+// waiter is a borrower queued for a connection: Acquire's goroutine,
+// parked on ch, or a Waiter of Lend.
+type waiter struct {
+	ch chan *ServerConn
+	w  *Waiter
+}
+
+// Waiter is a borrower that waits without a goroutine of its own: an
+// event loop's session. The pool calls Ready, from whichever goroutine
+// releases a connection, with the connection now lent to it, or with nil
+// when it should call Acquire instead (a slot freed up for a new
+// connection, or the pool closed). Ready must not block or call the pool.
+type Waiter struct {
+	Ready func(*ServerConn)
+	start time.Time
+}
+
+// Lend lends an idle connection without waiting or dialing. When none is
+// idle and the pool is full, it queues w (if not nil) and reports queued:
+// w.Ready will be called once, unless CancelWait takes w back first. When
+// none is idle and the pool could open one, it returns nothing: the
+// caller opens one with Acquire, which may block. ErrClosed once closed.
+func (p *Pool) Lend(w *Waiter) (sc *ServerConn, queued bool, err error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			return nil, ErrClosed
+			return nil, false, ErrClosed
 		}
 		n := len(p.idle)
 		if n == 0 {
+			if w == nil || p.open < p.cfg.Size {
+				p.mu.Unlock()
+				return nil, false, nil
+			}
+			w.start = time.Now()
+			p.waiters = append(p.waiters, waiter{w: w})
 			p.mu.Unlock()
-			return nil, nil
+			return nil, true, nil
 		}
 		sc := p.idle[n-1]
 		p.idle[n-1] = nil
@@ -179,10 +204,28 @@ func (p *Pool) TryAcquire() (*ServerConn, error) {
 		p.stats.Lent++
 		p.mu.Unlock()
 		if p.usable(sc) {
-			return sc, nil
+			return sc, false, nil
 		}
 		p.discard(sc)
 	}
+}
+
+// CancelWait takes back a Waiter that Lend queued, counting a wait
+// timeout if timedOut. It reports false when Ready has been or is being
+// called.
+func (p *Pool) CancelWait(w *Waiter, timedOut bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, q := range p.waiters {
+		if q.w == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			if timedOut {
+				p.stats.WaitTimeouts++
+			}
+			return true
+		}
+	}
+	return false
 }
 
 func (p *Pool) wait(ctx context.Context, ch chan *ServerConn, start time.Time) (*ServerConn, error) {
@@ -196,7 +239,7 @@ func (p *Pool) wait(ctx context.Context, ch chan *ServerConn, start time.Time) (
 	}
 	p.mu.Lock()
 	for i, w := range p.waiters {
-		if w == ch {
+		if w.ch == ch {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
 			break
 		}
@@ -249,10 +292,17 @@ func (p *Pool) Release(sc *ServerConn, reusable bool) {
 		return
 	}
 	if len(p.waiters) > 0 {
-		ch := p.waiters[0]
+		w := p.waiters[0]
+		p.waiters[0] = waiter{}
 		p.waiters = p.waiters[1:]
+		if w.ch != nil {
+			p.mu.Unlock()
+			w.ch <- sc
+			return
+		}
+		p.lent(w.w.start)
 		p.mu.Unlock()
-		ch <- sc
+		w.w.Ready(sc)
 		return
 	}
 	p.idle = append(p.idle, sc)
@@ -270,9 +320,14 @@ func (p *Pool) discard(sc *ServerConn) {
 // wakeOne lets the first waiter open a connection in a freed slot; p.mu held.
 func (p *Pool) wakeOne() {
 	if len(p.waiters) > 0 && !p.closed {
-		ch := p.waiters[0]
+		w := p.waiters[0]
+		p.waiters[0] = waiter{}
 		p.waiters = p.waiters[1:]
-		ch <- nil
+		if w.ch != nil {
+			w.ch <- nil
+		} else {
+			w.w.Ready(nil)
+		}
 	}
 }
 
@@ -295,7 +350,11 @@ func (p *Pool) Close() {
 		sc.Conn.Close()
 	}
 	for _, w := range waiters {
-		close(w)
+		if w.ch != nil {
+			close(w.ch)
+		} else {
+			w.w.Ready(nil)
+		}
 	}
 }
 

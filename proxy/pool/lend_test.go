@@ -193,3 +193,62 @@ func TestAlive(t *testing.T) {
 		t.Fatal("closed peer not seen")
 	}
 }
+
+// Lend never blocks: an idle connection, nothing (the caller may open one),
+// or a place in the queue, served in turn with Acquire's waiters.
+func TestPoolLendQueuesWaiters(t *testing.T) {
+	pc := &pipeConnector{}
+	defer pc.closeAll()
+	p := NewPool(Key{Member: "m"}, Config{Size: 1, WaitTimeout: 2 * time.Second}, pc.connect)
+	ctx := context.Background()
+	handed := make(chan *ServerConn, 2)
+	w := &Waiter{Ready: func(sc *ServerConn) { handed <- sc }}
+	if sc, queued, err := p.Lend(w); sc != nil || queued || err != nil {
+		t.Fatalf("Lend on an empty pool below its size = %v, %v, %v; want nothing: open one", sc, queued, err)
+	}
+	a, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, queued, _ := p.Lend(w); !queued {
+		t.Fatal("Lend on a full pool did not queue")
+	}
+	if s := p.Stats(); s.Waiting != 1 {
+		t.Fatalf("waiting %d", s.Waiting)
+	}
+	p.Release(a, true)
+	if got := <-handed; got != a {
+		t.Fatal("the waiter did not get the released connection")
+	}
+	// Taken back before anything was handed: Ready is never called.
+	if _, queued, _ := p.Lend(w); !queued {
+		t.Fatal("second Lend did not queue")
+	}
+	if !p.CancelWait(w, true) || p.CancelWait(w, true) {
+		t.Fatal("CancelWait should take the waiter back once")
+	}
+	if s := p.Stats(); s.Waiting != 0 || s.WaitTimeouts != 1 {
+		t.Fatalf("stats after cancel %+v", s)
+	}
+	p.Release(a, true)
+	if sc, _, _ := p.Lend(w); sc != a {
+		t.Fatal("Lend did not take the idle connection")
+	}
+	// Closing the pool hands queued waiters nil: go and Acquire (ErrClosed).
+	if _, queued, _ := p.Lend(w); !queued {
+		t.Fatal("third Lend did not queue")
+	}
+	p.Close()
+	if got := <-handed; got != nil {
+		t.Fatal("closing handed a connection")
+	}
+	if _, _, err := p.Lend(w); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Lend after Close = %v", err)
+	}
+	p.Release(a, true)
+	select {
+	case <-handed:
+		t.Fatal("Ready called twice")
+	default:
+	}
+}
