@@ -1,6 +1,20 @@
 package proxy
 
-import "strings"
+import (
+	"strings"
+	"unsafe"
+)
+
+// transientString views b as a string without copying, for a scan that
+// keeps nothing of it (pinReason returns only its own constants): the
+// relay's hot path allocates nothing per statement. The caller must not
+// change b while the string is in use, nor keep the string.
+func transientString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
 
 // Session state that transaction pooling cannot carry from one server to
 // the next. A client that creates any of it is pinned to its server for

@@ -50,6 +50,7 @@ type pooled struct {
 	mu          sync.Mutex
 	server      *pool.ServerConn
 	fifo        []fifoEntry
+	fifoBuf     [4]fifoEntry // fifo's array while it is short
 	dirty       bool   // messages sent since the last Sync that need the server
 	pinned      string // why the session may not change server any more
 	member      string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/pgrouter/pgrouter/proxy/pool"
@@ -264,18 +265,18 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		if i < 0 {
 			break
 		}
-		name, rest := string(body[:i]), body[i+1:]
+		rest := body[i+1:]
 		var query string
 		if q := indexZero(rest); q >= 0 {
-			query = string(rest[:q])
+			query = transientString(rest[:q])
 			ps.pin(pinReason(query))
 		}
-		if name == "" {
+		if i == 0 {
 			ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse})
 			ps.dirty = true
 			return append(out, raw...)
 		}
-		sn := ps.remember(name, rest, query)
+		sn := ps.remember(string(body[:i]), rest, strings.Clone(query))
 		sc.Prepared[sn] = struct{}{}
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse, name: sn})
 		ps.dirty = true
@@ -328,7 +329,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		return out
 	case 'Q':
 		if len(body) > 0 {
-			ps.pin(pinReason(string(body[:len(body)-1])))
+			ps.pin(pinReason(transientString(body[:len(body)-1])))
 		}
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoSync})
 		ps.dirty = false
@@ -648,7 +649,9 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 			ps.txStatus = body[0]
 		}
 		if len(ps.fifo) == 0 {
-			ps.fifo = ps.fifo[:0:0]
+			// Back to the inline buffer: a long pipeline's array goes,
+			// and the next transaction appends without allocating.
+			ps.fifo = ps.fifoBuf[:0]
 		}
 		if ps.mode == PoolTransaction && ps.pinned == "" && ps.txStatus == 'I' &&
 			len(ps.fifo) == 0 && !ps.dirty && lastInChunk {

@@ -231,6 +231,7 @@ type thread struct {
 	// thread is busy is picked up before it waits again, without a write.
 	sleeping bool
 	woken    bool
+	dead     bool // epfd is closed
 }
 
 // endpoint is a socket the thread serves: a side of a pair or of a session.
@@ -397,6 +398,9 @@ func (t *thread) shutdown() {
 		s.stopped.Store(true)
 		t.endSession(s, nil)
 	}
+	t.mu.Lock()
+	t.dead = true // sockets parked here no longer unregister themselves
+	t.mu.Unlock()
 	unix.Close(t.wakefd)
 	unix.Close(t.epfd)
 }

@@ -165,16 +165,31 @@ func (s *Session) write(d *sessSide, b []byte) {
 // Attach makes sock the session's server; it reports false when sock was
 // closed meanwhile (or the session holds one already).
 func (s *Session) Attach(sock *Socket) bool {
-	if s.ended || s.server.fd >= 0 || !sock.use() {
+	if s.ended || s.server.fd >= 0 {
 		return false
 	}
 	t := s.t
+	sock.mu.Lock()
+	if sock.closed || sock.broken {
+		sock.mu.Unlock()
+		return false
+	}
+	here := sock.parked && sock.home == t
+	if here {
+		sock.parked, sock.home = false, nil // still registered, for EPOLLIN
+	} else {
+		sock.unparkLocked()
+	}
+	sock.users++
+	sock.mu.Unlock()
 	d := &s.server
 	d.fd, d.sock, d.events, d.gone, d.werr = sock.fd, sock, unix.EPOLLIN, false, nil
-	if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, d.fd, &unix.EpollEvent{Events: d.events, Fd: int32(d.fd)}); err != nil {
-		d.fd, d.sock = -1, nil
-		sock.done()
-		return false
+	if !here {
+		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, d.fd, &unix.EpollEvent{Events: d.events, Fd: int32(d.fd)}); err != nil {
+			d.fd, d.sock = -1, nil
+			sock.done()
+			return false
+		}
 	}
 	t.setEndpoint(d.fd, d)
 	return true
@@ -188,6 +203,10 @@ func (s *Session) Detach() (clean bool) {
 		return true
 	}
 	clean = len(d.pending) == 0 && d.werr == nil
+	if clean && !d.gone {
+		s.t.parkServer(s)
+		return true
+	}
 	s.t.dropServer(s)
 	return clean
 }
@@ -398,6 +417,26 @@ func (t *thread) dropServer(s *Session) *Socket {
 	d.fd, d.sock, d.events, d.gone, d.werr = -1, nil, 0, false, nil
 	sock.done()
 	return sock
+}
+
+// parkServer takes a server given back cleanly out of the session but
+// leaves it in the epoll set, watched for anything it sends while idle.
+func (t *thread) parkServer(s *Session) {
+	d := &s.server
+	sock := d.sock
+	if d.events != unix.EPOLLIN {
+		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_MOD, d.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(d.fd)}); err != nil {
+			t.dropServer(s)
+			return
+		}
+	}
+	t.setEndpoint(d.fd, &sock.idle)
+	d.release()
+	d.fd, d.sock, d.events, d.gone, d.werr = -1, nil, 0, false, nil
+	sock.mu.Lock()
+	sock.parked, sock.home = true, t
+	sock.mu.Unlock()
+	sock.done()
 }
 
 func (t *thread) serverFailed(s *Session, err error) {

@@ -329,3 +329,86 @@ func TestSocketAsConn(t *testing.T) {
 		t.Fatalf("Write after Close = %v", err)
 	}
 }
+
+// A server given back stays watched by its thread: anything it sends while
+// idle marks it broken, so the pool never lends it; the next lend on the
+// same thread takes it as it is, and a goroutine's use takes it out.
+func TestParkedServer(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket, 3)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lendOnce := func(sock *Socket, db net.Conn) {
+		t.Helper()
+		h.servers <- sock
+		if _, err := app.Write([]byte("!q")); err != nil {
+			t.Fatal(err)
+		}
+		readN(t, db, 1)
+		if _, err := db.Write([]byte("r.")); err != nil {
+			t.Fatal(err)
+		}
+		readN(t, app, 2)
+	}
+	parked := func(sock *Socket) bool {
+		sock.mu.Lock()
+		defer sock.mu.Unlock()
+		return sock.parked
+	}
+	sock, db := serverSocket(t)
+	lendOnce(sock, db)
+	eventually(t, func() bool { return parked(sock) })
+	if !sock.Alive() {
+		t.Fatal("a parked idle server is not alive")
+	}
+	lendOnce(sock, db) // lent again on the same thread
+	eventually(t, func() bool { return parked(sock) })
+	// The server says something while idle (as PostgreSQL does before it
+	// closes a connection it terminates): broken, without a peek.
+	if _, err := db.Write([]byte("E")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool { return !sock.Alive() })
+	if parked(sock) {
+		t.Fatal("a broken server is still parked")
+	}
+	// A goroutine using a parked server takes it out of the epoll set, so
+	// the loop does not take its answers for idle chatter.
+	sock2, db2 := serverSocket(t)
+	lendOnce(sock2, db2)
+	eventually(t, func() bool { return parked(sock2) })
+	if _, err := sock2.Write([]byte("w")); err != nil {
+		t.Fatal(err)
+	}
+	if parked(sock2) {
+		t.Fatal("still parked after a goroutine's write")
+	}
+	readN(t, db2, 1)
+	if _, err := db2.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(sock2, b); err != nil || b[0] != 'a' {
+		t.Fatalf("goroutine read %q, %v", b, err)
+	}
+	if !sock2.Alive() {
+		t.Fatal("server broken by a goroutine's use")
+	}
+	app.Close()
+	waitSession(t, s)
+	h.posts.Wait()
+}
+
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -33,6 +33,50 @@ type Socket struct {
 	closed    bool
 	rdeadline time.Time
 	wdeadline time.Time
+
+	// A server given back by a loop session stays in that thread's epoll
+	// set while it waits in its pool (parked): the next lend on the same
+	// thread needs no epoll_ctl, and anything the server sends while idle
+	// (a FATAL before it closes) marks it broken at once, so the pool's
+	// check before a lend costs no system call. Any other use unparks it.
+	parked bool
+	home   *thread
+	broken bool
+	idle   idleEndpoint
+}
+
+// idleEndpoint is a parked socket in its thread's table.
+type idleEndpoint struct{ s *Socket }
+
+// handle: a parked server is readable or hung up, which an idle server
+// must not be: it is broken. A stale event (unparked meanwhile) is
+// ignored.
+func (e *idleEndpoint) handle(t *thread, _ uint32) {
+	s := e.s
+	s.mu.Lock()
+	if s.parked && s.home == t {
+		s.broken = true
+		s.unparkLocked()
+	}
+	s.mu.Unlock()
+	if s.fd < len(t.sides) && t.sides[s.fd] == endpoint(e) {
+		t.sides[s.fd] = nil
+	}
+}
+
+// unparkLocked takes a parked socket out of its thread's epoll set; s.mu
+// held.
+func (s *Socket) unparkLocked() {
+	if !s.parked {
+		return
+	}
+	t := s.home
+	t.mu.Lock()
+	if !t.dead {
+		_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
+	t.mu.Unlock()
+	s.parked, s.home = false, nil
 }
 
 // Detach moves c's socket out of Go's poller into a Socket. c is closed on
@@ -43,17 +87,20 @@ func Detach(c net.Conn) (*Socket, error) {
 		return nil, err
 	}
 	s := &Socket{fd: fd, local: c.LocalAddr(), remote: c.RemoteAddr()}
+	s.idle.s = s
 	c.Close()
 	return s, nil
 }
 
-// use registers a user of the descriptor; false once closed.
+// use registers a goroutine's use of the descriptor, out of any epoll
+// set; false once closed.
 func (s *Socket) use() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
+	s.unparkLocked()
 	s.users++
 	return true
 }
@@ -77,6 +124,7 @@ func (s *Socket) Close() error {
 		return net.ErrClosed
 	}
 	s.closed = true
+	s.parked, s.home = false, nil // closing the descriptor takes it out of the epoll set
 	idle := s.users == 0
 	if !idle {
 		_ = unix.Shutdown(s.fd, unix.SHUT_RDWR)
@@ -91,6 +139,13 @@ func (s *Socket) Close() error {
 // Alive reports, without waiting, whether an idle connection can be used:
 // the peer has neither closed it nor sent anything unasked.
 func (s *Socket) Alive() bool {
+	s.mu.Lock()
+	if s.parked || s.broken || s.closed {
+		ok := !s.broken && !s.closed // its thread watches it
+		s.mu.Unlock()
+		return ok
+	}
+	s.mu.Unlock()
 	if !s.use() {
 		return false
 	}
