@@ -51,8 +51,8 @@ type pooled struct {
 	server      *pool.ServerConn
 	fifo        []fifoEntry
 	fifoBuf     [4]fifoEntry // fifo's array while it is short
-	dirty       bool   // messages sent since the last Sync that need the server
-	pinned      string // why the session may not change server any more
+	dirty       bool         // messages sent since the last Sync that need the server
+	pinned      string       // why the session may not change server any more
 	member      string
 	attached    *pool.Pool // the pool the session is routed to, counted in its clients
 	routed      topology.Role

@@ -69,7 +69,7 @@ type Pool struct {
 	mu      sync.Mutex
 	idle    []*ServerConn // most recently used last
 	open    int           // idle + lent + being dialed
-	waiters []waiter // first come, first served
+	waiters []waiter      // first come, first served
 	closed  bool
 
 	stats Stats
