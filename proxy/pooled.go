@@ -76,7 +76,7 @@ type pooled struct {
 	split    splitState
 	cfg      *Config
 	in       sessionIntent
-	loop     bool // relayed by a loop thread (txLoop)
+	loopPool *pool.Pool // set when a loop thread relays the session (txLoop): its pool at the start
 }
 
 // clientStmt is a named statement a client prepared, as the proxy keeps it
@@ -274,7 +274,9 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		ps.release(sc, true)
 		sc = nil
 	}
-	ps.loop = ps.onLoop(entry)
+	if ps.onLoop(entry) {
+		ps.loopPool = entry.pool
+	}
 	if sc != nil {
 		ps.lend(sc)
 	}
@@ -285,7 +287,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 // run relays the client's transactions until it leaves, then gives back
 // or closes whatever server it holds.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
-	if ps.loop {
+	if ps.loopPool != nil {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return nil

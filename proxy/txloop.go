@@ -77,7 +77,7 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	sess := ps.sess
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx}
+	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx, pool: ps.loopPool, poolMember: ps.member}
 	h.reply = h.writeClient
 	h.waiter.Ready = h.ready
 	h.takeTask = h.takeHanded
