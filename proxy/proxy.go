@@ -74,8 +74,9 @@ type Config struct {
 	// Peer passes cancel requests between replicas of one proxy. The peer
 	// list is reloadable; the peer port is bound at start only.
 	Peer PeerConfig
-	// RelayThreads is how many epoll loops relay passthrough sessions
-	// once they have started (package loop); sessions with TLS on either
+	// RelayThreads is how many epoll loops relay sessions once they have
+	// started (package loop): passthrough sessions, and transaction-mode
+	// sessions without the statement split. Sessions with TLS on either
 	// side are relayed by goroutines. 0 relays every session with
 	// goroutines. Read at start only.
 	RelayThreads int
