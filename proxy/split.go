@@ -258,22 +258,23 @@ func queryLSN(sc *pool.ServerConn, q string) (uint64, error) {
 	return v, nil
 }
 
-// afterWrite learns the LSN of the write transaction that just ended on
-// the primary server sc (still held) and reports it to the client as the
-// ParameterStatus pgrouter.last_write_lsn.
-func (ps *pooled) afterWrite(sc *pool.ServerConn, done chan struct{}) {
+// learnLastWrite learns the LSN of the write transaction that just ended
+// on the primary server sc (still held, not yet given back) and returns
+// the ParameterStatus pgrouter.last_write_lsn that reports it to the
+// client. It closes done, which the session's next read waits for.
+func (ps *pooled) learnLastWrite(sc *pool.ServerConn, done chan struct{}) ([]byte, error) {
 	defer close(done)
 	lsn, err := queryLSN(sc, "SELECT pg_current_wal_insert_lsn()")
 	if err != nil {
 		ps.sess.debug("cannot read the write's LSN", zap.Error(err))
-		return
+		return nil, err
 	}
 	ps.mu.Lock()
 	if lsn > ps.split.lastWrite {
 		ps.split.lastWrite = lsn
 	}
 	ps.mu.Unlock()
-	_ = ps.writeClient(appendParameterStatus(nil, "pgrouter.last_write_lsn", topology.FormatLSN(lsn)))
+	return appendParameterStatus(nil, "pgrouter.last_write_lsn", topology.FormatLSN(lsn)), nil
 }
 
 // waitLastWrite blocks a new transaction until the previous write's LSN is
@@ -328,18 +329,26 @@ func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionInten
 		routed = ps.routed
 		ps.mu.Unlock()
 	}
+	ps.splitLent(wrote, routed, msgs)
+	return sc, nil
+}
+
+// splitLent records what the split must know of a lend: whether it runs a
+// write on the primary (whose LSN is learnt at its end) and the messages
+// of a lone read sent to a standby, to run again on the primary if the
+// standby refuses it.
+func (ps *pooled) splitLent(wrote bool, routed topology.Role, msgs []byte) {
 	ps.mu.Lock()
+	defer ps.mu.Unlock()
 	// A read that fell back to the primary wrote nothing: no LSN to learn.
 	ps.split.txWrite = routed == topology.RolePrimary && wrote
-	ps.split.retryQ = nil
+	ps.split.retryQ = ps.split.retryQ[:0]
 	// A read sent to a standby outside a transaction, whole in this chunk
 	// (a Query, or messages ending with Sync), can be run again on the
 	// primary if the standby refuses it as a write (25006).
 	if routed == topology.RoleStandby && ps.txStatus != 'T' && endsImplicitTransaction(msgs) {
-		ps.split.retryQ = append([]byte(nil), msgs...)
+		ps.split.retryQ = append(ps.split.retryQ, msgs...)
 	}
-	ps.mu.Unlock()
-	return sc, nil
 }
 
 // endsImplicitTransaction reports whether msgs is whole messages whose
@@ -391,7 +400,7 @@ func (ps *pooled) pendingLSN() chan struct{} {
 func (ps *pooled) retryOnPrimary(errBody []byte, flushed bool) bool {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.split.retryQ == nil || flushed || errorField(errBody, 'C') != "25006" {
+	if len(ps.split.retryQ) == 0 || flushed || errorField(errBody, 'C') != "25006" {
 		return false
 	}
 	syncs := 0
@@ -408,8 +417,9 @@ func (ps *pooled) retryOnPrimary(errBody []byte, flushed bool) bool {
 }
 
 // rerunOnPrimary sends the kept Query to a primary server and makes it the
-// held server; the statement is remembered as a write.
-func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, error) {
+// held server; the statement is remembered as a write. Without a primary
+// server it returns none and the answer the client must get.
+func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, []byte, error) {
 	ps.mu.Lock()
 	q := ps.split.retryQ
 	ps.split.retryQ, ps.split.retrying = nil, false
@@ -420,10 +430,11 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, error) {
 	ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "refused_by_standby").Inc()
 	sc, err := ps.acquire(context.Background(), ps.cfg, splitIntent(ps.in, classify.Write))
 	if err != nil {
-		if ce, ok := asClientError(err); ok {
-			_ = ps.writeClient(appendMessage(appendErrorResponse(nil, ce), 'Z', []byte{'I'}))
+		ce, ok := asClientError(err)
+		if !ok {
+			ce = &clientError{Severity: "ERROR", Code: codeConnectionFailure, Message: err.Error()}
 		}
-		return nil, nil
+		return nil, appendMessage(appendErrorResponse(nil, ce), 'Z', []byte{'I'}), nil
 	}
 	// The client's own messages go through the same rewriting as the
 	// first time, now against the primary's server.
@@ -447,9 +458,9 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, error) {
 	}
 	ps.mu.Unlock()
 	if _, err := sc.Write(out); err != nil {
-		return sc, err
+		return sc, nil, err
 	}
-	return sc, nil
+	return sc, nil, nil
 }
 
 // answerRouteSetting answers a lone SET pgrouter.route (or RESET of it)
@@ -475,4 +486,12 @@ func (ps *pooled) answerRouteSetting(body []byte) ([]byte, bool) {
 	ps.mu.Unlock()
 	resp := appendMessage(nil, 'C', []byte("SET\x00"))
 	return appendMessage(resp, 'Z', []byte{'I'}), true
+}
+
+// readNeed is the LSN the session's next read must see: its last write's,
+// or what it asked for with pgrouter.min_lsn.
+func (ps *pooled) readNeed() uint64 {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return max(ps.split.lastWrite, ps.split.minLSN)
 }

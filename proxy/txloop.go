@@ -11,6 +11,7 @@ import (
 	"github.com/pgrouter/pgrouter/proxy/loop"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/router/classify"
 	"github.com/pgrouter/pgrouter/topology"
 )
 
@@ -39,9 +40,10 @@ type txLoop struct {
 	out   []byte
 	a     answer
 
-	// The pool of the last lend, for the next one without a map lookup.
-	pool       *pool.Pool
-	poolMember string
+	// The pools of the last lends by member (one without the split, one
+	// per member with it), for the next lend without the pool map.
+	pools [4]memberPool
+	next  int // the entry of pools to replace
 
 	// A session waiting for a server of a full pool is queued there as a
 	// Waiter instead of parking a goroutine; the pool hands it a server
@@ -49,6 +51,7 @@ type txLoop struct {
 	// of the lend that waits; waitTimer bounds it (query-wait-timeout).
 	waiter    pool.Waiter
 	waitDec   router.Decision
+	waitWrite bool // the split routed the waiting transaction as a write
 	waitTimer *time.Timer
 	takeTask  func(alive bool)
 	hmu       sync.Mutex // guards the hand-off below
@@ -61,12 +64,40 @@ type txLoop struct {
 	toClient, toServer prometheus.Counter
 }
 
+type memberPool struct {
+	member string
+	pool   *pool.Pool
+}
+
+// poolOf returns the cached pool of member, nil if none.
+func (h *txLoop) poolOf(member string) *pool.Pool {
+	for _, e := range h.pools {
+		if e.pool != nil && e.member == member {
+			return e.pool
+		}
+	}
+	return nil
+}
+
+func (h *txLoop) remember(member string, p *pool.Pool) {
+	if h.poolOf(member) == p {
+		return
+	}
+	for i, e := range h.pools {
+		if e.member == member {
+			h.pools[i].pool = p
+			return
+		}
+	}
+	h.pools[h.next] = memberPool{member, p}
+	h.next = (h.next + 1) % len(h.pools)
+}
+
 // onLoop says whether the session can be relayed by a loop thread: the
-// loop exists, the session is in transaction mode without the statement
-// split (whose retries and waits need goroutines), and its pool's links to
+// loop exists, the session is in transaction mode, and its pool's links to
 // servers are plain TCP. The client's own link is checked by Serve.
 func (ps *pooled) onLoop(e *poolEntry) bool {
-	return ps.sess.srv.loop != nil && ps.mode == PoolTransaction && ps.splitCfg == nil &&
+	return ps.sess.srv.loop != nil && ps.mode == PoolTransaction &&
 		e != nil && e.links.Load() == linksPlain
 }
 
@@ -77,7 +108,8 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	sess := ps.sess
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx, pool: ps.loopPool, poolMember: ps.member}
+	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx}
+	h.pools[0], h.next = memberPool{ps.member, ps.loopPool}, 1
 	h.reply = h.writeClient
 	h.waiter.Ready = h.ready
 	h.takeTask = h.takeHanded
@@ -172,7 +204,7 @@ func (h *txLoop) feed(data []byte) []byte {
 			s.End(nil)
 			return nil
 		}
-		if step == stepNeedServer && h.lend() {
+		if step == stepNeedServer && h.lend(msgs) {
 			continue
 		}
 		break
@@ -204,19 +236,45 @@ func (h *txLoop) fail(err error) {
 // already has the session's settings. When the pool is full it queues the
 // session there and holds the client until a server is handed over
 // (takeHanded); anything else (a first lend, a dial, settings to apply, a
-// pause, no primary) lends on a goroutine. It reports whether a server is
-// attached.
-func (h *txLoop) lend() bool {
+// pause, no primary, a read that must wait for the session's last write)
+// lends on a goroutine. msgs are the client's messages from the one that
+// needs the server. It reports whether a server is attached.
+func (h *txLoop) lend(msgs []byte) bool {
 	ps := h.ps
+	in, wrote := h.in, false
+	var route classify.Route
+	var reason string
+	var need uint64 // the LSN a read must see
+	if ps.splitCfg != nil {
+		route, reason = ps.splitRoute(msgs, h.cfg)
+		in, wrote = splitIntent(h.in, route), route == classify.Write
+		if route == classify.Read && ps.splitCfg.ReadYourWrites {
+			need = ps.readNeed()
+		}
+	}
+	if need > 0 {
+		// A read after the session's own write may go only to a standby
+		// that has replayed it, which may take a query to find out: the
+		// slow way, which routes it once (a standby's turn is taken by
+		// routing, so the thread does not route it first).
+		h.lendSlowly(nil, router.Decision{}, msgs)
+		return false
+	}
 	var sc *pool.ServerConn
-	dec, ok := ps.sess.routeNow(h.cfg, h.in)
-	if ok && h.pool != nil && h.poolMember == dec.Member.Name && !ps.sess.srv.Paused() {
+	dec, ok := ps.sess.routeNow(h.cfg, in)
+	p := h.poolOf(dec.Member.Name)
+	if ok && p != nil && !ps.sess.srv.Paused() {
 		var queued bool
-		sc, queued, _ = h.pool.Lend(&h.waiter)
+		sc, queued, _ = p.Lend(&h.waiter)
+		if queued || (sc != nil && sc.SettingsFP == ps.desiredFP) {
+			// Counted here when the lend is decided on the thread; the
+			// slow way counts its own.
+			h.countRoute(route, reason)
+		}
 		if queued {
-			h.waitDec = dec
+			h.waitDec, h.waitWrite = dec, wrote
 			h.hmu.Lock()
-			h.waitPool, h.waitUntil = h.pool, time.Now().Add(h.cfg.Pool.WaitTimeout)
+			h.waitPool, h.waitUntil = p, time.Now().Add(h.cfg.Pool.WaitTimeout)
 			h.hmu.Unlock()
 			h.s.Hold(true)
 			if h.waitTimer == nil {
@@ -227,16 +285,22 @@ func (h *txLoop) lend() bool {
 			return false
 		}
 	}
-	if sc != nil && h.attach(sc, dec) {
+	if sc != nil && h.attach(sc, dec, wrote, msgs) {
 		return true
 	}
-	h.lendSlowly(sc, dec)
+	h.lendSlowly(sc, dec, msgs)
 	return false
+}
+
+func (h *txLoop) countRoute(route classify.Route, reason string) {
+	if h.ps.splitCfg != nil {
+		h.ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason).Inc()
+	}
 }
 
 // attach makes sc, lent by the pool, the session's server when it has
 // the session's settings; false leaves sc to lendSlowly.
-func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision) bool {
+func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision, wrote bool, msgs []byte) bool {
 	if sc.SettingsFP != h.ps.desiredFP {
 		return false
 	}
@@ -245,6 +309,9 @@ func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision) bool {
 		return false
 	}
 	h.held(sc, dec.Role, dec.Member)
+	if h.ps.splitCfg != nil {
+		h.ps.splitLent(wrote, dec.Role, msgs)
+	}
 	return true
 }
 
@@ -293,8 +360,8 @@ func (h *txLoop) takeHanded(alive bool) {
 			h.fail(err)
 			return
 		}
-	} else if sc == nil || !h.attach(sc, h.waitDec) {
-		h.lendSlowly(sc, h.waitDec)
+	} else if sc == nil || !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
+		h.lendSlowly(sc, h.waitDec, h.buf)
 		return
 	}
 	h.keep(h.feed(h.buf))
@@ -303,7 +370,7 @@ func (h *txLoop) takeHanded(alive bool) {
 // held makes sc the session's server.
 func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.MemberState) {
 	ps := h.ps
-	h.pool, h.poolMember = sc.Pool(), sc.Member
+	h.remember(sc.Member, sc.Pool())
 	ps.mu.Lock()
 	ps.server = sc
 	ps.member, ps.routed, ps.routedState = sc.Member, role, m
@@ -315,9 +382,17 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 // lendSlowly lends on a goroutine (applying the session's settings to sc
 // if it has one, borrowing otherwise) and resumes the session on its
 // thread with the result.
-func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision) {
+func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, msgs []byte) {
 	s, ps := h.s, h.ps
 	s.Hold(true)
+	if ps.splitCfg != nil {
+		// The split's slow way decides again, waiting where it must.
+		if sc != nil {
+			ps.release(sc, true)
+			sc = nil
+		}
+		msgs = append([]byte(nil), msgs...)
+	}
 	h.slow.Add(1)
 	go func() {
 		defer h.slow.Done()
@@ -330,7 +405,11 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision) {
 		var err error
 		role, m := dec.Role, dec.Member
 		if sc == nil {
-			sc, err = ps.acquire(h.ctx, h.cfg, h.in)
+			if ps.splitCfg != nil {
+				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs)
+			} else {
+				sc, err = ps.acquire(h.ctx, h.cfg, h.in)
+			}
 			ps.mu.Lock()
 			role, m = ps.routed, ps.routedState
 			ps.mu.Unlock()
@@ -404,12 +483,80 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 		h.a.flushed = true
 	}
 	h.out = out[:0]
-	if released {
-		ps.release(sc, s.Detach())
-		if len(h.buf) > 0 {
-			h.keep(h.feed(h.buf))
-		}
+	if !released {
+		return
 	}
+	switch {
+	case h.a.retry:
+		// A standby refused the read as a write (25006): the client saw
+		// none of it; it runs again on the primary.
+		ps.release(sc, s.Detach())
+		h.afterRelease(ps.rerunOnPrimary)
+		return
+	case ps.pendingLSN() != nil:
+		// A write ended: learn its LSN on that server before the client
+		// can send a read that must see it.
+		done := ps.pendingLSN()
+		s.Detach()
+		h.afterRelease(func() (*pool.ServerConn, []byte, error) {
+			status, err := ps.learnLastWrite(sc, done)
+			ps.release(sc, err == nil)
+			return nil, status, nil
+		})
+		return
+	}
+	ps.release(sc, s.Detach())
+	if len(h.buf) > 0 {
+		h.keep(h.feed(h.buf))
+	}
+}
+
+// afterRelease runs step, which may block, on a goroutine while the client
+// is held, then resumes the session on its thread: it writes what step
+// returns for the client and attaches the server step made the session's
+// own (a statement running again on the primary), if any.
+func (h *txLoop) afterRelease(step func() (*pool.ServerConn, []byte, error)) {
+	s, ps := h.s, h.ps
+	s.Hold(true)
+	h.slow.Add(1)
+	go func() {
+		defer h.slow.Done()
+		sc, resp, err := step()
+		var sock *loop.Socket
+		if sc != nil && err == nil {
+			sock, err = socketOf(sc)
+		}
+		s.Post(func(alive bool) {
+			if !alive {
+				// The session ended: whoever takes the server out of it
+				// (here or runOnLoop) gives it back, once.
+				ps.mu.Lock()
+				mine := sc != nil && ps.server == sc
+				if mine {
+					ps.server = nil
+				}
+				ps.mu.Unlock()
+				if mine {
+					ps.release(sc, false) // a statement was sent on it
+				}
+				return
+			}
+			s.Hold(false)
+			s.WriteClient(resp)
+			if sc != nil {
+				if err != nil || !s.Attach(sock) {
+					if err == nil {
+						err = errors.New("the server connection closed")
+					}
+					h.lost(sc, err)
+				} else {
+					h.remember(sc.Member, sc.Pool())
+					h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
+				}
+			}
+			h.keep(h.feed(h.buf))
+		})
+	}()
 }
 
 // ServerFailed tells the client its transaction was lost (or, if the

@@ -501,9 +501,15 @@ func (ps *pooled) pumpOne(sc *pool.ServerConn) bool {
 	defer serverBufPool.Put(op)
 	err := ps.pump(sc, *bp, (*op)[:0])
 	for err == errRetryOnPrimary {
-		var next *pool.ServerConn
-		if next, err = ps.rerunOnPrimary(); err == nil {
-			sc = next
+		next, resp, rerr := ps.rerunOnPrimary()
+		if resp != nil {
+			_ = ps.writeClient(resp)
+		}
+		if next == nil {
+			return true // no primary server: the client was told
+		}
+		sc, err = next, rerr
+		if err == nil {
 			err = ps.pump(sc, *bp, (*op)[:0])
 		}
 	}
@@ -544,7 +550,10 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 				return errRetryOnPrimary
 			}
 			if done := ps.pendingLSN(); done != nil {
-				ps.afterWrite(sc, done)
+				status, err := ps.learnLastWrite(sc, done)
+				_ = ps.writeClient(status)
+				ps.release(sc, err == nil)
+				return nil
 			}
 			ps.release(sc, true)
 			return nil

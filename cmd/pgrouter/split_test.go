@@ -149,8 +149,24 @@ func TestStatementSplit(t *testing.T) {
 }
 
 // A session's read right after its own write sees it, every time, under
-// concurrent writes: read-your-writes by LSN.
+// concurrent writes: read-your-writes by LSN. On both relays: the epoll
+// loop (the default) and goroutines (--relay-threads 0, as TLS sessions).
 func TestStatementSplitReadYourWrites(t *testing.T) {
+	for _, relay := range []struct {
+		name string
+		args []string
+	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+		t.Run(relay.name, func(t *testing.T) {
+			p := testSplitReadYourWrites(t, relay.args)
+			want := `pgrouter_relayed_sessions_total{listener="any",relay="` + relay.name + `"}`
+			if n := metricValue(t, p.Admin, want); n < 3 {
+				t.Fatalf("%s = %v, want every session (at least 3)", want, n)
+			}
+		})
+	}
+}
+
+func testSplitReadYourWrites(t *testing.T, extra []string) *proxyProc {
 	c := sharedCluster(t)
 	ctx := context.Background()
 	setup, err := pgx.Connect(ctx, c.ConnString(c.Primary(), c.AppUser, c.AppPassword, c.AppDB))
@@ -161,7 +177,7 @@ func TestStatementSplitReadYourWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	setup.Close(ctx)
-	p := startPooled(t, c, "transaction", "--split", "statement")
+	p := startPooled(t, c, "transaction", append([]string{"--split", "statement"}, extra...)...)
 	waitStandby(t, p, c.Nodes[1].Addr)
 
 	var wg sync.WaitGroup
@@ -213,5 +229,5 @@ func TestStatementSplitReadYourWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d reads after own writes, %d of them on a standby", reads, standbyReads)
-	_ = time.Second
+	return p
 }
