@@ -18,6 +18,7 @@ import (
 
 	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/pool"
+	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/topology"
 )
 
@@ -72,11 +73,12 @@ type pooled struct {
 	closing atomic.Bool // the client loop has ended
 
 	// Statement split (nil splitCfg: off).
-	splitCfg *SplitConfig
-	split    splitState
-	cfg      *Config
-	in       sessionIntent
-	loopPool *pool.Pool // set when a loop thread relays the session (txLoop): its pool at the start
+	splitCfg   *SplitConfig
+	split      splitState
+	cfg        *Config
+	in         sessionIntent
+	loopPool   *pool.Pool // set when a loop thread relays the session (txLoop): its pool at the start
+	routedNext routedFor
 }
 
 // clientStmt is a named statement a client prepared, as the proxy keeps it
@@ -440,6 +442,29 @@ func (ps *pooled) waitTimeout(member string) *clientError {
 		Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, member)}
 }
 
+// routedFor hands the next acquire for in a route the loop thread already
+// took (a standby's turn is taken by routing; routing again would skip
+// one); takeRouted takes it. Guarded by mu.
+type routedFor struct {
+	in  sessionIntent
+	dec router.Decision
+	set bool
+}
+
+func (ps *pooled) setRouted(in sessionIntent, dec router.Decision) {
+	ps.mu.Lock()
+	ps.routedNext = routedFor{in: in, dec: dec, set: true}
+	ps.mu.Unlock()
+}
+
+func (ps *pooled) takeRouted(in sessionIntent) (router.Decision, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	r := ps.routedNext
+	ps.routedNext = routedFor{}
+	return r.dec, r.set && r.in == in
+}
+
 // memberUnreachable is a dial failure: worth routing again.
 type memberUnreachable struct{ ce *clientError }
 
@@ -447,9 +472,12 @@ func (m *memberUnreachable) Error() string { return m.ce.Error() }
 
 func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
 	sess := ps.sess
-	dec, err := sess.route(ctx, cfg, in)
-	if err != nil {
-		return nil, err
+	dec, ok := ps.takeRouted(in)
+	if !ok {
+		var err error
+		if dec, err = sess.route(ctx, cfg, in); err != nil {
+			return nil, err
+		}
 	}
 	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
 	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
@@ -662,4 +690,11 @@ func (ps *pooled) holding() (string, topology.Role, bool) {
 		return "", 0, false
 	}
 	return ps.server.Member, ps.routed, true
+}
+
+// poolAt returns the pool of dec's member for the session, creating it.
+func (ps *pooled) poolAt(cfg *Config, dec router.Decision) *pool.Pool {
+	srv := ps.sess.srv
+	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
+	return srv.pools.get(key, cfg.Pool, ps.creds, srv.serverConnector(dec.Member.Name, dec.Member.Addr, key)).pool
 }

@@ -76,7 +76,7 @@ type Config struct {
 	Peer PeerConfig
 	// RelayThreads is how many epoll loops relay sessions once they have
 	// started (package loop): passthrough sessions, and transaction-mode
-	// sessions without the statement split. Sessions with TLS on either
+	// sessions, split or not. Sessions with TLS on either
 	// side are relayed by goroutines. 0 relays every session with
 	// goroutines. Read at start only.
 	RelayThreads int

@@ -51,6 +51,7 @@ type txLoop struct {
 	// of the lend that waits; waitTimer bounds it (query-wait-timeout).
 	waiter    pool.Waiter
 	waitDec   router.Decision
+	waitIn    sessionIntent
 	waitWrite bool // the split routed the waiting transaction as a write
 	waitTimer *time.Timer
 	takeTask  func(alive bool)
@@ -257,13 +258,19 @@ func (h *txLoop) lend(msgs []byte) bool {
 		// that has replayed it, which may take a query to find out: the
 		// slow way, which routes it once (a standby's turn is taken by
 		// routing, so the thread does not route it first).
-		h.lendSlowly(nil, router.Decision{}, msgs)
+		h.lendSlowly(nil, router.Decision{}, in, msgs)
 		return false
 	}
 	var sc *pool.ServerConn
 	dec, ok := ps.sess.routeNow(h.cfg, in)
-	p := h.poolOf(dec.Member.Name)
-	if ok && p != nil && !ps.sess.srv.Paused() {
+	var p *pool.Pool
+	if ok {
+		if p = h.poolOf(dec.Member.Name); p == nil {
+			p = ps.poolAt(h.cfg, dec)
+			h.remember(dec.Member.Name, p)
+		}
+	}
+	if ok && !ps.sess.srv.Paused() {
 		var queued bool
 		sc, queued, _ = p.Lend(&h.waiter)
 		if queued || (sc != nil && sc.SettingsFP == ps.desiredFP) {
@@ -272,7 +279,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 			h.countRoute(route, reason)
 		}
 		if queued {
-			h.waitDec, h.waitWrite = dec, wrote
+			h.waitDec, h.waitIn, h.waitWrite = dec, in, wrote
 			h.hmu.Lock()
 			h.waitPool, h.waitUntil = p, time.Now().Add(h.cfg.Pool.WaitTimeout)
 			h.hmu.Unlock()
@@ -288,7 +295,10 @@ func (h *txLoop) lend(msgs []byte) bool {
 	if sc != nil && h.attach(sc, dec, wrote, msgs) {
 		return true
 	}
-	h.lendSlowly(sc, dec, msgs)
+	if !ok {
+		dec = router.Decision{} // not routed: the slow way routes, and waits
+	}
+	h.lendSlowly(sc, dec, in, msgs)
 	return false
 }
 
@@ -361,7 +371,7 @@ func (h *txLoop) takeHanded(alive bool) {
 			return
 		}
 	} else if sc == nil || !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
-		h.lendSlowly(sc, h.waitDec, h.buf)
+		h.lendSlowly(sc, h.waitDec, h.waitIn, h.buf)
 		return
 	}
 	h.keep(h.feed(h.buf))
@@ -382,9 +392,12 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 // lendSlowly lends on a goroutine (applying the session's settings to sc
 // if it has one, borrowing otherwise) and resumes the session on its
 // thread with the result.
-func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, msgs []byte) {
+func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in sessionIntent, msgs []byte) {
 	s, ps := h.s, h.ps
 	s.Hold(true)
+	if dec.Member.Name != "" {
+		ps.setRouted(in, dec) // routed once: the slow way takes this route
+	}
 	if ps.splitCfg != nil {
 		// The split's slow way decides again, waiting where it must.
 		if sc != nil {

@@ -110,6 +110,21 @@ func TestStatementSplit(t *testing.T) {
 	if len(ports) != 2 {
 		t.Errorf("reads between writes ran on ports %v, want both standbys", ports)
 	}
+	// So do the first reads of new sessions (one read each, as a script's
+	// psql): routing a session and its first read takes one turn each.
+	ports = map[int]int{}
+	for range 6 {
+		c2 := appConn(t, c, p.Any)
+		var port int
+		if err := c2.QueryRow(ctx, "SELECT inet_server_port()", pgx.QueryExecModeSimpleProtocol).Scan(&port); err != nil {
+			t.Fatal(err)
+		}
+		c2.Close(ctx)
+		ports[port]++
+	}
+	if len(ports) != 2 {
+		t.Errorf("first reads of new sessions ran on ports %v, want both standbys", ports)
+	}
 
 	// A read-write transaction runs wholly on the primary; a read-only one
 	// on a standby.
