@@ -292,8 +292,11 @@ func (t *thread) handleSession(d *sessSide, ev uint32) {
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && d.werr == nil {
 		if !t.mayRead(d) {
-			// Only a hang-up or an error, always reported, gets here.
-			if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			// A hang-up or an error, always reported, or bytes on a side
+			// whose EPOLLIN was left registered (see sessInterest).
+			if ev&(unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+				t.setInterest(d, d.events&^unix.EPOLLIN)
+			} else {
 				if len(d.pending) > 0 {
 					d.werr = io.ErrClosedPipe // it can no longer take what waits for it
 				} else {
@@ -391,6 +394,16 @@ func (t *thread) sessInterest(d *sessSide, want uint32) {
 		}
 		return
 	}
+	if d.events == want || d.events == want|unix.EPOLLIN {
+		// EPOLLIN is taken out lazily, when it fires while the side may
+		// not be read: a client held while it waits for a server rarely
+		// sends anything meanwhile, so its wait costs no epoll_ctl.
+		return
+	}
+	t.setInterest(d, want)
+}
+
+func (t *thread) setInterest(d *sessSide, want uint32) {
 	if d.events == want {
 		return
 	}

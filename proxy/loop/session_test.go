@@ -412,3 +412,30 @@ func eventually(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// Bytes a held client sends while it waits are read once it is resumed,
+// in order, after what it sent before.
+func TestSessionHeldClientSendsMore(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &relayHandler{servers: make(chan *Socket)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.Write([]byte("!a")); err != nil {
+		t.Fatal(err)
+	}
+	// No server yet: the session is held while these arrive.
+	if _, err := app.Write([]byte("bc")); err != nil {
+		t.Fatal(err)
+	}
+	sock, db := serverSocket(t)
+	h.servers <- sock
+	if got := readN(t, db, 3); got != "abc" {
+		t.Fatalf("server got %q, want abc", got)
+	}
+	app.Close()
+	waitSession(t, s)
+	h.posts.Wait()
+}
