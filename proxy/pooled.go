@@ -22,12 +22,16 @@ import (
 	"github.com/pgrouter/pgrouter/topology"
 )
 
-// pooled is the state of a client session in a pooled mode. The client
-// loop (the session's own goroutine) reads client messages, acquires a
-// server when it needs one, rewrites statement names and writes to the
-// server. The server loop (a second goroutine) copies answers to the
-// client and, in transaction mode, gives the server back at the
-// ReadyForQuery that ends a transaction. mu guards what both touch.
+// pooled is the state of a client session in a pooled mode. Two drivers
+// run the same protocol steps on it (consume, rewrite, take, forget):
+// in transaction mode with plain sockets, an epoll loop thread (txLoop);
+// otherwise the client loop (the session's own goroutine) reads client
+// messages, acquires a server when it needs one, rewrites statement names
+// and writes to the server, and the server loop (a second goroutine, while
+// a server is lent) copies answers to the client and, in transaction
+// mode, gives the server back at the ReadyForQuery that ends a
+// transaction. mu guards what the goroutines (and cancel, role changes
+// and the admin API) touch.
 //
 // Named prepared statements survive server changes: each client name maps
 // to a server name of the proxy's own, prepared on whichever server the
