@@ -9,6 +9,8 @@
 #              load_balance_mode = on, statement_level_load_balance = on,
 #              reads on the two standbys (backend_weight0 = 0)
 #   direct     the primary itself
+#   standby    standby1 itself, in the -S cases only: what a read costs on a
+#              hot standby here, without a proxy
 # in interleaved rounds, as ratios (split/rw must be >= 0.90, split/pgpool
 # >= 2). Then a custom script of 1 UPDATE + 3 SELECTs, autocommit, shows
 # where each statement ran: pg_stat_statements calls on every server, and
@@ -338,7 +340,7 @@ q "$P_PGPOOL" "pgpool show all" >"$LOGS/pgpool-settings.txt" || true
 WATCH_PID=
 
 # Targets: name:port:pid (pid of the proxy's main process, empty for direct).
-TARGETS=("direct:$P_PRIMARY:" "split:$P_SPLIT:$PGR_PID" "rw:$P_RW:$PGR_PID" "pgpool:$P_PGPOOL:$PGPOOL_PID" "split-rywoff:$P_SPLIT_OFF:$PGR_OFF_PID")
+TARGETS=("direct:$P_PRIMARY:" "standby:$P_STANDBY1:" "split:$P_SPLIT:$PGR_PID" "rw:$P_RW:$PGR_PID" "pgpool:$P_PGPOOL:$PGPOOL_PID" "split-rywoff:$P_SPLIT_OFF:$PGR_OFF_PID")
 filter_targets
 admin_of() { case $1 in split | rw) echo "$P_ADMIN" ;; split-rywoff) echo "$P_ADMIN_OFF" ;; esac; }
 
@@ -381,7 +383,7 @@ if [ -n "$CASES_FILTER" ]; then
 	CASE_FLAGS=("${kf[@]}")
 fi
 # split-rywoff runs the mixed cases only (without writes it is the same as split).
-runs_case() { case "$1:$2" in split-rywoff:S-*) return 1 ;; esac; }
+runs_case() { case "$1:$2" in split-rywoff:S-* | standby:mix-*) return 1 ;; esac; }
 
 # ------------------------------------------------- where statements ran --
 
