@@ -270,7 +270,8 @@ func (h *txLoop) lend(msgs []byte) bool {
 			h.remember(dec.Member.Name, p)
 		}
 	}
-	if ok && !ps.sess.srv.Paused() {
+	paused := ps.sess.srv.Paused()
+	if ok && !paused {
 		var queued bool
 		sc, queued, _ = p.Lend(&h.waiter)
 		if queued || (sc != nil && sc.SettingsFP == ps.desiredFP) {
@@ -295,8 +296,9 @@ func (h *txLoop) lend(msgs []byte) bool {
 	if sc != nil && h.attach(sc, dec, wrote, msgs) {
 		return true
 	}
-	if !ok {
-		dec = router.Decision{} // not routed: the slow way routes, and waits
+	if !ok || paused {
+		// Not routed, or paused: the slow way routes after the pause.
+		dec = router.Decision{}
 	}
 	h.lendSlowly(sc, dec, in, msgs)
 	return false
@@ -370,7 +372,11 @@ func (h *txLoop) takeHanded(alive bool) {
 			h.fail(err)
 			return
 		}
-	} else if sc == nil || !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
+	} else if sc == nil {
+		// A slot freed up, or the pool closed (a role change): route again.
+		h.lendSlowly(nil, router.Decision{}, h.waitIn, h.buf)
+		return
+	} else if !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
 		h.lendSlowly(sc, h.waitDec, h.waitIn, h.buf)
 		return
 	}
@@ -395,8 +401,12 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in sessionIntent, msgs []byte) {
 	s, ps := h.s, h.ps
 	s.Hold(true)
-	if dec.Member.Name != "" {
-		ps.setRouted(in, dec) // routed once: the slow way takes this route
+	if dec.Member.Name != "" && (sc == nil || ps.splitCfg != nil) {
+		// Routed just now on the thread, and the slow way borrows at once:
+		// it takes this route (routing again would take a standby's turn
+		// twice). A route from before a wait is never handed on: it may
+		// be stale after a failover.
+		ps.setRouted(in, dec)
 	}
 	if ps.splitCfg != nil {
 		// The split's slow way decides again, waiting where it must.
@@ -409,6 +419,7 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 	h.slow.Add(1)
 	go func() {
 		defer h.slow.Done()
+		defer ps.takeRouted(sessionIntent{}) // spent, whatever happened
 		if sc != nil {
 			if err := ps.applySettings(sc); err != nil {
 				ps.release(sc, false)
