@@ -120,7 +120,8 @@ func (l *Loop) Attach(client, server net.Conn, h Hooks) (*Pair, error) {
 	p := &Pair{hooks: h, done: make(chan struct{})}
 	p.client = side{fd: cfd, pair: p, peer: &p.server}
 	p.server = side{fd: sfd, pair: p, peer: &p.client, isServer: true}
-	if !l.threads[int(l.next.Add(1))%len(l.threads)].enqueue(p) {
+	t := l.threads[int(l.next.Add(1))%len(l.threads)]
+	if !t.post(task{fn: func(bool) { t.register(p) }, admit: true}) {
 		unix.Close(cfd)
 		unix.Close(sfd)
 		return nil, ErrClosed
@@ -176,11 +177,7 @@ type side struct {
 	pair     *Pair
 	peer     *side
 	isServer bool
-	// pending holds bytes read from the peer that this socket did not
-	// take yet. While it is not empty the peer is not read, so a slow
-	// reader slows its writer instead of growing a buffer.
-	pending []byte
-	backing *[]byte // the pooled buffer under pending
+	outbox   // bytes read from the peer that this socket did not take yet
 	// gone is set when the socket hung up while its peer still had bytes
 	// from it to take: it is out of the epoll set (a hang-up is reported
 	// whatever the interest set, so it would wake the loop in a spin)
@@ -222,8 +219,7 @@ type thread struct {
 	exited   chan struct{}
 
 	mu       sync.Mutex
-	incoming []*Pair
-	tasks    []task
+	tasks    []task // handed over by other goroutines: new pairs and sessions, posted work
 	spare    []task // the other buffer of tasks, swapped at each admit
 	stopping bool
 	// sleeping is set while the thread waits in epoll_wait, woken is set
@@ -273,19 +269,16 @@ func (t *thread) wakeLocked() bool {
 	return true
 }
 
-func (t *thread) enqueue(p *Pair) bool {
-	t.mu.Lock()
-	if t.stopping {
-		t.mu.Unlock()
-		return false
+// ctl changes fd's registration in the thread's epoll set.
+func (t *thread) ctl(op, fd int, events uint32) error {
+	return unix.EpollCtl(t.epfd, op, fd, &unix.EpollEvent{Events: events, Fd: int32(fd)})
+}
+
+// dropEndpoint forgets fd in the thread's table if e still holds it.
+func (t *thread) dropEndpoint(fd int, e endpoint) {
+	if fd < len(t.sides) && t.sides[fd] == e {
+		t.sides[fd] = nil
 	}
-	t.incoming = append(t.incoming, p)
-	w := t.wakeLocked()
-	t.mu.Unlock()
-	if w {
-		t.wake()
-	}
-	return true
 }
 
 func (t *thread) stop() {
@@ -311,7 +304,7 @@ func (t *thread) run(rawWait bool) {
 	events := make([]unix.EpollEvent, 128)
 	for {
 		t.mu.Lock()
-		if len(t.incoming)+len(t.tasks) > 0 || t.stopping {
+		if len(t.tasks) > 0 || t.stopping {
 			t.mu.Unlock()
 			if t.admit() {
 				t.shutdown()
@@ -348,8 +341,9 @@ func (t *thread) run(rawWait bool) {
 	}
 }
 
-// admit registers the pairs handed over since the last wake-up. It
-// reports whether the thread must stop.
+// admit runs what was handed over since the last wake-up: new pairs and
+// sessions, and work posted to sessions. It reports whether the thread
+// must stop.
 func (t *thread) admit() bool {
 	t.mu.Lock()
 	if t.woken {
@@ -357,13 +351,10 @@ func (t *thread) admit() bool {
 		_, _ = unix.Read(t.wakefd, b[:])
 		t.woken = false
 	}
-	in, tasks := t.incoming, t.tasks
-	t.incoming, t.tasks = nil, t.spare[:0]
+	tasks := t.tasks
+	t.tasks = t.spare[:0]
 	stopping := t.stopping
 	t.mu.Unlock()
-	for _, p := range in {
-		t.register(p)
-	}
 	for i, k := range tasks {
 		t.runTask(k)
 		tasks[i] = task{}
@@ -379,7 +370,7 @@ func (t *thread) register(p *Pair) {
 	for _, s := range [2]*side{&p.client, &p.server} {
 		t.setEndpoint(s.fd, s)
 		s.events = unix.EPOLLIN
-		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, s.fd, &unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}); err != nil {
+		if err := t.ctl(unix.EPOLL_CTL_ADD, s.fd, s.events); err != nil {
 			t.end(p, fmt.Errorf("epoll_ctl: %w", err))
 			return
 		}
@@ -387,8 +378,8 @@ func (t *thread) register(p *Pair) {
 }
 
 // shutdown ends every pair the thread still owns, then closes the loop.
-// admit has registered the last pairs handed over: enqueue refuses new
-// ones once stopping is set.
+// admit has run the last tasks handed over: post refuses new ones once
+// stopping is set.
 func (t *thread) shutdown() {
 	for p := range t.pairs {
 		p.stopped.Store(true)
@@ -427,7 +418,7 @@ func (t *thread) handle(s *side, ev uint32) {
 			}
 			s.gone = true
 			s.events = 0
-			_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+			_ = t.ctl(unix.EPOLL_CTL_DEL, s.fd, 0)
 		}
 		return
 	}
@@ -461,43 +452,31 @@ func (t *thread) forward(s *side) {
 		p.hooks.Relayed(!s.isServer, n)
 	}
 	peer := s.peer
-	w, errno := rawWrite(peer.fd, b)
-	if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+	if errno := peer.send(peer.fd, b); errno != 0 {
 		t.end(p, errno)
 		return
 	}
-	if w < 0 {
-		w = 0
+	if len(peer.pending) > 0 {
+		t.update(p)
 	}
-	if w == n {
-		return
-	}
-	peer.backing = bufs.Get().(*[]byte)
-	peer.pending = append((*peer.backing)[:0], b[w:]...)
-	t.update(p)
 }
 
 // flush writes s's pending bytes. It reports whether they all went, in
 // which case both sides are read again.
 func (t *thread) flush(s *side) bool {
-	w, errno := rawWrite(s.fd, s.pending)
-	if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+	if errno := s.drain(s.fd); errno != 0 {
 		t.end(s.pair, errno)
 		return false
-	}
-	if w > 0 {
-		s.pending = s.pending[w:]
 	}
 	if len(s.pending) > 0 {
 		return false
 	}
-	s.release()
 	if g := s.peer; g.gone {
 		// The peer hung up; what it sent before is still queued on its
 		// socket. Watch it again: reads drain the queue, then end the pair.
 		g.gone = false
 		g.events = unix.EPOLLIN
-		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, g.fd, &unix.EpollEvent{Events: g.events, Fd: int32(g.fd)}); err != nil {
+		if err := t.ctl(unix.EPOLL_CTL_ADD, g.fd, g.events); err != nil {
 			t.end(s.pair, nil)
 			return false
 		}
@@ -529,7 +508,7 @@ func (t *thread) interest(s *side, events uint32) {
 		return
 	}
 	s.events = events
-	if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_MOD, s.fd, &unix.EpollEvent{Events: events, Fd: int32(s.fd)}); err != nil {
+	if err := t.ctl(unix.EPOLL_CTL_MOD, s.fd, events); err != nil {
 		t.end(s.pair, fmt.Errorf("epoll_ctl: %w", err))
 	}
 }
@@ -550,9 +529,7 @@ func (t *thread) end(p *Pair, err error) {
 		}
 	}
 	for _, s := range [2]*side{&p.client, &p.server} {
-		if s.fd < len(t.sides) && t.sides[s.fd] == endpoint(s) {
-			t.sides[s.fd] = nil
-		}
+		t.dropEndpoint(s.fd, s)
 		s.release()
 		unix.Close(s.fd) // also takes it out of the epoll set
 	}
@@ -561,16 +538,4 @@ func (t *thread) end(p *Pair, err error) {
 	}
 	p.err = err
 	close(p.done)
-}
-
-// Pending buffers only exist while a reader is slower than its writer;
-// they are recycled instead of kept by idle pairs.
-var bufs = sync.Pool{New: func() any { b := make([]byte, 0, readBuf); return &b }}
-
-func (s *side) release() {
-	if s.backing != nil {
-		bufs.Put(s.backing)
-	}
-	s.backing = nil
-	s.pending = nil
 }

@@ -5,7 +5,6 @@ package loop
 import (
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -44,14 +43,12 @@ type Session struct {
 	client sessSide
 	server sessSide // fd -1 when no server is held
 
-	held      bool  // the client is not read (the handler waits for something)
-	endReq    bool  // End was called; the session ends when the handler returns
-	endErr    error // with this error
-	serverErr error // a write to the server failed; reported when the handler returns
+	held   bool  // the client is not read (the handler waits for something)
+	endReq bool  // End was called; the session ends when the handler returns
+	endErr error // with this error
 
 	stopped atomic.Bool
-	mu      sync.Mutex
-	ended   bool // written under mu by the thread, read freely by it
+	ended   bool // the thread's: Stop and Post reach it through tasks
 
 	done chan struct{}
 	err  error
@@ -67,9 +64,8 @@ type sessSide struct {
 	fd       int
 	isServer bool
 	sock     *Socket // the server's; nil for the client
-	pending  []byte  // written by the handler, not yet taken by the socket
-	backing  *[]byte
-	gone     bool // hung up while not read: out of the epoll set until read again
+	outbox           // written by the handler, not yet taken by the socket
+	gone     bool    // hung up while not read: out of the epoll set until read again
 	events   uint32
 	werr     error // a write failed
 }
@@ -144,21 +140,8 @@ func (s *Session) write(d *sessSide, b []byte) {
 	if s.ended || d.fd < 0 || d.werr != nil || len(b) == 0 {
 		return
 	}
-	if len(d.pending) > 0 {
-		d.pending = append(d.pending, b...)
-		return
-	}
-	w, errno := rawWrite(d.fd, b)
-	if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+	if errno := d.send(d.fd, b); errno != 0 {
 		d.werr = errno
-		return
-	}
-	if w < 0 {
-		w = 0
-	}
-	if w < len(b) {
-		d.backing = bufs.Get().(*[]byte)
-		d.pending = append((*d.backing)[:0], b[w:]...)
 	}
 }
 
@@ -183,10 +166,10 @@ func (s *Session) Attach(sock *Socket) bool {
 	sock.users++
 	sock.mu.Unlock()
 	d := &s.server
-	d.fd, d.sock, d.events, d.gone, d.werr = sock.fd, sock, unix.EPOLLIN, false, nil
+	d.fd, d.sock, d.events = sock.fd, sock, unix.EPOLLIN
 	if !here {
-		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, d.fd, &unix.EpollEvent{Events: d.events, Fd: int32(d.fd)}); err != nil {
-			d.fd, d.sock = -1, nil
+		if err := t.ctl(unix.EPOLL_CTL_ADD, d.fd, d.events); err != nil {
+			d.empty()
 			sock.done()
 			return false
 		}
@@ -210,9 +193,6 @@ func (s *Session) Detach() (clean bool) {
 	s.t.dropServer(s)
 	return clean
 }
-
-// HasServer reports whether a server is attached.
-func (s *Session) HasServer() bool { return s.server.fd >= 0 }
 
 // Hold stops (true) or resumes (false) reading the client, while the
 // handler waits for something it cannot do on the thread.
@@ -272,7 +252,7 @@ func (t *thread) registerSession(s *Session) {
 	d := &s.client
 	d.events = unix.EPOLLIN
 	t.setEndpoint(d.fd, d)
-	if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, d.fd, &unix.EpollEvent{Events: d.events, Fd: int32(d.fd)}); err != nil {
+	if err := t.ctl(unix.EPOLL_CTL_ADD, d.fd, d.events); err != nil {
 		t.endSession(s, err)
 	}
 }
@@ -280,14 +260,8 @@ func (t *thread) registerSession(s *Session) {
 func (t *thread) handleSession(d *sessSide, ev uint32) {
 	s := d.sess
 	if ev&unix.EPOLLOUT != 0 && len(d.pending) > 0 {
-		w, errno := rawWrite(d.fd, d.pending)
-		if errno != 0 && errno != unix.EAGAIN && errno != unix.EINTR {
+		if errno := d.drain(d.fd); errno != 0 {
 			d.werr = errno
-		} else if w > 0 {
-			d.pending = d.pending[w:]
-			if len(d.pending) == 0 {
-				d.release()
-			}
 		}
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && d.werr == nil {
@@ -302,7 +276,7 @@ func (t *thread) handleSession(d *sessSide, ev uint32) {
 				} else {
 					d.gone = true
 					d.events = 0
-					_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, d.fd, nil)
+					_ = t.ctl(unix.EPOLL_CTL_DEL, d.fd, 0)
 				}
 			}
 		} else {
@@ -389,7 +363,7 @@ func (t *thread) sessInterest(d *sessSide, want uint32) {
 		// Hung up while not read: read it now, to its end.
 		d.gone = false
 		d.events = want
-		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_ADD, d.fd, &unix.EpollEvent{Events: want, Fd: int32(d.fd)}); err != nil {
+		if err := t.ctl(unix.EPOLL_CTL_ADD, d.fd, want); err != nil {
 			d.werr = err
 		}
 		return
@@ -408,7 +382,7 @@ func (t *thread) setInterest(d *sessSide, want uint32) {
 		return
 	}
 	d.events = want
-	if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_MOD, d.fd, &unix.EpollEvent{Events: want, Fd: int32(d.fd)}); err != nil {
+	if err := t.ctl(unix.EPOLL_CTL_MOD, d.fd, want); err != nil {
 		d.werr = err
 	}
 }
@@ -420,14 +394,11 @@ func (t *thread) dropServer(s *Session) *Socket {
 		return nil
 	}
 	if !d.gone {
-		_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, d.fd, nil)
+		_ = t.ctl(unix.EPOLL_CTL_DEL, d.fd, 0)
 	}
-	if d.fd < len(t.sides) && t.sides[d.fd] == endpoint(d) {
-		t.sides[d.fd] = nil
-	}
+	t.dropEndpoint(d.fd, d)
 	sock := d.sock
-	d.release()
-	d.fd, d.sock, d.events, d.gone, d.werr = -1, nil, 0, false, nil
+	d.empty()
 	sock.done()
 	return sock
 }
@@ -438,14 +409,13 @@ func (t *thread) parkServer(s *Session) {
 	d := &s.server
 	sock := d.sock
 	if d.events != unix.EPOLLIN {
-		if err := unix.EpollCtl(t.epfd, unix.EPOLL_CTL_MOD, d.fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(d.fd)}); err != nil {
+		if err := t.ctl(unix.EPOLL_CTL_MOD, d.fd, unix.EPOLLIN); err != nil {
 			t.dropServer(s)
 			return
 		}
 	}
 	t.setEndpoint(d.fd, &sock.idle)
-	d.release()
-	d.fd, d.sock, d.events, d.gone, d.werr = -1, nil, 0, false, nil
+	d.empty()
 	sock.mu.Lock()
 	sock.parked, sock.home = true, t
 	sock.mu.Unlock()
@@ -466,9 +436,7 @@ func (t *thread) endSession(s *Session, err error) {
 		return
 	}
 	delete(t.sessions, s)
-	s.mu.Lock()
 	s.ended = true
-	s.mu.Unlock()
 	d := &s.client
 	if s.stopped.Load() {
 		if b := s.h.Farewell(s); len(b) > 0 {
@@ -476,9 +444,7 @@ func (t *thread) endSession(s *Session, err error) {
 		}
 		err = nil
 	}
-	if d.fd < len(t.sides) && t.sides[d.fd] == endpoint(d) {
-		t.sides[d.fd] = nil
-	}
+	t.dropEndpoint(d.fd, d)
 	d.release()
 	unix.Close(d.fd)
 	if s.server.fd >= 0 {
@@ -489,10 +455,8 @@ func (t *thread) endSession(s *Session, err error) {
 	close(s.done)
 }
 
-func (d *sessSide) release() {
-	if d.backing != nil {
-		bufs.Put(d.backing)
-	}
-	d.backing = nil
-	d.pending = nil
+// empty leaves the server side of a session without a server.
+func (d *sessSide) empty() {
+	d.release()
+	d.fd, d.sock, d.events, d.gone, d.werr = -1, nil, 0, false, nil
 }

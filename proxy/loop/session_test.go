@@ -27,7 +27,7 @@ type relayHandler struct {
 }
 
 func (h *relayHandler) FromClient(s *Session, b []byte) {
-	if i := bytes.IndexByte(b, '!'); i >= 0 && !s.HasServer() {
+	if i := bytes.IndexByte(b, '!'); i >= 0 && s.server.fd < 0 {
 		h.pending = append(h.pending, b[i+1:]...)
 		s.Hold(true)
 		h.posts.Add(1)

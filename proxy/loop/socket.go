@@ -59,9 +59,7 @@ func (e *idleEndpoint) handle(t *thread, _ uint32) {
 		s.unparkLocked()
 	}
 	s.mu.Unlock()
-	if s.fd < len(t.sides) && t.sides[s.fd] == endpoint(e) {
-		t.sides[s.fd] = nil
-	}
+	t.dropEndpoint(s.fd, e)
 }
 
 // unparkLocked takes a parked socket out of its thread's epoll set; s.mu
@@ -73,7 +71,7 @@ func (s *Socket) unparkLocked() {
 	t := s.home
 	t.mu.Lock()
 	if !t.dead {
-		_ = unix.EpollCtl(t.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		_ = t.ctl(unix.EPOLL_CTL_DEL, s.fd, 0)
 	}
 	t.mu.Unlock()
 	s.parked, s.home = false, nil
