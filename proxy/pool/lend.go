@@ -110,10 +110,7 @@ func (p *Pool) Acquire(ctx context.Context) (*ServerConn, error) {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if n := len(p.idle); n > 0 {
-			sc := p.idle[n-1]
-			p.idle[n-1] = nil
-			p.idle = p.idle[:n-1]
+		if sc := p.popIdleLocked(); sc != nil {
 			p.lent(start)
 			p.mu.Unlock()
 			if p.usable(sc) {
@@ -165,6 +162,16 @@ type waiter struct {
 	w  *Waiter
 }
 
+// hand gives the waiter sc, or nil: take a freed slot, or see the pool
+// closed. A waiter is handed something once (its channel has room for it).
+func (w waiter) hand(sc *ServerConn) {
+	if w.ch != nil {
+		w.ch <- sc
+		return
+	}
+	w.w.Ready(sc)
+}
+
 // Waiter is a borrower that waits without a goroutine of its own: an
 // event loop's session. The pool calls Ready, from whichever goroutine
 // releases a connection, with the connection now lent to it, or with nil
@@ -187,8 +194,8 @@ func (p *Pool) Lend(w *Waiter) (sc *ServerConn, queued bool, err error) {
 			p.mu.Unlock()
 			return nil, false, ErrClosed
 		}
-		n := len(p.idle)
-		if n == 0 {
+		sc := p.popIdleLocked()
+		if sc == nil {
 			if w == nil || p.open < p.cfg.Size {
 				p.mu.Unlock()
 				return nil, false, nil
@@ -198,9 +205,6 @@ func (p *Pool) Lend(w *Waiter) (sc *ServerConn, queued bool, err error) {
 			p.mu.Unlock()
 			return nil, true, nil
 		}
-		sc := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
 		p.stats.Lent++
 		p.mu.Unlock()
 		if p.usable(sc) {
@@ -291,18 +295,12 @@ func (p *Pool) Release(sc *ServerConn, reusable bool) {
 		p.discard(sc)
 		return
 	}
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters[0] = waiter{}
-		p.waiters = p.waiters[1:]
-		if w.ch != nil {
-			p.mu.Unlock()
-			w.ch <- sc
-			return
+	if w, ok := p.popWaiterLocked(); ok {
+		if w.w != nil {
+			p.lent(w.w.start) // Acquire's waiters count their own lend
 		}
-		p.lent(w.w.start)
 		p.mu.Unlock()
-		w.w.Ready(sc)
+		w.hand(sc)
 		return
 	}
 	p.idle = append(p.idle, sc)
@@ -319,16 +317,36 @@ func (p *Pool) discard(sc *ServerConn) {
 
 // wakeOne lets the first waiter open a connection in a freed slot; p.mu held.
 func (p *Pool) wakeOne() {
-	if len(p.waiters) > 0 && !p.closed {
-		w := p.waiters[0]
-		p.waiters[0] = waiter{}
-		p.waiters = p.waiters[1:]
-		if w.ch != nil {
-			w.ch <- nil
-		} else {
-			w.w.Ready(nil)
-		}
+	if p.closed {
+		return
 	}
+	if w, ok := p.popWaiterLocked(); ok {
+		w.hand(nil)
+	}
+}
+
+// popIdleLocked takes the most recently used idle connection, nil if
+// none; p.mu held.
+func (p *Pool) popIdleLocked() *ServerConn {
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	sc := p.idle[n-1]
+	p.idle[n-1] = nil
+	p.idle = p.idle[:n-1]
+	return sc
+}
+
+// popWaiterLocked takes the first waiter; p.mu held.
+func (p *Pool) popWaiterLocked() (waiter, bool) {
+	if len(p.waiters) == 0 {
+		return waiter{}, false
+	}
+	w := p.waiters[0]
+	p.waiters[0] = waiter{}
+	p.waiters = p.waiters[1:]
+	return w, true
 }
 
 // Close closes idle connections now and lent ones as they come back;
@@ -350,11 +368,7 @@ func (p *Pool) Close() {
 		sc.Conn.Close()
 	}
 	for _, w := range waiters {
-		if w.ch != nil {
-			close(w.ch)
-		} else {
-			w.w.Ready(nil)
-		}
+		w.hand(nil) // nil: go and Acquire, which says ErrClosed
 	}
 }
 
