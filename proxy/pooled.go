@@ -306,7 +306,7 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()
 	held := ps.server
-	idle := held != nil && len(ps.fifo) == 0 && !ps.dirty && ps.txStatus != 'T' && ps.txStatus != 'E'
+	idle := held != nil && !ps.inFlightLocked()
 	ps.mu.Unlock()
 	ps.closing.Store(true)
 	if held != nil {
@@ -393,8 +393,7 @@ func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*
 	if err != nil {
 		return nil, err
 	}
-	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
-	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+	e := ps.entryAt(cfg, dec)
 	ps.mu.Lock()
 	ps.member, ps.routed = dec.Member.Name, dec.Role
 	ps.attachLocked(e.pool)
@@ -483,8 +482,7 @@ func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent)
 			return nil, err
 		}
 	}
-	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
-	e := sess.srv.pools.get(key, cfg.Pool, ps.creds, sess.srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+	e := ps.entryAt(cfg, dec)
 	ps.mu.Lock()
 	ps.attachLocked(e.pool)
 	ps.mu.Unlock()
@@ -696,9 +694,16 @@ func (ps *pooled) holding() (string, topology.Role, bool) {
 	return ps.server.Member, ps.routed, true
 }
 
-// poolAt returns the pool of dec's member for the session, creating it.
-func (ps *pooled) poolAt(cfg *Config, dec router.Decision) *pool.Pool {
+// entryAt returns the session's pool on dec's member, creating it.
+func (ps *pooled) entryAt(cfg *Config, dec router.Decision) *poolEntry {
 	srv := ps.sess.srv
 	key := pool.Key{Member: dec.Member.Name, Database: ps.db, User: ps.user}
-	return srv.pools.get(key, cfg.Pool, ps.creds, srv.serverConnector(dec.Member.Name, dec.Member.Addr, key)).pool
+	return srv.pools.get(key, cfg.Pool, ps.creds, srv.serverConnector(dec.Member.Name, dec.Member.Addr, key))
+}
+
+// inFlightLocked reports whether the client has something outstanding on
+// its server: messages sent and not yet answered, or an open
+// transaction. Called with mu held.
+func (ps *pooled) inFlightLocked() bool {
+	return len(ps.fifo) > 0 || ps.dirty || ps.txStatus == 'T' || ps.txStatus == 'E'
 }

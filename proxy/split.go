@@ -289,9 +289,7 @@ func (ps *pooled) waitLastWrite(ctx context.Context) uint64 {
 		case <-ctx.Done():
 		}
 	}
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	return max(ps.split.lastWrite, ps.split.minLSN)
+	return ps.readNeed()
 }
 
 var errRetryOnPrimary = errors.New("retry on the primary")

@@ -142,7 +142,7 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	ps.mu.Lock()
 	held := ps.server
 	ps.server = nil
-	idle := held != nil && len(ps.fifo) == 0 && !ps.dirty && ps.txStatus != 'T' && ps.txStatus != 'E'
+	idle := held != nil && !ps.inFlightLocked()
 	ps.mu.Unlock()
 	if held != nil {
 		ps.release(held, clean && idle && ps.reset(held, cfg))
@@ -266,7 +266,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 	var p *pool.Pool
 	if ok {
 		if p = h.poolOf(dec.Member.Name); p == nil {
-			p = ps.poolAt(h.cfg, dec)
+			p = ps.entryAt(h.cfg, dec).pool
 			h.remember(dec.Member.Name, p)
 		}
 	}
@@ -380,7 +380,7 @@ func (h *txLoop) takeHanded(alive bool) {
 		h.lendSlowly(sc, h.waitDec, h.waitIn, h.buf)
 		return
 	}
-	h.keep(h.feed(h.buf))
+	h.resume()
 }
 
 // held makes sc the session's server.
@@ -399,8 +399,7 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 // if it has one, borrowing otherwise) and resumes the session on its
 // thread with the result.
 func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in sessionIntent, msgs []byte) {
-	s, ps := h.s, h.ps
-	s.Hold(true)
+	ps := h.ps
 	if dec.Member.Name != "" && (sc == nil || ps.splitCfg != nil) {
 		// Routed just now on the thread, and the slow way borrows at once:
 		// it takes this route (routing again would take a standby's turn
@@ -416,9 +415,10 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 		}
 		msgs = append([]byte(nil), msgs...)
 	}
-	h.slow.Add(1)
-	go func() {
-		defer h.slow.Done()
+	var sock *loop.Socket
+	var err error
+	role, m := dec.Role, dec.Member
+	h.offThread(func() {
 		defer ps.takeRouted(sessionIntent{}) // spent, whatever happened
 		if sc != nil {
 			if err := ps.applySettings(sc); err != nil {
@@ -426,8 +426,6 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 				sc = nil
 			}
 		}
-		var err error
-		role, m := dec.Role, dec.Member
 		if sc == nil {
 			if ps.splitCfg != nil {
 				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs)
@@ -438,7 +436,6 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 			role, m = ps.routed, ps.routedState
 			ps.mu.Unlock()
 		}
-		var sock *loop.Socket
 		if err == nil {
 			if sock, err = socketOf(sc); err != nil {
 				ps.release(sc, true)
@@ -446,31 +443,51 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 					Message: "pgrouter could not relay the server connection", Detail: err.Error()}
 			}
 		}
-		s.Post(func(alive bool) {
-			if !alive {
-				if err == nil {
-					ps.release(sc, true) // nothing was written to it
-				}
+	}, func(alive bool) {
+		if !alive {
+			if err == nil {
+				ps.release(sc, true) // nothing was written to it
+			}
+			return
+		}
+		if err == nil && !h.s.Attach(sock) {
+			ps.release(sc, false)
+			err = &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+				Message: "the server connection closed before the transaction could start"}
+		}
+		if err != nil {
+			if err := h.c.fail(err); err != nil {
+				h.fail(err)
 				return
 			}
-			s.Hold(false)
-			if err == nil && !s.Attach(sock) {
-				ps.release(sc, false)
-				err = &clientError{Severity: "ERROR", Code: codeConnectionFailure,
-					Message: "the server connection closed before the transaction could start"}
+		} else {
+			h.held(sc, role, m)
+		}
+		h.resume()
+	})
+}
+
+// offThread runs work, which may block, on a goroutine while the client
+// is held, then back on the thread: back(alive), the client read again;
+// alive is false when the session ended meanwhile.
+func (h *txLoop) offThread(work func(), back func(alive bool)) {
+	s := h.s
+	s.Hold(true)
+	h.slow.Add(1)
+	go func() {
+		defer h.slow.Done()
+		work()
+		s.Post(func(alive bool) {
+			if alive {
+				s.Hold(false)
 			}
-			if err != nil {
-				if err := h.c.fail(err); err != nil {
-					h.fail(err)
-					return
-				}
-			} else {
-				h.held(sc, role, m)
-			}
-			h.keep(h.feed(h.buf))
+			back(alive)
 		})
 	}()
 }
+
+// resume consumes what the client sent while the session waited.
+func (h *txLoop) resume() { h.keep(h.feed(h.buf)) }
 
 // socketOf moves a server connection out of Go's poller for the loop,
 // the first time a loop session borrows it.
@@ -531,7 +548,7 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	}
 	ps.release(sc, s.Detach())
 	if len(h.buf) > 0 {
-		h.keep(h.feed(h.buf))
+		h.resume()
 	}
 }
 
@@ -540,47 +557,45 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 // returns for the client and attaches the server step made the session's
 // own (a statement running again on the primary), if any.
 func (h *txLoop) afterRelease(step func() (*pool.ServerConn, []byte, error)) {
-	s, ps := h.s, h.ps
-	s.Hold(true)
-	h.slow.Add(1)
-	go func() {
-		defer h.slow.Done()
-		sc, resp, err := step()
-		var sock *loop.Socket
+	ps := h.ps
+	var sc *pool.ServerConn
+	var resp []byte
+	var sock *loop.Socket
+	var err error
+	h.offThread(func() {
+		sc, resp, err = step()
 		if sc != nil && err == nil {
 			sock, err = socketOf(sc)
 		}
-		s.Post(func(alive bool) {
-			if !alive {
-				// The session ended: whoever takes the server out of it
-				// (here or runOnLoop) gives it back, once.
-				ps.mu.Lock()
-				mine := sc != nil && ps.server == sc
-				if mine {
-					ps.server = nil
-				}
-				ps.mu.Unlock()
-				if mine {
-					ps.release(sc, false) // a statement was sent on it
-				}
-				return
+	}, func(alive bool) {
+		if !alive {
+			// The session ended: whoever takes the server out of it
+			// (here or runOnLoop) gives it back, once.
+			ps.mu.Lock()
+			mine := sc != nil && ps.server == sc
+			if mine {
+				ps.server = nil
 			}
-			s.Hold(false)
-			s.WriteClient(resp)
-			if sc != nil {
-				if err != nil || !s.Attach(sock) {
-					if err == nil {
-						err = errors.New("the server connection closed")
-					}
-					h.lost(sc, err)
-				} else {
-					h.remember(sc.Member, sc.Pool())
-					h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
-				}
+			ps.mu.Unlock()
+			if mine {
+				ps.release(sc, false) // a statement was sent on it
 			}
-			h.keep(h.feed(h.buf))
-		})
-	}()
+			return
+		}
+		h.s.WriteClient(resp)
+		if sc != nil {
+			if err != nil || !h.s.Attach(sock) {
+				if err == nil {
+					err = errors.New("the server connection closed")
+				}
+				h.lost(sc, err)
+			} else {
+				h.remember(sc.Member, sc.Pool())
+				h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
+			}
+		}
+		h.resume()
+	})
 }
 
 // ServerFailed tells the client its transaction was lost (or, if the

@@ -733,7 +733,7 @@ func (ps *pooled) forget(sc *pool.ServerConn, err error) (resp []byte, fatal *cl
 			syncs++
 		}
 	}
-	inFlight := len(ps.fifo) > 0 || ps.dirty || ps.txStatus == 'T' || ps.txStatus == 'E'
+	inFlight := ps.inFlightLocked()
 	ps.fifo = ps.fifo[:0]
 	ps.dirty = false
 	ps.txStatus = 'I'
