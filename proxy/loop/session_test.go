@@ -111,14 +111,34 @@ func waitSession(t *testing.T, s *Session) (error, *Socket, bool) {
 	}
 }
 
-func TestSessionLendsAndGivesBackServers(t *testing.T) {
+// served starts a loop of one thread serving a client with a relayHandler
+// whose servers channel holds up to buffered; it returns the handler, the
+// application's end of the client connection and the session.
+func served(t *testing.T, buffered int) (*relayHandler, net.Conn, *Session) {
+	t.Helper()
 	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket, 2)}
+	h := &relayHandler{servers: make(chan *Socket, buffered)}
 	app, clientSide := tcpPair(t)
 	s, err := l.Serve(clientSide, h)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, app, s
+}
+
+// lendFor has the client ask for a server and hands it sock; it returns
+// once the query reached db, sock's far end.
+func (h *relayHandler) lendFor(t *testing.T, app net.Conn, sock *Socket, db net.Conn) {
+	t.Helper()
+	h.servers <- sock
+	if _, err := app.Write([]byte("!q")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+}
+
+func TestSessionLendsAndGivesBackServers(t *testing.T) {
+	h, app, s := served(t, 2)
 	sock1, db1 := serverSocket(t)
 	sock2, db2 := serverSocket(t)
 	h.servers <- sock1
@@ -161,19 +181,10 @@ func TestSessionLendsAndGivesBackServers(t *testing.T) {
 }
 
 func TestSessionEndHandsBackTheHeldServer(t *testing.T) {
-	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket, 1), farewell: []byte("bye")}
-	app, clientSide := tcpPair(t)
-	s, err := l.Serve(clientSide, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, app, s := served(t, 1)
+	h.farewell = []byte("bye")
 	sock, db := serverSocket(t)
-	h.servers <- sock
-	if _, err := app.Write([]byte("!q")); err != nil {
-		t.Fatal(err)
-	}
-	readN(t, db, 1)
+	h.lendFor(t, app, sock, db)
 	s.Stop()
 	err, left, clean := waitSession(t, s)
 	if err != nil || left != sock || !clean {
@@ -191,30 +202,16 @@ func TestSessionEndHandsBackTheHeldServer(t *testing.T) {
 }
 
 func TestSessionServerFailure(t *testing.T) {
-	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket, 1)}
-	app, clientSide := tcpPair(t)
-	s, err := l.Serve(clientSide, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, app, s := served(t, 1)
 	sock, db := serverSocket(t)
-	h.servers <- sock
-	if _, err := app.Write([]byte("!q")); err != nil {
-		t.Fatal(err)
-	}
-	readN(t, db, 1)
+	h.lendFor(t, app, sock, db)
 	db.Close()
 	if got := readN(t, app, 4); got != "lost" {
 		t.Fatalf("client got %q", got)
 	}
 	// Another goroutine closing the held server is a failure too.
 	sock2, db2 := serverSocket(t)
-	h.servers <- sock2
-	if _, err := app.Write([]byte("!q")); err != nil {
-		t.Fatal(err)
-	}
-	readN(t, db2, 1)
+	h.lendFor(t, app, sock2, db2)
 	sock2.Close()
 	if got := readN(t, app, 4); got != "lost" {
 		t.Fatalf("client got %q", got)
@@ -253,19 +250,9 @@ func TestSessionPostAfterEnd(t *testing.T) {
 // A client that does not read holds the server back: its output waits in
 // the kernel, not in a growing buffer, and arrives whole.
 func TestSessionSlowClient(t *testing.T) {
-	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket, 1)}
-	app, clientSide := tcpPair(t)
-	s, err := l.Serve(clientSide, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, app, s := served(t, 1)
 	sock, db := serverSocket(t)
-	h.servers <- sock
-	if _, err := app.Write([]byte("!q")); err != nil {
-		t.Fatal(err)
-	}
-	readN(t, db, 1)
+	h.lendFor(t, app, sock, db)
 	data := make([]byte, 16<<20)
 	for i := range data {
 		data[i] = byte(i * 7)
@@ -334,20 +321,10 @@ func TestSocketAsConn(t *testing.T) {
 // idle marks it broken, so the pool never lends it; the next lend on the
 // same thread takes it as it is, and a goroutine's use takes it out.
 func TestParkedServer(t *testing.T) {
-	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket, 3)}
-	app, clientSide := tcpPair(t)
-	s, err := l.Serve(clientSide, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, app, s := served(t, 3)
 	lendOnce := func(sock *Socket, db net.Conn) {
 		t.Helper()
-		h.servers <- sock
-		if _, err := app.Write([]byte("!q")); err != nil {
-			t.Fatal(err)
-		}
-		readN(t, db, 1)
+		h.lendFor(t, app, sock, db)
 		if _, err := db.Write([]byte("r.")); err != nil {
 			t.Fatal(err)
 		}
@@ -416,13 +393,7 @@ func eventually(t *testing.T, cond func() bool) {
 // Bytes a held client sends while it waits are read once it is resumed,
 // in order, after what it sent before.
 func TestSessionHeldClientSendsMore(t *testing.T) {
-	l := newLoop(t, 1)
-	h := &relayHandler{servers: make(chan *Socket)}
-	app, clientSide := tcpPair(t)
-	s, err := l.Serve(clientSide, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, app, s := served(t, 0)
 	if _, err := app.Write([]byte("!a")); err != nil {
 		t.Fatal(err)
 	}
