@@ -77,12 +77,11 @@ type pooled struct {
 	closing atomic.Bool // the client loop has ended
 
 	// Statement split (nil splitCfg: off).
-	splitCfg   *SplitConfig
-	split      splitState
-	cfg        *Config
-	in         sessionIntent
-	loopPool   *pool.Pool // set when a loop thread relays the session (txLoop): its pool at the start
-	routedNext routedFor
+	splitCfg *SplitConfig
+	split    splitState
+	cfg      *Config
+	in       sessionIntent
+	loopPool *pool.Pool // set when a loop thread relays the session (txLoop): its pool at the start
 }
 
 // clientStmt is a named statement a client prepared, as the proxy keeps it
@@ -233,7 +232,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		}
 	}
 	if initial == nil {
-		if sc, err = ps.acquire(ctx, cfg, in); err != nil {
+		if sc, err = ps.acquire(ctx, cfg, in, nil); err != nil {
 			return nil, 0, err
 		}
 		initial = sc.Initial
@@ -404,7 +403,10 @@ func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*
 // acquire routes the session as it would a new one (so a transaction after
 // a failover lands on the new primary, waiting up to PrimaryWait), borrows
 // a server from that member's pool and applies the client's settings.
-func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
+// routed, if not nil, is a route for in taken just before (by a loop
+// thread that found no server at once): the first attempt takes it, since
+// routing again would take a standby's turn twice.
+func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent, routed *router.Decision) (*pool.ServerConn, error) {
 	sess := ps.sess
 	if err := sess.srv.waitResumed(ctx, max(cfg.PrimaryWait, cfg.Pool.WaitTimeout, time.Second)); err != nil {
 		return nil, err
@@ -412,7 +414,8 @@ func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*
 	deadline := time.Now().Add(max(cfg.PrimaryWait, 0))
 	for {
 		_, changed := sess.srv.feed.Load()
-		sc, err := ps.tryAcquire(ctx, cfg, in)
+		sc, err := ps.tryAcquire(ctx, cfg, in, routed)
+		routed = nil
 		if err == nil {
 			return sc, nil
 		}
@@ -445,38 +448,17 @@ func (ps *pooled) waitTimeout(member string) *clientError {
 		Detail:  fmt.Sprintf("Every connection of the pool for user %q, database %q on %s is in use.", ps.user, ps.db, member)}
 }
 
-// routedFor hands the next acquire for in a route the loop thread already
-// took (a standby's turn is taken by routing; routing again would skip
-// one); takeRouted takes it. Guarded by mu.
-type routedFor struct {
-	in  sessionIntent
-	dec router.Decision
-	set bool
-}
-
-func (ps *pooled) setRouted(in sessionIntent, dec router.Decision) {
-	ps.mu.Lock()
-	ps.routedNext = routedFor{in: in, dec: dec, set: true}
-	ps.mu.Unlock()
-}
-
-func (ps *pooled) takeRouted(in sessionIntent) (router.Decision, bool) {
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	r := ps.routedNext
-	ps.routedNext = routedFor{}
-	return r.dec, r.set && r.in == in
-}
-
 // memberUnreachable is a dial failure: worth routing again.
 type memberUnreachable struct{ ce *clientError }
 
 func (m *memberUnreachable) Error() string { return m.ce.Error() }
 
-func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
+func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent, routed *router.Decision) (*pool.ServerConn, error) {
 	sess := ps.sess
-	dec, ok := ps.takeRouted(in)
-	if !ok {
+	var dec router.Decision
+	if routed != nil {
+		dec = *routed
+	} else {
 		var err error
 		if dec, err = sess.route(ctx, cfg, in); err != nil {
 			return nil, err

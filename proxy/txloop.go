@@ -51,7 +51,6 @@ type txLoop struct {
 	// of the lend that waits; waitTimer bounds it (query-wait-timeout).
 	waiter    pool.Waiter
 	waitDec   router.Decision
-	waitIn    sessionIntent
 	waitWrite bool // the split routed the waiting transaction as a write
 	waitTimer *time.Timer
 	takeTask  func(alive bool)
@@ -258,7 +257,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 		// that has replayed it, which may take a query to find out: the
 		// slow way, which routes it once (a standby's turn is taken by
 		// routing, so the thread does not route it first).
-		h.lendSlowly(nil, router.Decision{}, in, msgs)
+		h.lendSlowly(nil, router.Decision{}, false, msgs)
 		return false
 	}
 	var sc *pool.ServerConn
@@ -280,7 +279,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 			h.countRoute(route, reason)
 		}
 		if queued {
-			h.waitDec, h.waitIn, h.waitWrite = dec, in, wrote
+			h.waitDec, h.waitWrite = dec, wrote
 			h.hmu.Lock()
 			h.waitPool, h.waitUntil = p, time.Now().Add(h.cfg.Pool.WaitTimeout)
 			h.hmu.Unlock()
@@ -300,7 +299,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 		// Not routed, or paused: the slow way routes after the pause.
 		dec = router.Decision{}
 	}
-	h.lendSlowly(sc, dec, in, msgs)
+	h.lendSlowly(sc, dec, true, msgs)
 	return false
 }
 
@@ -374,10 +373,10 @@ func (h *txLoop) takeHanded(alive bool) {
 		}
 	} else if sc == nil {
 		// A slot freed up, or the pool closed (a role change): route again.
-		h.lendSlowly(nil, router.Decision{}, h.waitIn, h.buf)
+		h.lendSlowly(nil, router.Decision{}, false, h.buf)
 		return
 	} else if !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
-		h.lendSlowly(sc, h.waitDec, h.waitIn, h.buf)
+		h.lendSlowly(sc, h.waitDec, false, h.buf)
 		return
 	}
 	h.resume()
@@ -397,15 +396,16 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 
 // lendSlowly lends on a goroutine (applying the session's settings to sc
 // if it has one, borrowing otherwise) and resumes the session on its
-// thread with the result.
-func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in sessionIntent, msgs []byte) {
+// thread with the result. dec is where sc comes from, and with routedNow
+// the route the thread took just now for this lend.
+func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, routedNow bool, msgs []byte) {
 	ps := h.ps
-	if dec.Member.Name != "" && (sc == nil || ps.splitCfg != nil) {
-		// Routed just now on the thread, and the slow way borrows at once:
-		// it takes this route (routing again would take a standby's turn
-		// twice). A route from before a wait is never handed on: it may
-		// be stale after a failover.
-		ps.setRouted(in, dec)
+	var routed *router.Decision
+	if routedNow && dec.Member.Name != "" {
+		// Routed just now on the thread: the slow way takes this route
+		// (routing again would take a standby's turn twice). A route from
+		// before a wait is not taken: it may be stale after a failover.
+		routed = &dec
 	}
 	if ps.splitCfg != nil {
 		// The split's slow way decides again, waiting where it must.
@@ -419,7 +419,6 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 	var err error
 	role, m := dec.Role, dec.Member
 	h.offThread(func() {
-		defer ps.takeRouted(sessionIntent{}) // spent, whatever happened
 		if sc != nil {
 			if err := ps.applySettings(sc); err != nil {
 				ps.release(sc, false)
@@ -428,9 +427,9 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, in session
 		}
 		if sc == nil {
 			if ps.splitCfg != nil {
-				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs)
+				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs, routed)
 			} else {
-				sc, err = ps.acquire(h.ctx, h.cfg, h.in)
+				sc, err = ps.acquire(h.ctx, h.cfg, h.in, routed)
 			}
 			ps.mu.Lock()
 			role, m = ps.routed, ps.routedState

@@ -225,9 +225,9 @@ func (ps *pooled) ensureServerFor(ctx context.Context, cfg *Config, in sessionIn
 	}
 	var err error
 	if ps.splitCfg != nil {
-		sc, err = ps.acquireSplit(ctx, cfg, in, msgs)
+		sc, err = ps.acquireSplit(ctx, cfg, in, msgs, nil)
 	} else {
-		sc, err = ps.acquire(ctx, cfg, in)
+		sc, err = ps.acquire(ctx, cfg, in, nil)
 	}
 	if err != nil {
 		return nil, err
