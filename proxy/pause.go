@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgrouter/pgrouter/proxy/pool"
@@ -9,22 +10,19 @@ import (
 
 // pauseGate holds new transactions of pooled sessions while paused, as
 // PgBouncer's PAUSE does: used around a planned switchover so that no
-// transaction runs while the primary changes. The zero value is running.
+// transaction runs while the primary changes. It holds the channel that
+// Resume closes, nil while running (the zero value): every lend looks at
+// it, so it is one atomic load, not a lock.
 type pauseGate struct {
-	paused  bool
-	resumed chan struct{} // closed by Resume
+	resumed atomic.Pointer[chan struct{}]
 }
 
 // Pause stops lending servers to new transactions and waits until no
 // pooled session holds one. It returns ctx's error if transactions are
 // still running when ctx ends; the proxy stays paused either way.
 func (s *Server) Pause(ctx context.Context) error {
-	s.mu.Lock()
-	if !s.gate.paused {
-		s.gate.paused = true
-		s.gate.resumed = make(chan struct{})
-	}
-	s.mu.Unlock()
+	ch := make(chan struct{})
+	s.gate.resumed.CompareAndSwap(nil, &ch)
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	for s.serversLent() > 0 {
@@ -39,33 +37,24 @@ func (s *Server) Pause(ctx context.Context) error {
 
 // Resume lets held transactions go.
 func (s *Server) Resume() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.gate.paused {
-		s.gate.paused = false
-		close(s.gate.resumed)
+	if ch := s.gate.resumed.Swap(nil); ch != nil {
+		close(*ch)
 	}
 }
 
 // Paused reports whether new transactions are held.
-func (s *Server) Paused() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.gate.paused
-}
+func (s *Server) Paused() bool { return s.gate.resumed.Load() != nil }
 
 // waitResumed blocks a new transaction while paused, up to max.
 func (s *Server) waitResumed(ctx context.Context, max time.Duration) error {
-	s.mu.Lock()
-	paused, ch := s.gate.paused, s.gate.resumed
-	s.mu.Unlock()
-	if !paused {
+	ch := s.gate.resumed.Load()
+	if ch == nil {
 		return nil
 	}
 	t := time.NewTimer(max)
 	defer t.Stop()
 	select {
-	case <-ch:
+	case <-*ch:
 		return nil
 	case <-t.C:
 		return &clientError{Severity: "ERROR", Code: codeCannotConnectNow,
