@@ -271,12 +271,12 @@ fi
 PGR_TX_ADMIN=""
 mkdir -p "$W/pgrouter-tx"
 printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
+TX_ARGS=(--pool-mode transaction --pool-size "$POOL_SIZE"
+	--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust')
 if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
 	free_port P_PGR_TX
 	free_port P_PGR_TX_ADMIN
-	if start_pgrouter pgrouter-tx "$P_PGR_TX" "$P_PGR_TX_ADMIN" --listen-rw "127.0.0.1:$P_PGR_TX" \
-		--pool-mode transaction --pool-size "$POOL_SIZE" \
-		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust'; then
+	if start_pgrouter pgrouter-tx "$P_PGR_TX" "$P_PGR_TX_ADMIN" --listen-rw "127.0.0.1:$P_PGR_TX" "${TX_ARGS[@]}"; then
 		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $STARTED_PID)"
 		PGR_TX_ADMIN=127.0.0.1:$P_PGR_TX_ADMIN
 	fi
@@ -287,9 +287,7 @@ fi
 if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-txgr; then
 	free_port P_PGR_TXGR
 	free_port P_PGR_TXGR_ADMIN
-	start_pgrouter pgrouter-txgr "$P_PGR_TXGR" "$P_PGR_TXGR_ADMIN" --relay-threads 0 --listen-rw "127.0.0.1:$P_PGR_TXGR" \
-		--pool-mode transaction --pool-size "$POOL_SIZE" \
-		--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust' &&
+	start_pgrouter pgrouter-txgr "$P_PGR_TXGR" "$P_PGR_TXGR_ADMIN" --relay-threads 0 --listen-rw "127.0.0.1:$P_PGR_TXGR" "${TX_ARGS[@]}" &&
 		log "pgrouter-txgr up: transaction pooling on goroutines, 127.0.0.1:$P_PGR_TXGR (pid $STARTED_PID)"
 fi
 
