@@ -44,6 +44,7 @@ type pooled struct {
 	user  string
 	db    string
 	creds auth.Credentials
+	pid   uint32 // the process id the client was given (0 until then)
 	// desired are the settings the client wants on every server: its
 	// startup parameters and the reported settings it changed with SET.
 	desired map[string]string
@@ -147,19 +148,29 @@ func settingsFromStartup(params []param) map[string]string {
 }
 
 func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
-	defer func() {
-		if ps := sess.pooled; ps != nil {
-			ps.mu.Lock()
-			ps.attachLocked(nil)
-			ps.mu.Unlock()
-		}
-	}()
 	ps, pid, err := sess.startPooled(ctx, cfg, version, in, params)
 	if err != nil {
+		if ps := sess.pooled; ps != nil {
+			ps.leave()
+		}
 		return err
 	}
-	defer sess.srv.cancels.remove(pid, sess.clientPK)
-	return ps.run(ctx, cfg, in)
+	ps.pid = pid
+	if err = ps.run(ctx, cfg, in); err != errDetached {
+		ps.leave()
+	}
+	return err
+}
+
+// leave takes the ended session out of its pool's client counts and of
+// the cancel registry.
+func (ps *pooled) leave() {
+	ps.mu.Lock()
+	ps.attachLocked(nil)
+	ps.mu.Unlock()
+	if ps.pid != 0 {
+		ps.sess.srv.cancels.remove(ps.pid, ps.sess.clientPK)
+	}
 }
 
 // startPooled authenticates the client, greets it and lends the first
@@ -290,13 +301,11 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 }
 
 // run relays the client's transactions until it leaves, then gives back
-// or closes whatever server it holds.
+// or closes whatever server it holds. It returns errDetached when a loop
+// thread relays them: the thread finishes the session.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
 	if ps.loopPool != nil {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
 			return err
 		}
 	}

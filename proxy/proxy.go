@@ -309,15 +309,8 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) {
 		}
 		l.conns.Inc()
 		sess := s.newSession(l, nc)
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() {
-				l.open.Add(-1)
-				l.conns.Dec()
-			}()
-			sess.serve(ctx)
-		}()
+		s.wg.Add(1) // Done by sess.close
+		go sess.serve(ctx)
 	}
 }
 

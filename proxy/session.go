@@ -23,7 +23,9 @@ import (
 // that runs serve owns client and server. After the startup of a
 // passthrough session without TLS, a loop thread (package loop) owns both
 // sockets and serve waits for the pair to end; otherwise a second
-// goroutine copies client bytes to the server. Either way one writer at a
+// goroutine copies client bytes to the server. A transaction-mode session
+// without TLS is handed to a loop thread whole: serve returns, and the
+// thread calls finish when the session ends. Either way one writer at a
 // time writes to the client (serve, or the loop thread), so an
 // ErrorResponse the proxy injects can never interleave with a server
 // message.
@@ -105,15 +107,37 @@ func (sess *session) kill(e *clientError) bool {
 	return true
 }
 
+// errDetached is what run returns when a loop thread has taken the
+// session over: the goroutine that ran the startup exits, and the thread
+// calls finish when the session ends.
+var errDetached = errors.New("the session goes on on a loop thread")
+
 func (sess *session) serve(ctx context.Context) {
-	defer sess.client.Close()
 	if !sess.srv.track(sess) {
+		sess.close()
 		return
 	}
-	defer sess.srv.untrack(sess)
-	if err := sess.run(ctx); err != nil {
+	if err := sess.run(ctx); err != errDetached {
+		sess.finish(err)
+	}
+}
+
+// finish ends a session that was tracked: err says why, nil when the
+// client left.
+func (sess *session) finish(err error) {
+	if err != nil {
 		sess.ended(err)
 	}
+	sess.srv.untrack(sess)
+	sess.close()
+}
+
+// close closes the client and gives back what accepting it took.
+func (sess *session) close() {
+	sess.client.Close()
+	sess.ln.open.Add(-1)
+	sess.ln.conns.Dec()
+	sess.srv.wg.Done()
 }
 
 // ended tells the client why its session ends, when the proxy ended it.

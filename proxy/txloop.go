@@ -3,7 +3,10 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,8 +33,12 @@ type txLoop struct {
 	ps   *pooled
 	cfg  *Config
 	in   sessionIntent
-	ctx  context.Context // ends with the session: cancels a lend that waits
-	slow sync.WaitGroup  // lends running on a goroutine
+	ctx    context.Context // ends with the session: cancels a lend that waits
+	cancel context.CancelFunc
+	// Lends running on a goroutine: slowRunning counts them for the
+	// thread, which starts them, without waiting.
+	slow        sync.WaitGroup
+	slowRunning atomic.Int32
 
 	s     *loop.Session // set on entry to each call from the thread
 	reply func([]byte) error
@@ -101,14 +108,15 @@ func (ps *pooled) onLoop(e *poolEntry) bool {
 		e != nil && e.links.Load() == linksPlain
 }
 
-// runOnLoop relays the session on a loop thread until it ends, then gives
-// back or closes the server it holds. It reports false, having changed
-// nothing, when the client's socket cannot leave Go's poller (TLS).
+// runOnLoop hands the session to a loop thread, which relays it until it
+// ends and then finishes it (Ended): no goroutine waits for an idle
+// client. It reports false, having changed nothing, when the client's
+// socket cannot leave Go's poller (TLS); errDetached once the thread has
+// the session.
 func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) (bool, error) {
 	sess := ps.sess
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	h := &txLoop{ps: ps, cfg: cfg, in: in, ctx: ctx}
+	h := &txLoop{ps: ps, cfg: cfg, in: in}
+	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.pools[0], h.next = memberPool{ps.member, ps.loopPool}, 1
 	h.reply = h.writeClient
 	h.waiter.Ready = h.ready
@@ -118,11 +126,9 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	h.toClient = sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
 	h.toServer = sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
 	s, err := sess.srv.loop.Serve(sess.client, h)
-	if errors.Is(err, loop.ErrUnsupported) {
-		return false, nil
-	}
 	if err != nil {
-		return true, err
+		h.cancel()
+		return !errors.Is(err, loop.ErrUnsupported), err
 	}
 	sess.srv.metrics.relays.WithLabelValues(name, "loop").Inc()
 	sess.mu.Lock()
@@ -131,22 +137,46 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	if sess.killed.Load() != nil {
 		s.Stop() // killed while the socket changed hands
 	}
-	err, _, clean := s.Wait()
-	cancel()
-	h.slow.Wait()
+	return true, errDetached
+}
+
+// Ended finishes the session on its thread when nothing it must wait for
+// is left: no lend running on a goroutine, and no reset query to run on
+// the server it holds (a pinned session's). Otherwise a goroutine does.
+func (h *txLoop) Ended(_ *loop.Session, err error, _ *loop.Socket, clean bool) {
+	if h.slowRunning.Load() == 0 && (h.ps.pinned == "" || h.ps.heldServer() == nil) {
+		h.finish(err, clean)
+		return
+	}
+	go func() {
+		h.cancel()
+		h.slow.Wait()
+		h.finish(err, clean)
+	}()
+}
+
+// finish gives back or closes the server the session held and ends the
+// session.
+func (h *txLoop) finish(err error, clean bool) {
+	h.cancel()
 	if h.waitTimer != nil {
 		h.waitTimer.Stop()
 		h.waitPool.CancelWait(&h.waiter, false) // if it ended waiting
 	}
+	ps := h.ps
 	ps.mu.Lock()
 	held := ps.server
 	ps.server = nil
 	idle := held != nil && !ps.inFlightLocked()
 	ps.mu.Unlock()
 	if held != nil {
-		ps.release(held, clean && idle && ps.reset(held, cfg))
+		ps.release(held, clean && idle && ps.reset(held, h.cfg))
 	}
-	return true, err
+	ps.leave()
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	ps.sess.finish(err)
 }
 
 // enter records the session on the thread's first call: the thread
@@ -473,8 +503,10 @@ func (h *txLoop) offThread(work func(), back func(alive bool)) {
 	s := h.s
 	s.Hold(true)
 	h.slow.Add(1)
+	h.slowRunning.Add(1)
 	go func() {
 		defer h.slow.Done()
+		defer h.slowRunning.Add(-1)
 		work()
 		s.Post(func(alive bool) {
 			if alive {

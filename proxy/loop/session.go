@@ -30,6 +30,17 @@ type Handler interface {
 	Farewell(s *Session) []byte
 }
 
+// Ender is a Handler that takes the end of its session on the loop
+// thread, so that no goroutine has to wait in Wait for the whole life of
+// the session (for an idle client that goroutine's stack is most of what
+// it costs). Ended runs once, after the client is closed; server is the
+// server held then, if any, and clean whether every byte written to it had
+// gone; it is the handler's to give back or close. Like the other
+// methods, it must not block.
+type Ender interface {
+	Ended(s *Session, err error, server *Socket, clean bool)
+}
+
 // Session is a client served by a loop thread, with the server it holds
 // at the moment, if any. Unlike a Pair, whose two sockets stay together
 // for life, a session's server comes and goes: the handler attaches one
@@ -119,7 +130,7 @@ func (s *Session) Stop() {
 // Wait blocks until the session has ended and returns why: nil when the
 // client left cleanly or Stop ended it. The server it held then, if any,
 // is returned with whether every byte written to it had gone; it is the
-// caller's to give back or close.
+// caller's to give back or close, unless the handler is an Ender.
 func (s *Session) Wait() (err error, server *Socket, clean bool) {
 	<-s.done
 	return s.err, s.left, s.clean
@@ -453,6 +464,9 @@ func (t *thread) endSession(s *Session, err error) {
 	}
 	s.err = err
 	close(s.done)
+	if e, ok := s.h.(Ender); ok {
+		e.Ended(s, err, s.left, s.clean)
+	}
 }
 
 // empty leaves the server side of a session without a server.

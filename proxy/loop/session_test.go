@@ -410,3 +410,60 @@ func TestSessionHeldClientSendsMore(t *testing.T) {
 	waitSession(t, s)
 	h.posts.Wait()
 }
+
+// enderHandler is a relayHandler that takes the end of its session on
+// the thread.
+type enderHandler struct {
+	relayHandler
+	ended chan endReport
+}
+
+type endReport struct {
+	err    error
+	server *Socket
+	clean  bool
+}
+
+func (h *enderHandler) Ended(_ *Session, err error, server *Socket, clean bool) {
+	h.ended <- endReport{err, server, clean}
+}
+
+func TestSessionEnderGetsTheEnd(t *testing.T) {
+	l := newLoop(t, 1)
+	h := &enderHandler{relayHandler: relayHandler{servers: make(chan *Socket, 1)}, ended: make(chan endReport, 2)}
+	app, clientSide := tcpPair(t)
+	s, err := l.Serve(clientSide, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, db := serverSocket(t)
+	h.lendFor(t, app, sock, db)
+	app.Close() // the client leaves while it holds a server
+	var r endReport
+	select {
+	case r = <-h.ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Ended was not called")
+	}
+	if r.err != nil || r.server != sock || !r.clean {
+		t.Fatalf("Ended(%v, %v, %v); want nil, the held server, clean", r.err, r.server, r.clean)
+	}
+	// Ended runs after the session is done, and once.
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("Ended ran before Done was closed")
+	}
+	s.Stop()
+	h.posts.Wait()
+	select {
+	case r := <-h.ended:
+		t.Fatalf("Ended called again: %+v", r)
+	default:
+	}
+	// The held server is the handler's: still open.
+	if _, err := r.server.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	readN(t, db, 1)
+}
