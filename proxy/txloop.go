@@ -30,9 +30,9 @@ import (
 //
 // Every field is the thread's, except where noted.
 type txLoop struct {
-	ps   *pooled
-	cfg  *Config
-	in   sessionIntent
+	ps     *pooled
+	cfg    *Config
+	in     sessionIntent
 	ctx    context.Context // ends with the session: cancels a lend that waits
 	cancel context.CancelFunc
 	// Lends running on a goroutine: slowRunning counts them for the
