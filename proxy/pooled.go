@@ -148,14 +148,13 @@ func settingsFromStartup(params []param) map[string]string {
 }
 
 func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
-	ps, pid, err := sess.startPooled(ctx, cfg, version, in, params)
+	ps, _, err := sess.startPooled(ctx, cfg, version, in, params)
 	if err != nil {
 		if ps := sess.pooled; ps != nil {
 			ps.leave()
 		}
 		return err
 	}
-	ps.pid = pid
 	if err = ps.run(ctx, cfg, in); err != errDetached {
 		ps.leave()
 	}
@@ -182,17 +181,8 @@ func (ps *pooled) leave() {
 //go:noinline
 func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) (*pooled, uint32, error) {
 	mode := sess.ln.cfg.PoolMode
-	if cfg.Auth == nil || cfg.Auth.HBA == nil {
-		return nil, 0, fatalf(codeInvalidAuthSpec, "pooled mode needs client authentication rules")
-	}
-	for _, kv := range params {
-		if kv.name == "replication" && kv.value != "" && !strings.EqualFold(kv.value, "false") && kv.value != "0" && !strings.EqualFold(kv.value, "off") {
-			return nil, 0, fatalf(codeFeatureNotSupported, "replication connections are not supported in %s pooling mode", mode)
-		}
-	}
-	if version != 3<<16 {
-		// The proxy answers the startup itself and speaks 3.0.
-		version = 3 << 16
+	if err := checkPooledStartup(cfg, mode, params); err != nil {
+		return nil, 0, err
 	}
 	var ip net.IP
 	if ta, ok := sess.client.RemoteAddr().(*net.TCPAddr); ok {
@@ -214,19 +204,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	if err != nil {
 		return nil, 0, authClientError(err)
 	}
-	ps := &pooled{
-		sess: sess, mode: mode, user: in.user, db: in.dbname, creds: creds,
-		desired: settingsFromStartup(params),
-		cfg:     cfg,
-		in:      in,
-	}
-	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
-		ps.splitCfg = cfg.Split
-		if cfg.Split.Functions != nil {
-			cfg.Split.Functions.Ensure(in.dbname)
-		}
-	}
-	sess.pooled = ps
+	ps := sess.newPooled(cfg, mode, in, params, creds)
 	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
 	// Session mode holds a server from now on. Transaction mode greets
 	// the client with what a fresh server of its pool reports, and takes
@@ -248,43 +226,22 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		}
 		initial = sc.Initial
 	}
-	ps.completeDesired(initial)
-	// The client sees a process id and key of the proxy's own: the server
-	// it talks to changes, and cancel follows whichever it holds.
-	pid, key, err := sess.srv.cancels.registerSession(sess)
+	out, err := ps.greeting(initial)
 	if err != nil {
 		if sc != nil {
 			ps.release(sc, false)
 		}
 		return nil, 0, err
 	}
-	sess.clientPK = key
-
-	out := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
-	for name, value := range initial {
-		if v, ok := ps.desired[strings.ToLower(name)]; ok {
-			value = v
-		}
-		out = appendParameterStatus(out, name, value)
-	}
-	kd := make([]byte, 4, 4+len(key))
-	putUint32(kd, pid)
-	out = appendMessage(out, 'K', append(kd, key...))
-	out = appendMessage(out, 'Z', []byte{'I'})
 	if _, err := sess.client.Write(out); err != nil {
 		if sc != nil {
 			ps.release(sc, false)
 		}
-		sess.srv.cancels.remove(pid, key)
+		sess.srv.cancels.remove(ps.pid, sess.clientPK)
 		return nil, 0, err
 	}
 	_ = sess.client.SetDeadline(time.Time{})
-
-	sess.srv.mu.Lock()
-	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
-	sess.srv.perMember[ps.member]++
-	sess.srv.mu.Unlock()
-	sess.debug("pooled session started", zap.String("mode", string(mode)), zap.String("user", in.user), zap.String("database", in.dbname))
+	ps.begun()
 
 	if sc != nil && mode == PoolTransaction {
 		ps.release(sc, true)
@@ -297,7 +254,75 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		ps.lend(sc)
 	}
 
-	return ps, pid, nil
+	return ps, ps.pid, nil
+}
+
+// checkPooledStartup refuses what a pooled listener cannot serve before
+// the client authenticates.
+func checkPooledStartup(cfg *Config, mode PoolMode, params []param) error {
+	if cfg.Auth == nil || cfg.Auth.HBA == nil {
+		return fatalf(codeInvalidAuthSpec, "pooled mode needs client authentication rules")
+	}
+	for _, kv := range params {
+		if kv.name == "replication" && kv.value != "" && !strings.EqualFold(kv.value, "false") && kv.value != "0" && !strings.EqualFold(kv.value, "off") {
+			return fatalf(codeFeatureNotSupported, "replication connections are not supported in %s pooling mode", mode)
+		}
+	}
+	return nil
+}
+
+// newPooled makes the pooled state of an authenticated client.
+func (sess *session) newPooled(cfg *Config, mode PoolMode, in sessionIntent, params []param, creds auth.Credentials) *pooled {
+	ps := &pooled{
+		sess: sess, mode: mode, user: in.user, db: in.dbname, creds: creds,
+		desired: settingsFromStartup(params),
+		cfg:     cfg,
+		in:      in,
+	}
+	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
+		ps.splitCfg = cfg.Split
+		if cfg.Split.Functions != nil {
+			cfg.Split.Functions.Ensure(in.dbname)
+		}
+	}
+	sess.pooled = ps
+	return ps
+}
+
+// greeting completes the client's settings from initial, what a fresh
+// server of its pool reports, gives the client a process id and cancel key
+// of the proxy's own (the server it talks to changes; cancel follows
+// whichever it holds) and returns the messages that end the startup:
+// AuthenticationOk to ReadyForQuery.
+func (ps *pooled) greeting(initial map[string]string) ([]byte, error) {
+	sess := ps.sess
+	ps.completeDesired(initial)
+	pid, key, err := sess.srv.cancels.registerSession(sess)
+	if err != nil {
+		return nil, err
+	}
+	ps.pid, sess.clientPK = pid, key
+	out := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
+	for name, value := range initial {
+		if v, ok := ps.desired[strings.ToLower(name)]; ok {
+			value = v
+		}
+		out = appendParameterStatus(out, name, value)
+	}
+	kd := make([]byte, 4, 4+len(key))
+	putUint32(kd, pid)
+	out = appendMessage(out, 'K', append(kd, key...))
+	return appendMessage(out, 'Z', []byte{'I'}), nil
+}
+
+// begun counts the greeted session on its member.
+func (ps *pooled) begun() {
+	sess := ps.sess
+	sess.srv.mu.Lock()
+	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
+	sess.srv.perMember[ps.member]++
+	sess.srv.mu.Unlock()
+	sess.debug("pooled session started", zap.String("mode", string(ps.mode)), zap.String("user", ps.user), zap.String("database", ps.db))
 }
 
 // run relays the client's transactions until it leaves, then gives back
@@ -401,12 +426,17 @@ func (ps *pooled) poolFor(ctx context.Context, cfg *Config, in sessionIntent) (*
 	if err != nil {
 		return nil, err
 	}
+	return ps.poolAt(cfg, dec), nil
+}
+
+// poolAt makes dec's member the session's and returns its pool there.
+func (ps *pooled) poolAt(cfg *Config, dec router.Decision) *poolEntry {
 	e := ps.entryAt(cfg, dec)
 	ps.mu.Lock()
 	ps.member, ps.routed = dec.Member.Name, dec.Role
 	ps.attachLocked(e.pool)
 	ps.mu.Unlock()
-	return e, nil
+	return e
 }
 
 // acquire routes the session as it would a new one (so a transaction after

@@ -127,10 +127,11 @@ type Server struct {
 }
 
 type listener struct {
-	cfg   ListenerConfig
-	ln    net.Listener
-	open  atomic.Int64
-	conns prometheus.Gauge
+	cfg    ListenerConfig
+	ln     net.Listener
+	onLoop *loop.Listener // set when loop threads accept its clients
+	open   atomic.Int64
+	conns  prometheus.Gauge
 }
 
 // New returns a proxy serving feed's topology. Call Listen, then Serve.
@@ -229,6 +230,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	var loops sync.WaitGroup
 	for _, l := range s.listeners {
+		if s.acceptOnLoop(ctx, l) {
+			continue
+		}
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
@@ -267,6 +271,9 @@ func (s *Server) Serve(ctx context.Context) error {
 
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
+		if l.onLoop != nil {
+			l.onLoop.Close()
+		}
 		l.ln.Close()
 	}
 	if s.peerLn != nil {
@@ -293,25 +300,36 @@ func (s *Server) acceptLoop(ctx context.Context, l *listener) {
 			continue
 		}
 		backoff = 0
-		s.metrics.clientConnsTotal.WithLabelValues(l.cfg.Name).Inc()
-		max := l.cfg.MaxClientConns
-		if n := l.open.Add(1); max > 0 && n > int64(max) {
-			l.open.Add(-1)
-			s.metrics.refused.WithLabelValues(l.cfg.Name, codeTooManyConnections).Inc()
+		if !s.admit(l) {
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
 				_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
-				writeClientError(nc, fatalf(codeTooManyConnections, "sorry, too many clients already"))
+				writeClientError(nc, errTooManyClients)
 				nc.Close()
 			}()
 			continue
 		}
-		l.conns.Inc()
-		sess := s.newSession(l, nc)
-		s.wg.Add(1) // Done by sess.close
-		go sess.serve(ctx)
+		go s.newSession(l, nc).serve(ctx)
 	}
+}
+
+var errTooManyClients = fatalf(codeTooManyConnections, "sorry, too many clients already")
+
+// admit counts a new client of l. It reports false when l is full: the
+// caller refuses the client with errTooManyClients. Otherwise the
+// session's close gives back what admit took.
+func (s *Server) admit(l *listener) bool {
+	s.metrics.clientConnsTotal.WithLabelValues(l.cfg.Name).Inc()
+	max := l.cfg.MaxClientConns
+	if n := l.open.Add(1); max > 0 && n > int64(max) {
+		l.open.Add(-1)
+		s.metrics.refused.WithLabelValues(l.cfg.Name, codeTooManyConnections).Inc()
+		return false
+	}
+	l.conns.Inc()
+	s.wg.Add(1)
+	return true
 }
 
 func (s *Server) track(sess *session) bool {

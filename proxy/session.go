@@ -101,7 +101,7 @@ func (sess *session) kill(e *clientError) bool {
 	} else if sess.server != nil {
 		// Unblocks the serve goroutine's read; it tells the client why.
 		sess.server.Close()
-	} else {
+	} else if sess.client != nil {
 		sess.client.Close()
 	}
 	return true
@@ -117,6 +117,12 @@ func (sess *session) serve(ctx context.Context) {
 		sess.close()
 		return
 	}
+	sess.runToEnd(ctx)
+}
+
+// runToEnd runs a tracked session and finishes it, unless a loop thread
+// took it over.
+func (sess *session) runToEnd(ctx context.Context) {
 	if err := sess.run(ctx); err != errDetached {
 		sess.finish(err)
 	}
@@ -134,7 +140,9 @@ func (sess *session) finish(err error) {
 
 // close closes the client and gives back what accepting it took.
 func (sess *session) close() {
-	sess.client.Close()
+	if sess.client != nil { // nil when a loop thread accepted it
+		sess.client.Close()
+	}
 	sess.ln.open.Add(-1)
 	sess.ln.conns.Dec()
 	sess.srv.wg.Done()
@@ -148,8 +156,10 @@ func (sess *session) close() {
 func (sess *session) ended(err error) {
 	if ce, ok := asClientError(err); ok {
 		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
-		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
-		writeClientError(sess.client, ce)
+		if sess.client != nil { // else the loop thread told the client
+			_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
+			writeClientError(sess.client, ce)
+		}
 		sess.debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
 		return
 	}
@@ -163,6 +173,11 @@ func (sess *session) run(ctx context.Context) error {
 	p, err := sess.negotiate(cfg)
 	if err != nil || p == nil {
 		return err
+	}
+	if rc, ok := sess.client.(*replayConn); ok && len(rc.unread) == 0 {
+		// What the loop thread read is consumed: the plain conn again,
+		// which a loop thread can take over.
+		sess.client = rc.Conn
 	}
 	intent, params, err := prepareStartup(p)
 	if err != nil {

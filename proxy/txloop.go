@@ -115,22 +115,13 @@ func (ps *pooled) onLoop(e *poolEntry) bool {
 // the session.
 func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) (bool, error) {
 	sess := ps.sess
-	h := &txLoop{ps: ps, cfg: cfg, in: in}
-	h.ctx, h.cancel = context.WithCancel(ctx)
-	h.pools[0], h.next = memberPool{ps.member, ps.loopPool}, 1
-	h.reply = h.writeClient
-	h.waiter.Ready = h.ready
-	h.takeTask = h.takeHanded
-	h.a.scan.watch = serverWatchPooled
-	name := sess.ln.cfg.Name
-	h.toClient = sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
-	h.toServer = sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	h := newTxLoop(ctx, ps, cfg, in)
 	s, err := sess.srv.loop.Serve(sess.client, h)
 	if err != nil {
 		h.cancel()
 		return !errors.Is(err, loop.ErrUnsupported), err
 	}
-	sess.srv.metrics.relays.WithLabelValues(name, "loop").Inc()
+	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
 	sess.mu.Lock()
 	sess.onLoop = s
 	sess.mu.Unlock()
@@ -138,6 +129,20 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 		s.Stop() // killed while the socket changed hands
 	}
 	return true, errDetached
+}
+
+func newTxLoop(ctx context.Context, ps *pooled, cfg *Config, in sessionIntent) *txLoop {
+	h := &txLoop{ps: ps, cfg: cfg, in: in}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	h.pools[0], h.next = memberPool{ps.member, ps.loopPool}, 1
+	h.reply = h.writeClient
+	h.waiter.Ready = h.ready
+	h.takeTask = h.takeHanded
+	h.a.scan.watch = serverWatchPooled
+	name := ps.sess.ln.cfg.Name
+	h.toClient = ps.sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
+	h.toServer = ps.sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	return h
 }
 
 // Ended finishes the session on its thread when nothing it must wait for

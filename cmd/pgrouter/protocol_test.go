@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/pgrouter/pgrouter/internal/pgtest"
 	"io"
 	"math/big"
 	"net"
@@ -182,9 +183,22 @@ func metricValue(t *testing.T, admin, name string) float64 {
 	return 0
 }
 
+// TestMalformedInputIsRefusedCleanly runs against a passthrough listener,
+// whose clients goroutines accept, and a transaction-mode one, whose
+// clients the loop threads accept and hand to a goroutine when the
+// startup is not one they serve.
 func TestMalformedInputIsRefusedCleanly(t *testing.T) {
 	c := sharedCluster(t)
-	p := startProxy(t, c, "--max-startup-packet", "2048", "--startup-timeout", "2s")
+	for _, mode := range []string{"passthrough", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			testMalformedInput(t, c, startPooled(t, c, mode, "--max-startup-packet", "2048", "--startup-timeout", "2s"))
+		})
+	}
+}
+
+func testMalformedInput(t *testing.T, c *pgtest.Cluster, p *proxyProc) {
+	// One session first: a pool keeps its server connection open after.
+	mustConnect(t, c, p.RW, nil).Close(context.Background())
 	fds0 := metricValue(t, p.Admin, "process_open_fds")
 	goroutines0 := metricValue(t, p.Admin, "go_goroutines")
 	defer func() {
@@ -253,15 +267,19 @@ func TestMalformedInputIsRefusedCleanly(t *testing.T) {
 
 func TestMaxClientConns(t *testing.T) {
 	c := sharedCluster(t)
-	p := startProxy(t, c, "--max-client-conns", "2")
-	mustConnect(t, c, p.RW, nil)
-	mustConnect(t, c, p.RW, nil)
-	_, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil)
-	if sqlState(err) != "53300" {
-		t.Fatalf("third connection: %v, want 53300", err)
+	for _, mode := range []string{"passthrough", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startPooled(t, c, mode, "--max-client-conns", "2")
+			mustConnect(t, c, p.RW, nil)
+			mustConnect(t, c, p.RW, nil)
+			_, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil)
+			if sqlState(err) != "53300" {
+				t.Fatalf("third connection: %v, want 53300", err)
+			}
+			// Other listeners have their own cap.
+			mustConnect(t, c, p.RO, nil)
+		})
 	}
-	// Other listeners have their own cap.
-	mustConnect(t, c, p.RO, nil)
 }
 
 func TestTLSTerminatedAtProxy(t *testing.T) {

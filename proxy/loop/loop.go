@@ -131,9 +131,9 @@ func (l *Loop) Attach(client, server net.Conn, h Hooks) (*Pair, error) {
 
 // dupSocket returns a duplicate of c's socket descriptor. The duplicate
 // shares the open file, so it is non-blocking like the original.
-func dupSocket(c net.Conn) (int, error) {
+func dupSocket(c any) (int, error) {
 	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
+	case *net.TCPConn, *net.UnixConn, *net.TCPListener:
 	default:
 		return -1, ErrUnsupported
 	}
@@ -216,7 +216,9 @@ type thread struct {
 	sides    []endpoint // indexed by descriptor number; owned by the loop goroutine
 	pairs    map[*Pair]struct{}
 	sessions map[*Session]struct{}
-	exited   chan struct{}
+	// listeners this thread accepts from (see Listen).
+	listeners []*Listener
+	exited    chan struct{}
 
 	mu       sync.Mutex
 	tasks    []task // handed over by other goroutines: new pairs and sessions, posted work
@@ -388,6 +390,9 @@ func (t *thread) shutdown() {
 	for s := range t.sessions {
 		s.stopped.Store(true)
 		t.endSession(s, nil)
+	}
+	for len(t.listeners) > 0 {
+		t.unwatch(t.listeners[0])
 	}
 	t.mu.Lock()
 	t.dead = true // sockets parked here no longer unregister themselves

@@ -95,16 +95,20 @@ func (l *Loop) Serve(client net.Conn, h Handler) (*Session, error) {
 		return nil, err
 	}
 	client.Close()
-	s := &Session{h: h, done: make(chan struct{})}
-	s.client = sessSide{sess: s, fd: cfd}
-	s.server = sessSide{sess: s, fd: -1, isServer: true}
 	t := l.threads[int(l.next.Add(1))%len(l.threads)]
-	s.t = t
+	s := newSession(t, h, cfd)
 	if !t.post(task{sess: s, fn: func(bool) { t.registerSession(s) }, admit: true}) {
 		unix.Close(cfd)
 		return nil, ErrClosed
 	}
 	return s, nil
+}
+
+func newSession(t *thread, h Handler, clientFD int) *Session {
+	s := &Session{t: t, h: h, done: make(chan struct{})}
+	s.client = sessSide{sess: s, fd: clientFD}
+	s.server = sessSide{sess: s, fd: -1, isServer: true}
+	return s
 }
 
 // Post runs fn on the session's loop thread. alive is false when the

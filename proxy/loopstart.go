@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pgrouter/pgrouter/proxy/auth"
+	"github.com/pgrouter/pgrouter/proxy/loop"
+)
+
+// acceptOnLoop has the loop threads accept l's clients when l is a
+// transaction-mode listener without TLS, the one case where the whole
+// session can run on a thread. It reports whether they do; otherwise
+// acceptLoop serves l.
+func (s *Server) acceptOnLoop(ctx context.Context, l *listener) bool {
+	if s.loop == nil || l.cfg.PoolMode != PoolTransaction || s.cfg.Load().ClientTLS != nil {
+		return false
+	}
+	ls, err := s.loop.Listen(l.ln, func(ls *loop.Session, remote net.Addr) loop.Handler {
+		return s.acceptedOnLoop(ctx, l, ls, remote)
+	})
+	if err != nil {
+		s.log.Info("listener accepts on a goroutine", zap.String("listener", l.cfg.Name), zap.Error(err))
+		return false
+	}
+	l.onLoop = ls
+	return true
+}
+
+// acceptedOnLoop starts a session for a client a loop thread accepted.
+func (s *Server) acceptedOnLoop(ctx context.Context, l *listener, ls *loop.Session, remote net.Addr) loop.Handler {
+	if !s.admit(l) {
+		ls.WriteClient(appendErrorResponse(nil, errTooManyClients))
+		ls.End(nil)
+		return hangingUp{}
+	}
+	sess := s.newSession(l, nil)
+	sess.onLoop = ls // before track: kill may reach it from then on
+	if !s.track(sess) {
+		sess.close()
+		ls.End(nil)
+		return hangingUp{}
+	}
+	st := &loopStartup{sess: sess, ctx: ctx}
+	if ta, ok := remote.(*net.TCPAddr); ok {
+		st.remote = ta
+	}
+	st.timer = time.AfterFunc(s.cfg.Load().StartupTimeout, func() { ls.Post(st.expired(ls)) })
+	return st
+}
+
+// loopStartup reads a client's startup on the loop thread that accepted
+// it. A plain startup that a trust rule lets in, whose pool is logged in
+// already, is greeted on the thread, which goes on relaying the session
+// (txLoop): no goroutine is ever made for it, which halves what a new
+// connection costs. Anything else (TLS, a password exchange, a pool's
+// first login, a cancel request, bad input) goes to a goroutine, with the
+// bytes read so far, exactly as if Go had accepted the client.
+type loopStartup struct {
+	sess     *session
+	ctx      context.Context
+	remote   *net.TCPAddr
+	timer    *time.Timer
+	buf      []byte // read and not consumed
+	answered int    // encryption requests answered with 'N'
+	over     bool   // handed over: to a txLoop or a goroutine
+}
+
+func (st *loopStartup) FromClient(s *loop.Session, b []byte) {
+	st.buf = append(st.buf, b...)
+	cfg := st.sess.srv.cfg.Load()
+	for !st.over && len(st.buf) >= 4 {
+		n := int(getUint32(st.buf))
+		if n < 8 || n > cfg.MaxStartupPacket {
+			st.toGoroutine(s) // which refuses it
+			return
+		}
+		if len(st.buf) < n {
+			return
+		}
+		p, err := parseStartupPacket(st.buf[4:n])
+		switch {
+		case err != nil:
+			st.toGoroutine(s)
+		case (p.kind == packetSSLRequest && cfg.ClientTLS == nil || p.kind == packetGSSENCRequest) && st.answered < 2:
+			s.WriteClient([]byte{'N'})
+			st.answered++
+			st.buf = st.buf[n:]
+		case p.kind == packetStartup && st.greet(s, cfg, &p, n):
+		default:
+			st.toGoroutine(s)
+		}
+	}
+}
+
+// greet serves a startup message of n bytes on the thread if it can: see
+// loopStartup. It reports whether it did.
+func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n int) bool {
+	sess := st.sess
+	mode := sess.ln.cfg.PoolMode
+	in, params, err := prepareStartup(p)
+	if err != nil || p.version != 3<<16 || checkPooledStartup(cfg, mode, params) != nil || st.remote == nil ||
+		cfg.Auth.HBA.Match(in.dbname, in.user, st.remote.IP, false) != auth.MethodTrust {
+		return false
+	}
+	dec, ok := sess.routeNow(cfg, in)
+	if !ok {
+		return false // the goroutine waits for a primary, or says why not
+	}
+	creds, err := auth.Authenticate(st.ctx, nil, in.user, auth.MethodTrust, auth.Secret{}, nil)
+	if err != nil {
+		return false
+	}
+	ps := sess.newPooled(cfg, mode, in, params, creds)
+	e := ps.poolAt(cfg, dec)
+	initial := e.initial.Load()
+	var out []byte
+	if initial != nil && ps.onLoop(e) {
+		out, err = ps.greeting(*initial)
+	}
+	if out == nil || err != nil {
+		ps.leave()
+		sess.pooled = nil
+		return false
+	}
+	s.WriteClient(out)
+	ps.begun()
+	ps.loopPool = e.pool
+	h := newTxLoop(st.ctx, ps, cfg, in)
+	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
+	st.timer.Stop()
+	st.over = true
+	s.SetHandler(h)
+	if rest := st.buf[n:]; len(rest) > 0 {
+		h.FromClient(s, rest)
+	}
+	return true
+}
+
+// toGoroutine hands the client back to Go and runs its session on a
+// goroutine from what was read so far.
+func (st *loopStartup) toGoroutine(s *loop.Session) {
+	st.timer.Stop()
+	st.over = true
+	sess := st.sess
+	c, err := s.Release()
+	if err != nil {
+		sess.debug("cannot hand the client to a goroutine", zap.Error(err))
+		sess.mu.Lock()
+		sess.onLoop = nil
+		sess.mu.Unlock()
+		sess.finish(nil)
+		return
+	}
+	if len(st.buf) > 0 {
+		c = &replayConn{Conn: c, unread: st.buf}
+	}
+	sess.mu.Lock()
+	sess.onLoop, sess.client = nil, c
+	if sess.killed.Load() != nil {
+		c.Close() // killed while it changed hands: the goroutine ends at once
+	}
+	sess.mu.Unlock()
+	go sess.runToEnd(st.ctx)
+}
+
+// expired returns what ends a startup that took longer than
+// StartupTimeout, as the deadline of a goroutine's startup does.
+func (st *loopStartup) expired(s *loop.Session) func(alive bool) {
+	return func(alive bool) {
+		if alive && !st.over {
+			s.End(os.ErrDeadlineExceeded)
+		}
+	}
+}
+
+func (st *loopStartup) FromServer(*loop.Session, []byte) {}
+
+func (st *loopStartup) ServerFailed(_ *loop.Session, sock *loop.Socket, _ error) { sock.Close() }
+
+func (st *loopStartup) Farewell(*loop.Session) []byte {
+	if e := st.sess.killed.Load(); e != nil {
+		return appendErrorResponse(nil, e)
+	}
+	return nil
+}
+
+// Ended finishes a session that ended during its startup.
+func (st *loopStartup) Ended(_ *loop.Session, err error, _ *loop.Socket, _ bool) {
+	st.timer.Stop()
+	st.sess.finish(err)
+}
+
+// hangingUp serves a client that is refused and closed at once.
+type hangingUp struct{}
+
+func (hangingUp) FromClient(*loop.Session, []byte)                          {}
+func (hangingUp) FromServer(*loop.Session, []byte)                          {}
+func (hangingUp) ServerFailed(_ *loop.Session, sock *loop.Socket, _ error) { sock.Close() }
+func (hangingUp) Farewell(*loop.Session) []byte                             { return nil }
+
+// replayConn is a client conn whose first bytes were read by a loop
+// thread: reads return those before reading the conn.
+type replayConn struct {
+	net.Conn
+	unread []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.unread) > 0 {
+		n := copy(b, c.unread)
+		c.unread = c.unread[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
