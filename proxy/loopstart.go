@@ -198,10 +198,10 @@ func (st *loopStartup) Ended(_ *loop.Session, err error, _ *loop.Socket, _ bool)
 // hangingUp serves a client that is refused and closed at once.
 type hangingUp struct{}
 
-func (hangingUp) FromClient(*loop.Session, []byte)                          {}
-func (hangingUp) FromServer(*loop.Session, []byte)                          {}
+func (hangingUp) FromClient(*loop.Session, []byte)                         {}
+func (hangingUp) FromServer(*loop.Session, []byte)                         {}
 func (hangingUp) ServerFailed(_ *loop.Session, sock *loop.Socket, _ error) { sock.Close() }
-func (hangingUp) Farewell(*loop.Session) []byte                             { return nil }
+func (hangingUp) Farewell(*loop.Session) []byte                            { return nil }
 
 // replayConn is a client conn whose first bytes were read by a loop
 // thread: reads return those before reading the conn.
