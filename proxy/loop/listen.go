@@ -122,11 +122,11 @@ func (t *thread) unwatch(ls *Listener) {
 // accept takes the connections waiting on ls and serves each here.
 func (t *thread) accept(ls *Listener) {
 	for range acceptBatch {
-		fd, sa, err := unix.Accept4(ls.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, remote, err := rawAccept(ls.fd)
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR || err == unix.ECONNABORTED:
 			return
-		case err != nil:
+		case err != 0:
 			// Out of descriptors and the like: the socket stays ready, so
 			// stop watching it for a while instead of spinning.
 			if t.ctl(unix.EPOLL_CTL_DEL, ls.fd, 0) == nil {
@@ -146,7 +146,7 @@ func (t *thread) accept(ls *Listener) {
 		if s.ended {
 			continue
 		}
-		s.h = ls.accepted(s, sockaddrToTCP(sa))
+		s.h = ls.accepted(s, remote)
 		t.settle(s)
 	}
 }
@@ -163,16 +163,6 @@ func (t *thread) rewatch(ls *Listener) {
 			return
 		}
 	}
-}
-
-func sockaddrToTCP(sa unix.Sockaddr) net.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: append(net.IP(nil), a.Addr[:]...), Port: a.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: append(net.IP(nil), a.Addr[:]...), Port: a.Port}
-	}
-	return &net.TCPAddr{}
 }
 
 // SetHandler gives the session another handler from now on: a session
