@@ -48,11 +48,14 @@ type session struct {
 	// pooled is set for sessions of pooled listeners.
 	pooled *pooled
 
-	mu       sync.Mutex // guards server, pair and killed against kill
-	server   *pool.ServerConn
-	onLoop   interface{ Stop() } // the loop.Pair or loop.Session while a loop thread relays the session
-	killed   atomic.Pointer[clientError]
-	clientPK []byte // the proxy's cancel key handed to the client
+	mu     sync.Mutex // guards server, pair and killed against kill
+	server *pool.ServerConn
+	onLoop interface{ Stop() } // the loop.Pair or loop.Session while a loop thread relays the session
+	killed atomic.Pointer[clientError]
+	// standbySeq is the session's turn in the standbys' round-robin,
+	// taken on its first read (0 before).
+	standbySeq atomic.Uint64
+	clientPK   []byte // the proxy's cancel key handed to the client
 }
 
 func (s *Server) newSession(l *listener, nc net.Conn) *session {
@@ -346,7 +349,16 @@ func (sess *session) intent(in sessionIntent) router.Intent {
 		ri.ReadOnly = false
 	}
 	if ri.MayUseStandby() {
-		ri.Seq = sess.srv.seq.Add(1)
+		// A session takes its turn once: its reads stay on one standby
+		// while that standby is usable (a later read never sees older data
+		// than an earlier one, and meets backends with warm caches), and
+		// sessions spread over the standbys.
+		seq := sess.standbySeq.Load()
+		if seq == 0 {
+			seq = sess.srv.seq.Add(1)
+			sess.standbySeq.Store(seq)
+		}
+		ri.Seq = seq
 	}
 	return ri
 }
