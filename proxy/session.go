@@ -22,10 +22,11 @@ import (
 // session is one client connection, from accept to close. The goroutine
 // that runs serve owns client and server. After the startup of a
 // passthrough session without TLS, a loop thread (package loop) owns both
-// sockets and serve waits for the pair to end; otherwise a second
-// goroutine copies client bytes to the server. A transaction-mode session
-// without TLS is handed to a loop thread whole: serve returns, and the
-// thread calls finish when the session ends. Either way one writer at a
+// sockets; otherwise a second goroutine copies client bytes to the server.
+// A transaction-mode session without TLS is handed to a loop thread
+// whole. Either way serve returns once a loop thread has the session, and
+// the thread calls finish when it ends: no goroutine waits for an idle
+// client. Either way one writer at a
 // time writes to the client (serve, or the loop thread), so an
 // ErrorResponse the proxy injects can never interleave with a server
 // message.
@@ -218,16 +219,18 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 		sc.Close()
 		return nil
 	}
-	defer sc.Close()
 	serverConns := sess.srv.metrics.serverConns.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name)
 	serverConns.Inc()
-	defer serverConns.Dec()
-
-	if err := sess.startServer(sc, p.version, params); err != nil {
-		return err
+	end := func() {
+		sc.Close()
+		serverConns.Dec()
+		if sess.clientPK != nil {
+			sess.srv.cancels.remove(sc.PID, sess.clientPK)
+		}
 	}
-	if sess.clientPK != nil {
-		defer sess.srv.cancels.remove(sc.PID, sess.clientPK)
+	if err := sess.startServer(sc, p.version, params); err != nil {
+		end()
+		return err
 	}
 	_ = sess.client.SetDeadline(time.Time{})
 	_ = sc.SetDeadline(time.Time{})
@@ -249,7 +252,11 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 			sess.srv.terminateStale(sess, why)
 		}
 	}
-	return sess.relay()
+	err = sess.relay(end)
+	if err != errDetached {
+		end()
+	}
+	return err
 }
 
 // negotiate handles encryption and cancel requests until the client sends
@@ -387,13 +394,15 @@ func routeError(err error) error {
 
 // relay copies both directions until one side ends or the session is
 // killed. The client-to-server copy runs on its own goroutine; this one
-// copies server to client and is the only writer to the client.
-func (sess *session) relay() error {
+// copies server to client and is the only writer to the client. When a
+// loop thread takes the pair over, relay returns errDetached and the
+// thread calls end, then finishes the session, when the pair ends.
+func (sess *session) relay(end func()) error {
 	name := sess.ln.cfg.Name
 	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
 	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
 	if sess.srv.loop != nil {
-		if handled, err := sess.relayOnLoop(toServer, toClient); handled {
+		if handled, err := sess.relayOnLoop(toServer, toClient, end); handled {
 			return err
 		}
 	}
@@ -422,11 +431,11 @@ func (sess *session) relay() error {
 	return err
 }
 
-// relayOnLoop hands the session's two sockets to a loop thread and waits
-// for the pair to end. It reports false, having changed nothing, when the
-// sockets cannot leave Go's poller (TLS on either side), and the caller
-// relays them itself.
-func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter) (handled bool, err error) {
+// relayOnLoop hands the session's two sockets to a loop thread, which
+// calls end and finishes the session when the pair ends. It reports false,
+// having changed nothing, when the sockets cannot leave Go's poller (TLS
+// on either side), and the caller relays them itself.
+func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter, end func()) (handled bool, err error) {
 	scan := &frameScanner{watch: serverWatch}
 	p, err := sess.srv.loop.Attach(sess.client, sess.server.Conn, loop.Hooks{
 		FromServer: scan.feed,
@@ -443,6 +452,13 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter) (handled
 			}
 			return nil
 		},
+		Ended: func(err error) {
+			end()
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+			sess.finish(err)
+		},
 	})
 	if errors.Is(err, loop.ErrUnsupported) {
 		return false, nil
@@ -457,7 +473,7 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter) (handled
 	if sess.killed.Load() != nil {
 		p.Stop() // killed while the sockets changed hands
 	}
-	return true, p.Wait()
+	return true, errDetached
 }
 
 func copyToServer(dst net.Conn, src net.Conn, bytes prometheus.Counter) error {

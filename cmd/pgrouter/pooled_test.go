@@ -499,50 +499,59 @@ func TestDeferredPrepare(t *testing.T) {
 	}
 }
 
-// TestTransactionClientsHoldNoGoroutine: a transaction-mode client, once
-// started, is served by a loop thread alone. A trust client is accepted
-// and greeted there; a password client is authenticated by a goroutine,
-// which exits when the thread takes the session over.
-func TestTransactionClientsHoldNoGoroutine(t *testing.T) {
+// TestClientsHoldNoGoroutine: a session without TLS, once started, is
+// served by a loop thread alone, in passthrough and in transaction mode.
+// In transaction mode a trust client is accepted and greeted on the
+// thread; a password client is authenticated by a goroutine, which exits
+// when the thread takes the session over.
+func TestClientsHoldNoGoroutine(t *testing.T) {
 	c := sharedCluster(t)
-	p := startPooled(t, c, "transaction")
-	ctx := context.Background()
-	warm := func(user, password string) *pgx.Conn {
-		conn, err := connect(t, p.RW, user, password, nil)
-		if err != nil {
-			t.Fatalf("connect as %s: %v", user, err)
-		}
-		t.Cleanup(func() { conn.Close(ctx) })
-		var n int
-		if err := conn.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return conn
-	}
-	// The pools log in first (a pool's first login runs on a goroutine).
-	warm(c.TrustUser, "")
-	warm(c.SuperUser, c.SuperPassword)
-	base := metricValue(t, p.Admin, "go_goroutines")
-	var conns []*pgx.Conn
-	for range 40 {
-		conns = append(conns, warm(c.TrustUser, ""))
-	}
-	for range 10 {
-		conns = append(conns, warm(c.SuperUser, c.SuperPassword))
-	}
-	eventually(t, 10*time.Second, "no goroutine per client", func() error {
-		if g := metricValue(t, p.Admin, "go_goroutines"); g > base+5 {
-			return fmt.Errorf("%v goroutines with 50 clients open, %v before", g, base)
-		}
-		return nil
-	})
-	for i, conn := range conns {
-		var port int
-		if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
-			t.Fatalf("client %d: %v", i, err)
-		}
-	}
-	if n := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="loop"}`); n < 52 {
-		t.Fatalf("%v sessions relayed on the loop, want all 52", n)
+	for _, tc := range []struct {
+		mode         string
+		trust, scram int
+	}{{"passthrough", 10, 10}, {"transaction", 40, 10}} {
+		t.Run(tc.mode, func(t *testing.T) {
+			p := startPooled(t, c, tc.mode)
+			ctx := context.Background()
+			open := func(user, password string) *pgx.Conn {
+				conn, err := connect(t, p.RW, user, password, nil)
+				if err != nil {
+					t.Fatalf("connect as %s: %v", user, err)
+				}
+				t.Cleanup(func() { conn.Close(ctx) })
+				var n int
+				if err := conn.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return conn
+			}
+			// The pools log in first (a pool's first login runs on a goroutine).
+			open(c.TrustUser, "")
+			open(c.SuperUser, c.SuperPassword)
+			base := metricValue(t, p.Admin, "go_goroutines")
+			var conns []*pgx.Conn
+			for range tc.trust {
+				conns = append(conns, open(c.TrustUser, ""))
+			}
+			for range tc.scram {
+				conns = append(conns, open(c.SuperUser, c.SuperPassword))
+			}
+			n := len(conns)
+			eventually(t, 10*time.Second, "no goroutine per client", func() error {
+				if g := metricValue(t, p.Admin, "go_goroutines"); g > base+5 {
+					return fmt.Errorf("%v goroutines with %d clients open, %v before", g, n, base)
+				}
+				return nil
+			})
+			for i, conn := range conns {
+				var port int
+				if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+					t.Fatalf("client %d: %v", i, err)
+				}
+			}
+			if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="loop"}`); got < float64(n+2) {
+				t.Fatalf("%v sessions relayed on the loop, want all %d", got, n+2)
+			}
+		})
 	}
 }

@@ -54,6 +54,10 @@ type Hooks struct {
 	// bytes it returns are written to the client (best effort, without
 	// blocking) just before the client's socket is closed.
 	Farewell func() []byte
+	// Ended is called once the pair has ended and both sockets are
+	// closed, with what Wait returns: the caller finishes the session
+	// there instead of keeping a goroutine in Wait for its whole life.
+	Ended func(err error)
 }
 
 // Loop is a set of relay threads. The zero value is not usable; call New.
@@ -543,4 +547,7 @@ func (t *thread) end(p *Pair, err error) {
 	}
 	p.err = err
 	close(p.done)
+	if p.hooks.Ended != nil {
+		p.hooks.Ended(err)
+	}
 }

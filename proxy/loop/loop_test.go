@@ -166,7 +166,11 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 
 func TestStopSaysFarewell(t *testing.T) {
 	l := newLoop(t, 1)
-	app, db, p := relayed(t, l, Hooks{Farewell: func() []byte { return []byte("bye") }})
+	ended := make(chan error, 2)
+	app, db, p := relayed(t, l, Hooks{
+		Farewell: func() []byte { return []byte("bye") },
+		Ended:    func(err error) { ended <- err },
+	})
 	if _, err := db.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -186,6 +190,20 @@ func TestStopSaysFarewell(t *testing.T) {
 		t.Fatalf("server read %v after Stop, want EOF", err)
 	}
 	p.Stop() // after the end: a no-op
+	// Ended runs once, after the sockets are closed, with Wait's error.
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("Ended(%v), want nil after Stop", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Ended was not called")
+	}
+	select {
+	case err := <-ended:
+		t.Fatalf("Ended called again with %v", err)
+	default:
+	}
 }
 
 func TestHookErrorEndsPair(t *testing.T) {
