@@ -477,12 +477,17 @@ func (ps *pooled) answerRouteSetting(body []byte) ([]byte, bool) {
 	if !idle {
 		return nil, false
 	}
-	q := cstring(body)
-	name, _, isSet := setStatement(q)
+	// Asked of every simple query that starts a transaction: looked at
+	// in place, copied only when it is the proxy's own SET.
+	q := body
+	if i := indexZero(q); i >= 0 {
+		q = q[:i]
+	}
+	name, _, isSet := setStatement(transientString(q))
 	if !isSet || !strings.EqualFold(name, "pgrouter.route") {
 		return nil, false
 	}
-	r := ps.splitCfg.Classifier.Classify(q)
+	r := ps.splitCfg.Classifier.Classify(string(q))
 	if r.SetRoute == "" {
 		return nil, false
 	}

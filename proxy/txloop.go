@@ -69,6 +69,7 @@ type txLoop struct {
 	timedOut  bool
 
 	toClient, toServer prometheus.Counter
+	lastRoute          routeCount // see countRoute
 }
 
 type memberPool struct {
@@ -339,9 +340,21 @@ func (h *txLoop) lend(msgs []byte) bool {
 }
 
 func (h *txLoop) countRoute(route classify.Route, reason string) {
-	if h.ps.splitCfg != nil {
-		h.ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason).Inc()
+	if h.ps.splitCfg == nil {
+		return
 	}
+	// A session mostly repeats its last decision: its counter is kept
+	// rather than looked up by labels for every transaction.
+	if c := &h.lastRoute; c.counter == nil || c.route != route || c.reason != reason {
+		*c = routeCount{route, reason, h.ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason)}
+	}
+	h.lastRoute.counter.Inc()
+}
+
+type routeCount struct {
+	route   classify.Route
+	reason  string
+	counter prometheus.Counter
 }
 
 // attach makes sc, lent by the pool, the session's server when it has
