@@ -302,7 +302,11 @@ func (ps *pooled) greeting(initial map[string]string) ([]byte, error) {
 		return nil, err
 	}
 	ps.pid, sess.clientPK = pid, key
-	out := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
+	size := 9 + 9 + len(key) + 6 // AuthenticationOk, BackendKeyData, ReadyForQuery
+	for name, value := range initial {
+		size += 7 + len(name) + max(len(value), 32) // a desired value may be longer
+	}
+	out := appendMessage(make([]byte, 0, size), 'R', []byte{0, 0, 0, 0})
 	for name, value := range initial {
 		if v, ok := ps.desired[strings.ToLower(name)]; ok {
 			value = v
