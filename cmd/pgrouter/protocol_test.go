@@ -406,3 +406,94 @@ func TestCancelAcrossReplicas(t *testing.T) {
 		b.stop()
 	}
 }
+
+// TestStartupInPiecesAndPipelined: a transaction-mode listener reads the
+// startup on a loop thread. A startup that arrives a byte at a time (after
+// an SSLRequest answered 'N') is served, and so is a query sent in the
+// same write as the startup, for a trust user whose pool is logged in
+// (greeted on the thread) and on a passthrough listener alike.
+func TestStartupInPiecesAndPipelined(t *testing.T) {
+	c := sharedCluster(t)
+	for _, mode := range []string{"passthrough", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			p := startPooled(t, c, mode)
+			warm, err := connect(t, p.RW, c.TrustUser, "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			warm.Close(context.Background())
+			startup := []byte{0, 0, 0, 0, 0, 3, 0, 0}
+			startup = append(startup, "user\x00"+c.TrustUser+"\x00database\x00postgres\x00\x00"...)
+			binary.BigEndian.PutUint32(startup, uint32(len(startup)))
+			sslRequest := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+			query := append([]byte{'Q', 0, 0, 0, 0}, "SELECT 41 + 1\x00"...)
+			binary.BigEndian.PutUint32(query[1:], uint32(len(query)-1))
+
+			dial := func() (net.Conn, *pgproto3.Frontend) {
+				nc, err := net.Dial("tcp", p.RW)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { nc.Close() })
+				_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+				return nc, pgproto3.NewFrontend(nc, nc)
+			}
+			// readyThenAnswer reads to the greeting's ReadyForQuery and, if
+			// asked, to the query's, returning the query's one value.
+			readyThenAnswer := func(fe *pgproto3.Frontend, withQuery bool) string {
+				rfq, want, got := 0, 1, ""
+				if withQuery {
+					want = 2
+				}
+				for rfq < want {
+					msg, err := fe.Receive()
+					if err != nil {
+						t.Fatalf("after %d ReadyForQuery: %v", rfq, err)
+					}
+					switch m := msg.(type) {
+					case *pgproto3.ReadyForQuery:
+						rfq++
+					case *pgproto3.DataRow:
+						got = string(m.Values[0])
+					case *pgproto3.ErrorResponse:
+						t.Fatalf("error %s: %s", m.Code, m.Message)
+					}
+				}
+				return got
+			}
+
+			t.Run("in pieces", func(t *testing.T) {
+				nc, fe := dial()
+				if _, err := nc.Write(sslRequest); err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(nc, b); err != nil || b[0] != 'N' {
+					t.Fatalf("SSLRequest answered %q, %v; want N", b, err)
+				}
+				for i := range startup {
+					if _, err := nc.Write(startup[i : i+1]); err != nil {
+						t.Fatal(err)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				readyThenAnswer(fe, false)
+				if _, err := nc.Write(query); err != nil {
+					t.Fatal(err)
+				}
+				if got := readyThenAnswer(fe, false); got != "42" {
+					t.Fatalf("query answered %q", got)
+				}
+			})
+			t.Run("pipelined", func(t *testing.T) {
+				nc, fe := dial()
+				if _, err := nc.Write(append(append([]byte(nil), startup...), query...)); err != nil {
+					t.Fatal(err)
+				}
+				if got := readyThenAnswer(fe, true); got != "42" {
+					t.Fatalf("pipelined query answered %q", got)
+				}
+			})
+		})
+	}
+}
