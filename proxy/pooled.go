@@ -147,8 +147,8 @@ func settingsFromStartup(params []param) map[string]string {
 	return d
 }
 
-func (sess *session) runPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) error {
-	ps, _, err := sess.startPooled(ctx, cfg, version, in, params)
+func (sess *session) runPooled(ctx context.Context, cfg *Config, in sessionIntent, params []param) error {
+	ps, err := sess.startPooled(ctx, cfg, in, params)
 	if err != nil {
 		if ps := sess.pooled; ps != nil {
 			ps.leave()
@@ -179,10 +179,10 @@ func (ps *pooled) leave() {
 // grows can never shrink back.
 //
 //go:noinline
-func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint32, in sessionIntent, params []param) (*pooled, uint32, error) {
+func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionIntent, params []param) (*pooled, error) {
 	mode := sess.ln.cfg.PoolMode
 	if err := checkPooledStartup(cfg, mode, params); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	var ip net.IP
 	if ta, ok := sess.client.RemoteAddr().(*net.TCPAddr); ok {
@@ -202,7 +202,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	}
 	creds, err := auth.Authenticate(ctx, sess.client, in.user, method, secret, lookupErr)
 	if err != nil {
-		return nil, 0, authClientError(err)
+		return nil, authClientError(err)
 	}
 	ps := sess.newPooled(cfg, mode, in, params, creds)
 	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
@@ -215,14 +215,14 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 	var entry *poolEntry
 	if mode == PoolTransaction {
 		if entry, err = ps.poolFor(ctx, cfg, in); err != nil {
-			return nil, 0, err
+			return nil, err
 		} else if m := entry.initial.Load(); m != nil {
 			initial = *m
 		}
 	}
 	if initial == nil {
 		if sc, err = ps.acquire(ctx, cfg, in, nil); err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		initial = sc.Initial
 	}
@@ -231,14 +231,14 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		if sc != nil {
 			ps.release(sc, false)
 		}
-		return nil, 0, err
+		return nil, err
 	}
 	if _, err := sess.client.Write(out); err != nil {
 		if sc != nil {
 			ps.release(sc, false)
 		}
 		sess.srv.cancels.remove(ps.pid, sess.clientPK)
-		return nil, 0, err
+		return nil, err
 	}
 	_ = sess.client.SetDeadline(time.Time{})
 	ps.begun()
@@ -254,7 +254,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, version uint3
 		ps.lend(sc)
 	}
 
-	return ps, ps.pid, nil
+	return ps, nil
 }
 
 // checkPooledStartup refuses what a pooled listener cannot serve before

@@ -188,7 +188,7 @@ func (sess *session) run(ctx context.Context) error {
 		return err
 	}
 	if sess.ln.cfg.PoolMode != "" && sess.ln.cfg.PoolMode != PoolPassthrough {
-		return sess.runPooled(ctx, cfg, p.version, intent, params)
+		return sess.runPooled(ctx, cfg, intent, params)
 	}
 	return sess.runPassthrough(ctx, cfg, p, intent, params)
 }
