@@ -289,6 +289,19 @@ func parseAddress(fields [][]hbaToken) (*net.IPNet, int, error) {
 	return &net.IPNet{IP: ip.Mask(mask), Mask: mask}, 2, nil
 }
 
+// Allows reports whether some rule chooses m for some client.
+func (h *HBA) Allows(m Method) bool {
+	if h == nil {
+		return false
+	}
+	for i := range h.rules {
+		if h.rules[i].method == m {
+			return true
+		}
+	}
+	return false
+}
+
 // Match returns the method of the first rule that matches a connection
 // for user to database from addr, over TLS or not; nil addr means a Unix
 // socket. No matching rule gives MethodReject. A nil HBA rejects

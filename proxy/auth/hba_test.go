@@ -99,3 +99,17 @@ func TestHBAMatch(t *testing.T) {
 		t.Fatalf("nil HBA: %s, want reject", got)
 	}
 }
+
+func TestHBAAllows(t *testing.T) {
+	h, err := ParseHBA([]string{"host all app 10.0.0.0/8 scram-sha-256", "host all all 127.0.0.1/32 trust"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Allows(MethodTrust) || !h.Allows(MethodSCRAM) || h.Allows(MethodMD5) {
+		t.Fatal("Allows does not follow the rules")
+	}
+	var none *HBA
+	if none.Allows(MethodTrust) {
+		t.Fatal("a nil HBA allows trust")
+	}
+}
