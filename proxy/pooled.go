@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -221,7 +220,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		}
 	}
 	if initial == nil {
-		if sc, err = ps.acquire(ctx, cfg, in, nil); err != nil {
+		if sc, err = ps.acquire(ctx, cfg, in); err != nil {
 			return nil, err
 		}
 		initial = sc.Initial
@@ -237,8 +236,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		if sc != nil {
 			ps.release(sc, false)
 		}
-		sess.srv.cancels.remove(ps.pid, sess.clientPK)
-		return nil, err
+		return nil, err // runPooled's leave takes the cancel key back
 	}
 	_ = sess.client.SetDeadline(time.Time{})
 	ps.begun()
@@ -363,9 +361,6 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 		_ = held.SetReadDeadline(time.Time{})
 		ps.release(held, idle && ps.reset(held, cfg))
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
 	return err
 }
 
@@ -446,10 +441,7 @@ func (ps *pooled) poolAt(cfg *Config, dec router.Decision) *poolEntry {
 // acquire routes the session as it would a new one (so a transaction after
 // a failover lands on the new primary, waiting up to PrimaryWait), borrows
 // a server from that member's pool and applies the client's settings.
-// routed, if not nil, is a route for in taken just before (by a loop
-// thread that found no server at once): the first attempt takes it, since
-// routing again would take a standby's turn twice.
-func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent, routed *router.Decision) (*pool.ServerConn, error) {
+func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
 	sess := ps.sess
 	if err := sess.srv.waitResumed(ctx, max(cfg.PrimaryWait, cfg.Pool.WaitTimeout, time.Second)); err != nil {
 		return nil, err
@@ -457,8 +449,7 @@ func (ps *pooled) acquire(ctx context.Context, cfg *Config, in sessionIntent, ro
 	deadline := time.Now().Add(max(cfg.PrimaryWait, 0))
 	for {
 		_, changed := sess.srv.feed.Load()
-		sc, err := ps.tryAcquire(ctx, cfg, in, routed)
-		routed = nil
+		sc, err := ps.tryAcquire(ctx, cfg, in)
 		if err == nil {
 			return sc, nil
 		}
@@ -496,16 +487,11 @@ type memberUnreachable struct{ ce *clientError }
 
 func (m *memberUnreachable) Error() string { return m.ce.Error() }
 
-func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent, routed *router.Decision) (*pool.ServerConn, error) {
+func (ps *pooled) tryAcquire(ctx context.Context, cfg *Config, in sessionIntent) (*pool.ServerConn, error) {
 	sess := ps.sess
-	var dec router.Decision
-	if routed != nil {
-		dec = *routed
-	} else {
-		var err error
-		if dec, err = sess.route(ctx, cfg, in); err != nil {
-			return nil, err
-		}
+	dec, err := sess.route(ctx, cfg, in)
+	if err != nil {
+		return nil, err
 	}
 	e := ps.entryAt(cfg, dec)
 	ps.mu.Lock()

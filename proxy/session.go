@@ -24,10 +24,9 @@ import (
 // passthrough session without TLS, a loop thread (package loop) owns both
 // sockets; otherwise a second goroutine copies client bytes to the server.
 // A transaction-mode session without TLS is handed to a loop thread
-// whole. Either way serve returns once a loop thread has the session, and
-// the thread calls finish when it ends: no goroutine waits for an idle
-// client. Either way one writer at a
-// time writes to the client (serve, or the loop thread), so an
+// whole. Once a loop thread has the session serve returns, and the thread
+// calls finish when it ends: no goroutine waits for an idle client. In
+// every case one writer at a time writes to the client (serve, or the loop thread), so an
 // ErrorResponse the proxy injects can never interleave with a server
 // message.
 type session struct {
@@ -132,10 +131,11 @@ func (sess *session) runToEnd(ctx context.Context) {
 	}
 }
 
-// finish ends a session that was tracked: err says why, nil when the
-// client left.
+// finish ends a session that was tracked, whoever ran it last (its
+// goroutine or a loop thread): err says why; nil, EOF or a closed conn
+// when the client left.
 func (sess *session) finish(err error) {
-	if err != nil {
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 		sess.ended(err)
 	}
 	sess.srv.untrack(sess)
@@ -425,9 +425,6 @@ func (sess *session) relay(end func()) error {
 	}
 	sess.client.Close()
 	<-errc
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
 	return err
 }
 
@@ -454,9 +451,6 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter, end func
 		},
 		Ended: func(err error) {
 			end()
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				err = nil
-			}
 			sess.finish(err)
 		},
 	})

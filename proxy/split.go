@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pgrouter/pgrouter/proxy/pool"
-	"github.com/pgrouter/pgrouter/router"
 	"github.com/pgrouter/pgrouter/router/classify"
 	"github.com/pgrouter/pgrouter/topology"
 )
@@ -298,10 +297,7 @@ var errRetryOnPrimary = errors.New("retry on the primary")
 // acquireSplit classifies the transaction at the head of msgs and borrows
 // a server where it may run; a read after the session's own write goes to
 // a standby only once that standby has replayed the write.
-//
-// first, if not nil, is where a loop thread routed the same messages a
-// moment before; it is taken when it still fits the route decided here.
-func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte, first *router.Decision) (*pool.ServerConn, error) {
+func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
 	route, reason := ps.splitRoute(msgs, cfg)
 	wrote := route == classify.Write
 	if len(msgs) > 0 && ps.sess.srv.log.Core().Enabled(zap.DebugLevel) {
@@ -312,10 +308,7 @@ func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionInten
 	if route == classify.Read && ps.splitCfg.ReadYourWrites {
 		need = ps.waitLastWrite(ctx)
 	}
-	if first != nil && route == classify.Write && first.Role != topology.RolePrimary {
-		first = nil // the classification changed meanwhile (a function's volatility)
-	}
-	sc, err := ps.acquire(ctx, cfg, splitIntent(in, route), first)
+	sc, err := ps.acquire(ctx, cfg, splitIntent(in, route))
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +320,7 @@ func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionInten
 		ps.release(sc, true)
 		ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "read_your_writes").Inc()
 		route = classify.Write
-		if sc, err = ps.acquire(ctx, cfg, splitIntent(in, classify.Write), nil); err != nil {
+		if sc, err = ps.acquire(ctx, cfg, splitIntent(in, classify.Write)); err != nil {
 			return nil, err
 		}
 		ps.mu.Lock()
@@ -433,7 +426,7 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, []byte, error) {
 		retryWrites.Store(cstring(q[5:]), struct{}{})
 	}
 	ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "refused_by_standby").Inc()
-	sc, err := ps.acquire(context.Background(), ps.cfg, splitIntent(ps.in, classify.Write), nil)
+	sc, err := ps.acquire(context.Background(), ps.cfg, splitIntent(ps.in, classify.Write))
 	if err != nil {
 		ce, ok := asClientError(err)
 		if !ok {

@@ -3,8 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,9 +177,6 @@ func (h *txLoop) finish(err error, clean bool) {
 		ps.release(held, clean && idle && ps.reset(held, h.cfg))
 	}
 	ps.leave()
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		err = nil
-	}
 	ps.sess.finish(err)
 }
 
@@ -291,9 +286,8 @@ func (h *txLoop) lend(msgs []byte) bool {
 	if need > 0 {
 		// A read after the session's own write may go only to a standby
 		// that has replayed it, which may take a query to find out: the
-		// slow way, which routes it once (a standby's turn is taken by
-		// routing, so the thread does not route it first).
-		h.lendSlowly(nil, router.Decision{}, false, msgs)
+		// slow way.
+		h.lendSlowly(nil, router.Decision{}, msgs)
 		return false
 	}
 	var sc *pool.ServerConn
@@ -331,11 +325,7 @@ func (h *txLoop) lend(msgs []byte) bool {
 	if sc != nil && h.attach(sc, dec, wrote, msgs) {
 		return true
 	}
-	if !ok || paused {
-		// Not routed, or paused: the slow way routes after the pause.
-		dec = router.Decision{}
-	}
-	h.lendSlowly(sc, dec, true, msgs)
+	h.lendSlowly(sc, dec, msgs)
 	return false
 }
 
@@ -421,10 +411,10 @@ func (h *txLoop) takeHanded(alive bool) {
 		}
 	} else if sc == nil {
 		// A slot freed up, or the pool closed (a role change): route again.
-		h.lendSlowly(nil, router.Decision{}, false, h.buf)
+		h.lendSlowly(nil, router.Decision{}, h.buf)
 		return
 	} else if !h.attach(sc, h.waitDec, h.waitWrite, h.buf) {
-		h.lendSlowly(sc, h.waitDec, false, h.buf)
+		h.lendSlowly(sc, h.waitDec, h.buf)
 		return
 	}
 	h.resume()
@@ -444,17 +434,11 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 
 // lendSlowly lends on a goroutine (applying the session's settings to sc
 // if it has one, borrowing otherwise) and resumes the session on its
-// thread with the result. dec is where sc comes from, and with routedNow
-// the route the thread took just now for this lend.
-func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, routedNow bool, msgs []byte) {
+// thread with the result. dec is where sc comes from. Without sc the slow
+// way routes again: a session's route is the same each time (its standby
+// turn is taken once), unless the topology changed meanwhile.
+func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, msgs []byte) {
 	ps := h.ps
-	var routed *router.Decision
-	if routedNow && dec.Member.Name != "" {
-		// Routed just now on the thread: the slow way takes this route
-		// (routing again would take a standby's turn twice). A route from
-		// before a wait is not taken: it may be stale after a failover.
-		routed = &dec
-	}
 	if ps.splitCfg != nil {
 		// The split's slow way decides again, waiting where it must.
 		if sc != nil {
@@ -475,9 +459,9 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, routedNow 
 		}
 		if sc == nil {
 			if ps.splitCfg != nil {
-				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs, routed)
+				sc, err = ps.acquireSplit(h.ctx, h.cfg, h.in, msgs)
 			} else {
-				sc, err = ps.acquire(h.ctx, h.cfg, h.in, routed)
+				sc, err = ps.acquire(h.ctx, h.cfg, h.in)
 			}
 			ps.mu.Lock()
 			role, m = ps.routed, ps.routedState

@@ -225,9 +225,9 @@ func (ps *pooled) ensureServerFor(ctx context.Context, cfg *Config, in sessionIn
 	}
 	var err error
 	if ps.splitCfg != nil {
-		sc, err = ps.acquireSplit(ctx, cfg, in, msgs, nil)
+		sc, err = ps.acquireSplit(ctx, cfg, in, msgs)
 	} else {
-		sc, err = ps.acquire(ctx, cfg, in, nil)
+		sc, err = ps.acquire(ctx, cfg, in)
 	}
 	if err != nil {
 		return nil, err

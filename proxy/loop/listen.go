@@ -26,10 +26,8 @@ type Listener struct {
 	done   chan struct{}
 }
 
-// listenSide is the listening socket in one thread's table.
-type listenSide struct{ ln *Listener }
-
-func (e *listenSide) handle(t *thread, _ uint32) { t.accept(e.ln) }
+// handle makes the listening socket an endpoint of every thread's table.
+func (ls *Listener) handle(t *thread, _ uint32) { t.accept(ls) }
 
 // acceptBatch bounds the connections one wake-up accepts, so that a storm
 // of them does not starve the thread's sessions.
@@ -103,7 +101,7 @@ func (t *thread) watchListener(ls *Listener) {
 		return
 	}
 	t.listeners = append(t.listeners, ls)
-	t.setEndpoint(ls.fd, &listenSide{ls})
+	t.setEndpoint(ls.fd, ls)
 }
 
 // unwatch takes a listener out of the thread.
@@ -112,7 +110,7 @@ func (t *thread) unwatch(ls *Listener) {
 		if x == ls {
 			t.listeners = append(t.listeners[:i], t.listeners[i+1:]...)
 			_ = t.ctl(unix.EPOLL_CTL_DEL, ls.fd, 0) // fails harmlessly if backing off
-			t.dropEndpoint(ls.fd, t.sides[ls.fd])
+			t.dropEndpoint(ls.fd, ls)
 			ls.unwatched()
 			return
 		}
@@ -183,9 +181,7 @@ func (s *Session) Release() (net.Conn, error) {
 	}
 	t := s.t
 	d := &s.client
-	delete(t.sessions, s)
-	s.ended = true
-	t.dropEndpoint(d.fd, d)
+	t.retire(s)
 	_ = t.ctl(unix.EPOLL_CTL_DEL, d.fd, 0)
 	fd := d.fd
 	pending := d.pending

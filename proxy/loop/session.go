@@ -450,8 +450,7 @@ func (t *thread) endSession(s *Session, err error) {
 	if s.ended {
 		return
 	}
-	delete(t.sessions, s)
-	s.ended = true
+	t.retire(s)
 	d := &s.client
 	if s.stopped.Load() {
 		if b := s.h.Farewell(s); len(b) > 0 {
@@ -459,7 +458,6 @@ func (t *thread) endSession(s *Session, err error) {
 		}
 		err = nil
 	}
-	t.dropEndpoint(d.fd, d)
 	d.release()
 	unix.Close(d.fd)
 	if s.server.fd >= 0 {
@@ -471,6 +469,14 @@ func (t *thread) endSession(s *Session, err error) {
 	if e, ok := s.h.(Ender); ok {
 		e.Ended(s, err, s.left, s.clean)
 	}
+}
+
+// retire takes an ending session out of the thread: nothing reaches it
+// any more, and tasks posted to it run with alive false.
+func (t *thread) retire(s *Session) {
+	delete(t.sessions, s)
+	s.ended = true
+	t.dropEndpoint(s.client.fd, &s.client)
 }
 
 // empty leaves the server side of a session without a server.
