@@ -114,8 +114,11 @@ type Server struct {
 
 	listeners []*listener
 	peerLn    net.Listener
-	seq       atomic.Uint64
-	nextID    atomic.Uint64
+	// sessionCount is sessionsOn bound once: a method value made per
+	// routing decision would be a heap allocation per transaction.
+	sessionCount func(member string) int
+	seq          atomic.Uint64
+	nextID       atomic.Uint64
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}
@@ -150,6 +153,7 @@ func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server,
 		feed: feed, log: log, metrics: m, cancels: newCancelRegistry(), peerSlots: make(chan struct{}, maxPeerForwards), pools: newPools(),
 		sessions: make(map[*session]struct{}), perMember: make(map[string]int),
 	}
+	s.sessionCount = s.sessionsOn
 	s.cfg.Store(&cfg)
 	return s, nil
 }

@@ -350,7 +350,7 @@ func (sess *session) intent(in sessionIntent) router.Intent {
 	ri := router.Intent{
 		Listener: sess.ln.cfg.Kind,
 		ReadOnly: in.readOnly,
-		Sessions: sess.srv.sessionsOn,
+		Sessions: sess.srv.sessionCount,
 	}
 	if in.primaryOnly && ri.Listener == router.ListenerAny {
 		ri.ReadOnly = false
