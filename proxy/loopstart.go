@@ -136,7 +136,7 @@ func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n i
 	ps.begun()
 	ps.loopPool = e.pool
 	h := newTxLoop(st.ctx, ps, cfg, in)
-	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
+	sess.ln.relayedOnLoop.Inc()
 	st.timer.Stop()
 	st.over = true
 	s.SetHandler(h)

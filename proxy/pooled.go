@@ -336,7 +336,7 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 			return err
 		}
 	}
-	ps.sess.srv.metrics.relays.WithLabelValues(ps.sess.ln.cfg.Name, "goroutines").Inc()
+	ps.sess.ln.relayedGoroutines.Inc()
 	err := ps.clientLoop(ctx, cfg, in)
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()

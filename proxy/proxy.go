@@ -135,6 +135,24 @@ type listener struct {
 	onLoop *loop.Listener // set when loop threads accept its clients
 	open   atomic.Int64
 	conns  prometheus.Gauge
+	// The listener's series of per-listener counters, looked up once:
+	// a lookup by label values hashes them, per client otherwise.
+	accepted           prometheus.Counter
+	toServer, toClient prometheus.Counter
+	relayedOnLoop      prometheus.Counter
+	relayedGoroutines  prometheus.Counter
+}
+
+func (s *Server) newListener(lc ListenerConfig, ln net.Listener) *listener {
+	m := s.metrics
+	return &listener{cfg: lc, ln: ln,
+		conns:             m.clientConns.WithLabelValues(lc.Name),
+		accepted:          m.clientConnsTotal.WithLabelValues(lc.Name),
+		toServer:          m.bytes.WithLabelValues(lc.Name, "to_server"),
+		toClient:          m.bytes.WithLabelValues(lc.Name, "to_client"),
+		relayedOnLoop:     m.relays.WithLabelValues(lc.Name, "loop"),
+		relayedGoroutines: m.relays.WithLabelValues(lc.Name, "goroutines"),
+	}
 }
 
 // New returns a proxy serving feed's topology. Call Listen, then Serve.
@@ -175,7 +193,7 @@ func (s *Server) Listen() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s (%s): %w", lc.Addr, lc.Name, err)
 		}
-		s.listeners = append(s.listeners, &listener{cfg: lc, ln: ln, conns: s.metrics.clientConns.WithLabelValues(lc.Name)})
+		s.listeners = append(s.listeners, s.newListener(lc, ln))
 	}
 	if cfg.Peer.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Peer.Listen)
@@ -324,7 +342,7 @@ var errTooManyClients = fatalf(codeTooManyConnections, "sorry, too many clients 
 // caller refuses the client with errTooManyClients. Otherwise the
 // session's close gives back what admit took.
 func (s *Server) admit(l *listener) bool {
-	s.metrics.clientConnsTotal.WithLabelValues(l.cfg.Name).Inc()
+	l.accepted.Inc()
 	max := l.cfg.MaxClientConns
 	if n := l.open.Add(1); max > 0 && n > int64(max) {
 		l.open.Add(-1)

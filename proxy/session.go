@@ -398,15 +398,13 @@ func routeError(err error) error {
 // loop thread takes the pair over, relay returns errDetached and the
 // thread calls end, then finishes the session, when the pair ends.
 func (sess *session) relay(end func()) error {
-	name := sess.ln.cfg.Name
-	toServer := sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
-	toClient := sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
+	toServer, toClient := sess.ln.toServer, sess.ln.toClient
 	if sess.srv.loop != nil {
 		if handled, err := sess.relayOnLoop(toServer, toClient, end); handled {
 			return err
 		}
 	}
-	sess.srv.metrics.relays.WithLabelValues(name, "goroutines").Inc()
+	sess.ln.relayedGoroutines.Inc()
 	sc := sess.server
 	errc := make(chan error, 1)
 	go func() {
@@ -460,7 +458,7 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter, end func
 	if err != nil {
 		return true, err
 	}
-	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
+	sess.ln.relayedOnLoop.Inc()
 	sess.mu.Lock()
 	sess.onLoop = p
 	sess.mu.Unlock()

@@ -97,25 +97,30 @@ func parseStartupPacket(b []byte) (startupPacket, error) {
 			"unsupported frontend protocol %d.%d: server supports 3.0 to 3.%d", major, minor, minor)
 	}
 	p := startupPacket{kind: packetStartup, version: code}
+	// One copy of the parameters as a string, which every name and value
+	// slices, and the slice sized by counting terminators: two
+	// allocations per startup instead of two per parameter.
+	all := string(rest)
+	p.params = make([]param, 0, strings.Count(all, "\x00")/2)
 	for {
-		i := indexZero(rest)
+		i := strings.IndexByte(all, 0)
 		if i < 0 {
 			return startupPacket{}, fatalf(codeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 		}
 		if i == 0 {
-			if len(rest) != 1 {
+			if len(all) != 1 {
 				return startupPacket{}, fatalf(codeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 			}
 			break
 		}
-		name := string(rest[:i])
-		rest = rest[i+1:]
-		j := indexZero(rest)
+		name := all[:i]
+		all = all[i+1:]
+		j := strings.IndexByte(all, 0)
 		if j < 0 {
 			return startupPacket{}, fatalf(codeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 		}
-		p.params = append(p.params, param{name: name, value: string(rest[:j])})
-		rest = rest[j+1:]
+		p.params = append(p.params, param{name: name, value: all[:j]})
+		all = all[j+1:]
 	}
 	if v, _ := p.param("user"); v == "" {
 		return startupPacket{}, fatalf(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")

@@ -120,7 +120,7 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 		h.cancel()
 		return !errors.Is(err, loop.ErrUnsupported), err
 	}
-	sess.srv.metrics.relays.WithLabelValues(sess.ln.cfg.Name, "loop").Inc()
+	sess.ln.relayedOnLoop.Inc()
 	sess.mu.Lock()
 	sess.onLoop = s
 	sess.mu.Unlock()
@@ -138,9 +138,7 @@ func newTxLoop(ctx context.Context, ps *pooled, cfg *Config, in sessionIntent) *
 	h.waiter.Ready = h.ready
 	h.takeTask = h.takeHanded
 	h.a.scan.watch = serverWatchPooled
-	name := ps.sess.ln.cfg.Name
-	h.toClient = ps.sess.srv.metrics.bytes.WithLabelValues(name, "to_client")
-	h.toServer = ps.sess.srv.metrics.bytes.WithLabelValues(name, "to_server")
+	h.toClient, h.toServer = ps.sess.ln.toClient, ps.sess.ln.toServer
 	return h
 }
 

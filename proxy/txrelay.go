@@ -528,7 +528,7 @@ func (ps *pooled) pumpOne(sc *pool.ServerConn) bool {
 // is given back (nil) or fails.
 func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 	a := answer{scan: frameScanner{watch: serverWatchPooled}}
-	toClient := ps.sess.srv.metrics.bytes.WithLabelValues(ps.sess.ln.cfg.Name, "to_client")
+	toClient := ps.sess.ln.toClient
 	for {
 		n, rerr := sc.Read(buf)
 		var released bool
