@@ -26,6 +26,10 @@
 #   PGR_SPLIT_TARGETS    extended regex on target names (direct is always kept)
 #   PGR_SPLIT_SCALE      pgbench -i scale (default 10)
 #   PGR_SPLIT_POOL_SIZE  pgrouter --pool-size (default: pgrouter's, 20)
+#   PGR_SPLIT_STANDBYS   standbys behind the split and Pgpool-II: 1 or 2 (default 2;
+#                        both are started either way). On one 2-core machine a
+#                        second read instance competes with the first for the
+#                        cores and caches; 1 measures the split's own cost.
 #   PGR_SPLIT_PGPOOL_CHILDREN  Pgpool-II num_init_children (default 80)
 #   PGR_SPLIT_MAX_LOAD   wait until the 1-min load average is below this before
 #                        starting (default 1.5; empty: do not wait)
@@ -48,16 +52,18 @@ CASES_FILTER=${PGR_SPLIT_CASES:-}
 TARGETS_FILTER=${PGR_SPLIT_TARGETS:-}
 SCALE=${PGR_SPLIT_SCALE:-10}
 POOL_SIZE=${PGR_SPLIT_POOL_SIZE:-}
+STANDBYS=${PGR_SPLIT_STANDBYS:-2}
 PGPOOL_CHILDREN=${PGR_SPLIT_PGPOOL_CHILDREN:-80}
 MAX_LOAD=${PGR_SPLIT_MAX_LOAD-1.5}
 MAX_WAIT=${PGR_SPLIT_MAX_WAIT:-1800}
 KEEP=${PGR_SPLIT_KEEP:-0}
 KEEP_KNOB=PGR_SPLIT_KEEP
-CMDLINE="PGR_SPLIT_DURATION=$DURATION PGR_SPLIT_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_SPLIT_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_SPLIT_TARGETS='$TARGETS_FILTER'}${POOL_SIZE:+ PGR_SPLIT_POOL_SIZE=$POOL_SIZE} bench/split.sh"
+CMDLINE="PGR_SPLIT_DURATION=$DURATION PGR_SPLIT_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_SPLIT_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_SPLIT_TARGETS='$TARGETS_FILTER'}${POOL_SIZE:+ PGR_SPLIT_POOL_SIZE=$POOL_SIZE}$([ "$STANDBYS" = 2 ] || echo " PGR_SPLIT_STANDBYS=$STANDBYS") bench/split.sh"
 
 for n in DURATION ROUNDS SCALE PGPOOL_CHILDREN MAX_WAIT; do
 	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
 done
+case $STANDBYS in 1 | 2) ;; *) die "PGR_SPLIT_STANDBYS must be 1 or 2, got '$STANDBYS'" ;; esac
 [ -z "$POOL_SIZE" ] || case $POOL_SIZE in *[!0-9]*) die "PGR_SPLIT_POOL_SIZE must be a whole number" ;; esac
 [ "$DURATION" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || die "PGR_SPLIT_DURATION and PGR_SPLIT_ROUNDS must be > 0"
 [ "$PGPOOL_CHILDREN" -ge 66 ] || die "PGR_SPLIT_PGPOOL_CHILDREN must be at least 66 (64 pgbench clients and the script's probes)"
@@ -201,21 +207,25 @@ mkdir -p "$W/pgrouter"
 # Trust, as the servers: the user needs a line in the auth file all the same
 # (pgrouter refuses an empty secret; trust never reads this one).
 echo '"postgres" "unused-with-trust"' >"$W/pgrouter/userlist.txt"
-PGR_COMMON=(--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2"
+READ_PORTS="$P_STANDBY1"
+[ "$STANDBYS" = 2 ] && READ_PORTS="$READ_PORTS $P_STANDBY2"
+PGR_COMMON=(--backends "127.0.0.1:$P_PRIMARY$(printf ',127.0.0.1:%s' $READ_PORTS)"
 	--pool-mode transaction --split statement
 	--auth-file "$W/pgrouter/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust'
 	--health-user postgres --health-database postgres --server-sslmode disable --health-sslmode disable)
 [ -n "$POOL_SIZE" ] && PGR_COMMON+=(--pool-size "$POOL_SIZE")
 
 # sees_standbys PORT: plain reads through the split endpoint, one per
-# session (a session's reads stay on one standby), reach both standbys.
+# session (a session's reads stay on one standby), reach every standby
+# behind it.
 sees_standbys() {
-	local seen=" " i
+	local seen=" " i p
 	for i in 1 2 3 4; do
 		seen="$seen$("$PSQL" -X -h 127.0.0.1 -p "$1" -Atq -c "select inet_server_port()" 2>>"$LOGS/psql.err") " || return 1
 	done
-	case "$seen" in *" $P_STANDBY1 "*) ;; *) return 1 ;; esac
-	case "$seen" in *" $P_STANDBY2 "*) ;; *) return 1 ;; esac
+	for p in $READ_PORTS; do
+		case "$seen" in *" $p "*) ;; *) return 1 ;; esac
+	done
 }
 
 start_pgrouter() { # NAME LOGFILE ARGS...: sets PGR_LAST_PID
@@ -235,8 +245,8 @@ PGR_PID=$PGR_LAST_PID
 WATCH_PID=$PGR_PID
 wait_for 30 "pgrouter's rw port to reach the primary" answers "$P_RW" "select pg_is_in_recovery()" f ||
 	{ tail -n 30 "$LOGS/pgrouter.log" >&2; die "pgrouter's rw port did not answer, see $LOGS/pgrouter.log"; }
-wait_for 30 "pgrouter's split endpoint to read from both standbys" sees_standbys "$P_SPLIT" ||
-	{ tail -n 30 "$LOGS/pgrouter.log" >&2; die "pgrouter's split endpoint did not route reads to both standbys, see $LOGS/pgrouter.log"; }
+wait_for 30 "pgrouter's split endpoint to read from every standby" sees_standbys "$P_SPLIT" ||
+	{ tail -n 30 "$LOGS/pgrouter.log" >&2; die "pgrouter's split endpoint did not route reads to every standby, see $LOGS/pgrouter.log"; }
 log "pgrouter up: split 127.0.0.1:$P_SPLIT, rw 127.0.0.1:$P_RW, admin 127.0.0.1:$P_ADMIN (pid $PGR_PID)"
 
 free_port P_SPLIT_OFF
@@ -244,8 +254,8 @@ free_port P_ADMIN_OFF
 start_pgrouter pgrouter-rywoff "$LOGS/pgrouter-rywoff.log" --listen "127.0.0.1:$P_SPLIT_OFF" --admin-listen "127.0.0.1:$P_ADMIN_OFF" --read-your-writes off
 PGR_OFF_PID=$PGR_LAST_PID
 WATCH_PID=$PGR_OFF_PID
-wait_for 30 "the second pgrouter (read-your-writes off) to read from both standbys" sees_standbys "$P_SPLIT_OFF" ||
-	{ tail -n 30 "$LOGS/pgrouter-rywoff.log" >&2; die "the second pgrouter did not route reads to both standbys, see $LOGS/pgrouter-rywoff.log"; }
+wait_for 30 "the second pgrouter (read-your-writes off) to read from every standby" sees_standbys "$P_SPLIT_OFF" ||
+	{ tail -n 30 "$LOGS/pgrouter-rywoff.log" >&2; die "the second pgrouter did not route reads to every standby, see $LOGS/pgrouter-rywoff.log"; }
 log "pgrouter --read-your-writes off up: split 127.0.0.1:$P_SPLIT_OFF (pid $PGR_OFF_PID)"
 
 # ------------------------------------------------------------------ pgpool --
@@ -277,10 +287,7 @@ backend_hostname1 = '127.0.0.1'
 backend_port1 = $P_STANDBY1
 backend_weight1 = 1
 backend_flag1 = 'ALLOW_TO_FAILOVER'
-backend_hostname2 = '127.0.0.1'
-backend_port2 = $P_STANDBY2
-backend_weight2 = 1
-backend_flag2 = 'ALLOW_TO_FAILOVER'
+$([ "$STANDBYS" = 2 ] && printf "backend_hostname2 = '127.0.0.1'\nbackend_port2 = %s\nbackend_weight2 = 1\nbackend_flag2 = 'ALLOW_TO_FAILOVER'\n" "$P_STANDBY2")
 
 enable_pool_hba = off
 pool_passwd = ''
@@ -321,16 +328,16 @@ echo "host all all 127.0.0.1/32 trust" >"$PP/pool_hba.conf"
 PGPOOL_PID=$!
 track pgpool "$PGPOOL_PID" INT # SIGINT: fast shutdown
 WATCH_PID=$PGPOOL_PID
-# pgpool_ready: it answers, knows node 0 as the primary and 1, 2 as standbys, all up.
+# pgpool_ready: it answers, knows node 0 as the primary and the others as standbys, all up.
 pgpool_ready() {
 	local nodes
 	nodes=$(q "$P_PGPOOL" "show pool_nodes") || return 1
-	printf '%s\n' "$nodes" | awk -F'|' '
+	printf '%s\n' "$nodes" | awk -v want=$((STANDBYS + 1)) -F'|' '
 		$1 == 0 && $4 == "up" && $7 == "primary" { n++ }
 		($1 == 1 || $1 == 2) && $4 == "up" && $7 == "standby" { n++ }
-		END { exit !(n == 3) }'
+		END { exit !(n == want) }'
 }
-wait_for 60 "pgpool to see the primary and both standbys" pgpool_ready ||
+wait_for 60 "pgpool to see the primary and the standbys" pgpool_ready ||
 	{ tail -n 30 "$LOGS/pgpool.log" >&2; q "$P_PGPOOL" "show pool_nodes" >&2 || true; die "pgpool did not come up, see $LOGS/pgpool.log"; }
 PGPOOL_VERSION=$("$PGPOOL" --version 2>&1 | head -n1)
 log "pgpool up on 127.0.0.1:$P_PGPOOL (pid $PGPOOL_PID, $PGPOOL_VERSION)"
@@ -610,13 +617,14 @@ MD=$OUT/split-results-$STAMP.md
 		"$(awk -F'\t' 'NR > 1 { v = $12 + 0; if (n++ == 0 || v < min) min = v; if (v > max) max = v } END { printf "min %.2f, max %.2f", min, max }' "$RUNS_TSV")"
 	echo "- $PG_VERSION; $PGPOOL_VERSION; $(go version)"
 	echo "- cluster: primary + 2 streaming hot standbys (pg_basebackup), pgbench scale $SCALE, auth trust, defaults except"
+	[ "$STANDBYS" = 2 ] || echo "  (the split and Pgpool-II read from standby1 only: PGR_SPLIT_STANDBYS=1; standby2 runs idle)"
 	echo "  listen/port/socket dir, max_connections=300, shared_buffers=128MB, pg_stat_statements loaded on every server"
 	echo "- pgrouter $PGROUTER_REV: \`pgrouter proxy --pool-mode transaction --split statement${POOL_SIZE:+ --pool-size $POOL_SIZE}"
 	echo "  --auth-hba 'host all all 127.0.0.1/32 trust' --auth-file F --server-sslmode disable --health-sslmode disable"
 	echo "  --listen A --listen-rw B\` (split = A, rw = B, one process); split-rywoff = a second process with"
 	echo "  \`--listen C --read-your-writes off\` (mixed cases only)"
 	echo "- pgpool: streaming_replication mode, load_balance_mode = on, statement_level_load_balance = on,"
-	echo "  backend_weight 0/1/1 (reads to the standbys only, as pgrouter's split), num_init_children = $PGPOOL_CHILDREN, max_pool = 1, trust"
+	echo "  backend_weight 0/1$([ "$STANDBYS" = 2 ] && echo /1) (reads to the standbys only, as pgrouter's split), num_init_children = $PGPOOL_CHILDREN, max_pool = 1, trust"
 	echo "- pgbench: \`pgbench -T $DURATION -j 2 -n <flags>\` over TCP to 127.0.0.1; rounds interleaved (round by round,"
 	echo "  case by case, target order rotated each round)"
 	echo
