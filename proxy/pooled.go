@@ -277,6 +277,7 @@ func (sess *session) newPooled(cfg *Config, mode PoolMode, in sessionIntent, par
 		cfg:     cfg,
 		in:      in,
 	}
+	ps.fifo = ps.fifoBuf[:0]
 	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
 		ps.splitCfg = cfg.Split
 		if cfg.Split.Functions != nil {
@@ -306,7 +307,7 @@ func (ps *pooled) greeting(initial map[string]string) ([]byte, error) {
 	}
 	out := appendMessage(make([]byte, 0, size), 'R', []byte{0, 0, 0, 0})
 	for name, value := range initial {
-		if v, ok := ps.desired[strings.ToLower(name)]; ok {
+		if v, ok := ps.desired[lowerName(name)]; ok {
 			value = v
 		}
 		out = appendParameterStatus(out, name, value)
@@ -392,12 +393,26 @@ func appendParameterStatus(dst []byte, name, value string) []byte {
 // inherits what the previous borrower of a server set.
 func (ps *pooled) completeDesired(initial map[string]string) {
 	for name, value := range initial {
-		l := strings.ToLower(name)
+		l := lowerName(name)
 		if _, ok := ps.desired[l]; !ok && settable[l] {
 			ps.desired[l] = value
 		}
 	}
 	ps.desiredFP = settingsFingerprint(ps.desired)
+}
+
+// lowerName is strings.ToLower for parameter names, without allocating
+// for the mixed-case ones every server reports at each login.
+func lowerName(name string) string {
+	switch name {
+	case "DateStyle":
+		return "datestyle"
+	case "IntervalStyle":
+		return "intervalstyle"
+	case "TimeZone":
+		return "timezone"
+	}
+	return strings.ToLower(name) // no allocation when already lower case
 }
 
 // fpSeed makes fingerprints comparable across sessions of one process.

@@ -28,22 +28,25 @@ import (
 //
 // Every field is the thread's, except where noted.
 type txLoop struct {
-	ps     *pooled
-	cfg    *Config
-	in     sessionIntent
-	ctx    context.Context // ends with the session: cancels a lend that waits
+	ps  *pooled
+	cfg *Config
+	in  sessionIntent
+	// ctx ends with the session and cancels a lend that waits. It is made
+	// by the first lend on a goroutine (most sessions never need one),
+	// on the thread, before that goroutine starts.
+	parent context.Context
+	ctx    context.Context
 	cancel context.CancelFunc
 	// Lends running on a goroutine: slowRunning counts them for the
 	// thread, which starts them, without waiting.
 	slow        sync.WaitGroup
 	slowRunning atomic.Int32
 
-	s     *loop.Session // set on entry to each call from the thread
-	reply func([]byte) error
-	c     clientState
-	buf   []byte // client bytes not consumed yet: a partial message, or messages waiting for a server
-	out   []byte
-	a     answer
+	s   *loop.Session // set on entry to each call from the thread
+	c   clientState
+	buf []byte // client bytes not consumed yet: a partial message, or messages waiting for a server
+	out []byte
+	a   answer
 
 	// The pools of the last lends by member (one without the split, one
 	// per member with it), for the next lend without the pool map.
@@ -117,7 +120,7 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 	h := newTxLoop(ctx, ps, cfg, in)
 	s, err := sess.srv.loop.Serve(sess.client, h)
 	if err != nil {
-		h.cancel()
+		h.stop()
 		return !errors.Is(err, loop.ErrUnsupported), err
 	}
 	sess.ln.relayedOnLoop.Inc()
@@ -131,11 +134,9 @@ func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) 
 }
 
 func newTxLoop(ctx context.Context, ps *pooled, cfg *Config, in sessionIntent) *txLoop {
-	h := &txLoop{ps: ps, cfg: cfg, in: in}
-	h.ctx, h.cancel = context.WithCancel(ctx)
+	h := &txLoop{ps: ps, cfg: cfg, in: in, parent: ctx}
 	h.pools[0], h.next = memberPool{ps.member, ps.loopPool}, 1
-	h.reply = h.writeClient
-	h.waiter.Ready = h.ready
+	h.waiter.To = h
 	h.takeTask = h.takeHanded
 	h.a.scan.watch = serverWatchPooled
 	h.toClient, h.toServer = ps.sess.ln.toClient, ps.sess.ln.toServer
@@ -151,16 +152,23 @@ func (h *txLoop) Ended(_ *loop.Session, err error, _ *loop.Socket, clean bool) {
 		return
 	}
 	go func() {
-		h.cancel()
+		h.stop()
 		h.slow.Wait()
 		h.finish(err, clean)
 	}()
 }
 
+// stop cancels the lends still running on goroutines, if any ever ran.
+func (h *txLoop) stop() {
+	if h.cancel != nil {
+		h.cancel()
+	}
+}
+
 // finish gives back or closes the server the session held and ends the
 // session.
 func (h *txLoop) finish(err error, clean bool) {
-	h.cancel()
+	h.stop()
 	if h.waitTimer != nil {
 		h.waitTimer.Stop()
 		h.waitPool.CancelWait(&h.waiter, false) // if it ended waiting
@@ -223,7 +231,7 @@ func (h *txLoop) feed(data []byte) []byte {
 	for {
 		var step clientStep
 		var err error
-		msgs, out, step, err = ps.consume(&h.c, msgs, out, h.reply)
+		msgs, out, step, err = ps.consume(&h.c, msgs, out, h)
 		if err != nil {
 			h.fail(err)
 			return nil
@@ -362,9 +370,9 @@ func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision, wrote bool, ms
 	return true
 }
 
-// ready is the pool handing the waiting session a server (or nil: borrow
-// with Acquire), on whichever goroutine released it.
-func (h *txLoop) ready(sc *pool.ServerConn) {
+// Ready is the pool handing the waiting session a server (or nil: borrow
+// with Acquire), on whichever goroutine released it (pool.Readier).
+func (h *txLoop) Ready(sc *pool.ServerConn) {
 	h.hmu.Lock()
 	h.handed, h.handedSet = sc, true
 	h.hmu.Unlock()
@@ -448,6 +456,9 @@ func (h *txLoop) lendSlowly(sc *pool.ServerConn, dec router.Decision, msgs []byt
 	var sock *loop.Socket
 	var err error
 	role, m := dec.Role, dec.Member
+	if h.ctx == nil {
+		h.ctx, h.cancel = context.WithCancel(h.parent)
+	}
 	h.offThread(func() {
 		if sc != nil {
 			if err := ps.applySettings(sc); err != nil {

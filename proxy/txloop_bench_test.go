@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/pool"
@@ -98,7 +99,7 @@ func BenchmarkPooledTransaction(b *testing.B) {
 		threads int
 	}{{"loop", 1}, {"goroutines", 0}} {
 		b.Run("relay="+relay.name, func(b *testing.B) {
-			roundTrip := pooledRoundTrip(b, relay.threads)
+			roundTrip, _ := pooledRoundTrip(b, relay.threads)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
@@ -113,7 +114,7 @@ func BenchmarkPooledTransaction(b *testing.B) {
 // free of allocations: one per transaction (a closure that escapes, a
 // boxed value) is easy to add and invisible anywhere but here.
 func TestPooledTransactionAllocatesNothing(t *testing.T) {
-	roundTrip := pooledRoundTrip(t, 1)
+	roundTrip, _ := pooledRoundTrip(t, 1)
 	const n = 2000
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -130,8 +131,9 @@ func TestPooledTransactionAllocatesNothing(t *testing.T) {
 
 // pooledRoundTrip starts a proxy with one transaction-mode listener in
 // front of a fake server, logs a client in, warms the pool, and returns a
-// function that runs one transaction. Everything stops on cleanup.
-func pooledRoundTrip(tb testing.TB, threads int) func() {
+// function that runs one transaction, and the listener's address.
+// Everything stops on cleanup.
+func pooledRoundTrip(tb testing.TB, threads int) (func(), *net.TCPAddr) {
 	srvAddr := fakeServer(tb)
 	hba, err := auth.ParseHBA([]string{"host all all 127.0.0.1/32 trust"})
 	if err != nil {
@@ -188,7 +190,7 @@ func pooledRoundTrip(tb testing.TB, threads int) func() {
 	for range 100 { // the first lends open and adopt the servers
 		roundTrip()
 	}
-	return roundTrip
+	return roundTrip, s.Addr("rw").(*net.TCPAddr)
 }
 
 // readUntilZ reads messages until a ReadyForQuery.
@@ -219,6 +221,68 @@ func readUntilZ(tb testing.TB, c net.Conn, buf []byte) {
 				return
 			}
 			off += 1 + l
+		}
+	}
+}
+
+// BenchmarkPooledConnect measures what pgbench -C costs the proxy: one
+// client connection (startup, one Query, Terminate) through a
+// transaction-mode listener whose loop threads accept and greet it. The
+// client uses raw system calls, so allocs/op is the proxy's alone.
+func BenchmarkPooledConnect(b *testing.B) {
+	_, addr := pooledRoundTrip(b, 1) // starts the proxy and warms the pool
+	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
+	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
+	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	terminate := appendMessage(nil, 'X', nil)
+	buf := make([]byte, 64<<10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		fd := rawDial(b, sa)
+		rawSend(b, fd, startup)
+		rawUntilZ(b, fd, buf)
+		rawSend(b, fd, query)
+		rawUntilZ(b, fd, buf)
+		rawSend(b, fd, terminate)
+		unix.Close(fd)
+	}
+}
+
+// rawDial, rawSend and rawUntilZ are a client made of system calls alone.
+func rawDial(b *testing.B, sa *unix.SockaddrInet4) int {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		b.Fatal(err)
+	}
+	return fd
+}
+
+func rawSend(b *testing.B, fd int, msg []byte) {
+	for len(msg) > 0 {
+		n, err := unix.Write(fd, msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msg = msg[n:]
+	}
+}
+
+// rawUntilZ reads until the chunk read last ends with a ReadyForQuery
+// (the proxy's answers here are small and come whole).
+func rawUntilZ(b *testing.B, fd int, buf []byte) {
+	have := 0
+	for {
+		n, err := unix.Read(fd, buf[have:])
+		if err != nil || n == 0 {
+			b.Fatalf("read: %d, %v", n, err)
+		}
+		have += n
+		if have >= 6 && buf[have-6] == 'Z' {
+			return
 		}
 	}
 }

@@ -54,7 +54,7 @@ func (ps *pooled) clientLoop(ctx context.Context, cfg *Config, in sessionIntent)
 		for {
 			var step clientStep
 			var err error
-			msgs, out, step, err = ps.consume(&c, msgs, out, ps.writeClient)
+			msgs, out, step, err = ps.consume(&c, msgs, out, ps)
 			if err != nil {
 				return err
 			}
@@ -125,7 +125,14 @@ const (
 // whole message is left, and returns the bytes it did not consume. The
 // server it writes for is the one held when it needs one: it is never
 // given back while out holds messages for it (they are outstanding).
-func (ps *pooled) consume(c *clientState, msgs, out []byte, reply func([]byte) error) ([]byte, []byte, clientStep, error) {
+// clientWriter writes the proxy's own answers to the client: the loop's
+// session or the client connection. An interface, not a func, so that
+// passing a session's writer allocates nothing.
+type clientWriter interface {
+	writeClient([]byte) error
+}
+
+func (ps *pooled) consume(c *clientState, msgs, out []byte, reply clientWriter) ([]byte, []byte, clientStep, error) {
 	for len(msgs) > 0 {
 		if c.streamLeft > 0 {
 			k := min(c.streamLeft, len(msgs))
@@ -152,7 +159,7 @@ func (ps *pooled) consume(c *clientState, msgs, out []byte, reply func([]byte) e
 					// SET pgrouter.route is the proxy's own: answered here,
 					// and `primary` needs no quotes although the server's
 					// grammar reserves it.
-					if err := reply(resp); err != nil {
+					if err := reply.writeClient(resp); err != nil {
 						return msgs, out, stepMore, err
 					}
 					msgs = msgs[1+l:]
@@ -160,7 +167,7 @@ func (ps *pooled) consume(c *clientState, msgs, out []byte, reply func([]byte) e
 				}
 			}
 			if resp, n := ps.deferPrepare(msgs); n > 0 {
-				if err := reply(resp); err != nil {
+				if err := reply.writeClient(resp); err != nil {
 					return msgs, out, stepMore, err
 				}
 				msgs = msgs[n:]
@@ -186,7 +193,7 @@ func (ps *pooled) consume(c *clientState, msgs, out []byte, reply func([]byte) e
 			if typ == 'S' || typ == 'Q' {
 				resp := appendErrorResponse(nil, c.failErr)
 				resp = appendMessage(resp, 'Z', []byte{'I'})
-				if err := reply(resp); err != nil {
+				if err := reply.writeClient(resp); err != nil {
 					return msgs, out, stepMore, err
 				}
 				c.failErr = nil

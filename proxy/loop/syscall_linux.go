@@ -62,15 +62,22 @@ func rawAccept(fd int) (int, *net.TCPAddr, unix.Errno) {
 	if e != 0 {
 		return -1, nil, e
 	}
-	addr := &net.TCPAddr{}
+	// The address and its IP's bytes in one allocation.
+	peer := &struct {
+		addr net.TCPAddr
+		ip   [net.IPv6len]byte
+	}{}
+	addr := &peer.addr
 	switch rsa.Addr.Family {
 	case unix.AF_INET:
 		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		addr.IP = net.IPv4(a.Addr[0], a.Addr[1], a.Addr[2], a.Addr[3])
+		peer.ip = [16]byte{10: 0xff, 11: 0xff, 12: a.Addr[0], 13: a.Addr[1], 14: a.Addr[2], 15: a.Addr[3]} // as net.IPv4
+		addr.IP = peer.ip[:]
 		addr.Port = int(a.Port>>8 | a.Port<<8)
 	case unix.AF_INET6:
 		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
-		addr.IP = append(net.IP(nil), a.Addr[:]...)
+		peer.ip = a.Addr
+		addr.IP = peer.ip[:]
 		addr.Port = int(a.Port>>8 | a.Port<<8)
 	}
 	return int(nfd), addr, 0

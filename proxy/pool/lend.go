@@ -169,22 +169,28 @@ func (w waiter) hand(sc *ServerConn) {
 		w.ch <- sc
 		return
 	}
-	w.w.Ready(sc)
+	w.w.To.Ready(sc)
 }
 
 // Waiter is a borrower that waits without a goroutine of its own: an
-// event loop's session. The pool calls Ready, from whichever goroutine
+// event loop's session. The pool calls To.Ready, from whichever goroutine
 // releases a connection, with the connection now lent to it, or with nil
 // when it should call Acquire instead (a slot freed up for a new
 // connection, or the pool closed). Ready must not block or call the pool.
 type Waiter struct {
-	Ready func(*ServerConn)
+	To    Readier
 	start time.Time
+}
+
+// Readier is told when a queued Waiter's turn comes. An interface rather
+// than a func field: a session that is its own Readier costs no closure.
+type Readier interface {
+	Ready(*ServerConn)
 }
 
 // Lend lends an idle connection without waiting or dialing. When none is
 // idle and the pool is full, it queues w (if not nil) and reports queued:
-// w.Ready will be called once, unless CancelWait takes w back first. When
+// w.To.Ready will be called once, unless CancelWait takes w back first. When
 // none is idle and the pool could open one, it returns nothing: the
 // caller opens one with Acquire, which may block. ErrClosed once closed.
 func (p *Pool) Lend(w *Waiter) (sc *ServerConn, queued bool, err error) {

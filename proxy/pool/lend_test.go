@@ -202,7 +202,7 @@ func TestPoolLendQueuesWaiters(t *testing.T) {
 	p := NewPool(Key{Member: "m"}, Config{Size: 1, WaitTimeout: 2 * time.Second}, pc.connect)
 	ctx := context.Background()
 	handed := make(chan *ServerConn, 2)
-	w := &Waiter{Ready: func(sc *ServerConn) { handed <- sc }}
+	w := &Waiter{To: readyFunc(func(sc *ServerConn) { handed <- sc })}
 	if sc, queued, err := p.Lend(w); sc != nil || queued || err != nil {
 		t.Fatalf("Lend on an empty pool below its size = %v, %v, %v; want nothing: open one", sc, queued, err)
 	}
@@ -252,3 +252,7 @@ func TestPoolLendQueuesWaiters(t *testing.T) {
 	default:
 	}
 }
+
+type readyFunc func(*ServerConn)
+
+func (f readyFunc) Ready(sc *ServerConn) { f(sc) }
