@@ -102,6 +102,17 @@ AS_PG=()
 [ "$IS_ROOT" -eq 1 ] && AS_PG=(env HOME=/var/lib/postgresql setpriv --reuid=postgres --regid=postgres --init-groups --)
 as_pg() { "${AS_PG[@]}" "$@"; }
 
+# SERVICE starts a proxy in a session of its own, as a service manager
+# would. With the kernel's autogroup scheduling (sched_autogroup_enabled,
+# on in Debian's kernels) each session is one scheduling group: a proxy
+# left in the bench's session shares a single CPU share with pgbench, and
+# on this 2-core machine PostgreSQL backends then waited up to 204 ms to
+# run (perf sched latency; single transactions took 20-900 ms, none over
+# 15 ms in a session of its own). setsid does not fork here (a background
+# job of a script leads no process group), so $! is still the proxy's PID.
+SERVICE=()
+command -v setsid >/dev/null && SERVICE=(setsid)
+
 # free_port VAR: a loopback TCP port that no socket uses now, nor one we chose,
 # below the kernel's ephemeral range so that no outgoing connection takes it
 # between this check and the bind.

@@ -208,7 +208,7 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && { want pgrouter-rw || want pgrouter-ro; }; then
 	free_port P_PGR_RW
 	free_port P_PGR_RO
 	free_port P_PGR_ADMIN
-	"$OUT/pgrouter" proxy \
+	"${SERVICE[@]}" "$OUT/pgrouter" proxy \
 		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
 		--listen "127.0.0.1:$P_PGR" --listen-rw "127.0.0.1:$P_PGR_RW" --listen-ro "127.0.0.1:$P_PGR_RO" \
 		--admin-listen "127.0.0.1:$P_PGR_ADMIN" --health-user postgres --health-database postgres \
@@ -235,7 +235,7 @@ fi
 start_pgrouter() {
 	local name=$1 port=$2 admin=$3
 	shift 3
-	"$OUT/pgrouter" proxy "$@" \
+	"${SERVICE[@]}" "$OUT/pgrouter" proxy "$@" \
 		--backends "127.0.0.1:$P_PRIMARY,127.0.0.1:$P_STANDBY1,127.0.0.1:$P_STANDBY2" \
 		--admin-listen "127.0.0.1:$admin" --health-user postgres --health-database postgres \
 		--server-sslmode disable --health-sslmode disable \
@@ -318,7 +318,7 @@ pidfile = $W/$name/pgbouncer.pid
 EOC
 	echo '"postgres" ""' >"$W/$name/userlist.txt"
 	[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$W/$name"
-	"${AS_PG[@]}" "$PGBOUNCER" "$W/$name/pgbouncer.ini" >"$LOGS/$name.stderr" 2>&1 </dev/null &
+	"${SERVICE[@]}" "${AS_PG[@]}" "$PGBOUNCER" "$W/$name/pgbouncer.ini" >"$LOGS/$name.stderr" 2>&1 </dev/null &
 	pid=$!
 	track "$name" "$pid" TERM
 	wait_for 30 "$name" answers "$port" "select pg_is_in_recovery()" f || die "$name did not come up, see $LOGS/$name.log"
@@ -376,7 +376,7 @@ listen pg_primary
     server standby2 127.0.0.1:$P_STANDBY2 check
 EOF
 	"$HAPROXY" -c -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy-check.log" 2>&1 || die "haproxy config invalid, see $LOGS/haproxy-check.log"
-	"$HAPROXY" -db -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy.log" 2>&1 </dev/null &
+	"${SERVICE[@]}" "$HAPROXY" -db -f "$W/haproxy/haproxy.cfg" >"$LOGS/haproxy.log" 2>&1 </dev/null &
 	HAPROXY_PID=$!
 	track haproxy "$HAPROXY_PID" TERM
 	haproxy_ready() {
@@ -391,7 +391,7 @@ fi
 
 if want plainrelay; then
 	free_port P_RELAY
-	"$OUT/plainrelay" -listen "127.0.0.1:$P_RELAY" -target "127.0.0.1:$P_PRIMARY" >"$LOGS/plainrelay.log" 2>&1 </dev/null &
+	"${SERVICE[@]}" "$OUT/plainrelay" -listen "127.0.0.1:$P_RELAY" -target "127.0.0.1:$P_PRIMARY" >"$LOGS/plainrelay.log" 2>&1 </dev/null &
 	RELAY_PID=$!
 	track plainrelay "$RELAY_PID" TERM
 	wait_for 30 "plainrelay" answers "$P_RELAY" "select pg_is_in_recovery()" f || die "plainrelay did not come up, see $LOGS/plainrelay.log"
@@ -766,6 +766,7 @@ MD=$OUT/results-$STAMP.md
 	echo "  default_pool_size $POOL_SIZE, max_client_conn 2000, trust. Cases with 256 clients and \`-N -M prepared\` run on direct"
 	echo "  and the -tx targets only."
 	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
+	[ ${#SERVICE[@]} -gt 0 ] && echo "- every proxy runs in a session of its own (setsid), as a service would: one scheduling group each under autogroup"
 	echo
 	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | p99 ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) | first error |"
 	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"

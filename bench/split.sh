@@ -232,7 +232,7 @@ start_pgrouter() { # NAME LOGFILE ARGS...: sets PGR_LAST_PID
 	local name=$1 logf=$2
 	shift 2
 	echo "$OUT/pgrouter-split proxy ${PGR_COMMON[*]} $*" >"$logf.cmd"
-	"$OUT/pgrouter-split" proxy "${PGR_COMMON[@]}" "$@" >"$logf" 2>&1 </dev/null &
+	"${SERVICE[@]}" "$OUT/pgrouter-split" proxy "${PGR_COMMON[@]}" "$@" >"$logf" 2>&1 </dev/null &
 	PGR_LAST_PID=$!
 	track "$name" "$PGR_LAST_PID" TERM
 }
@@ -324,7 +324,7 @@ EOF
 : >"$PP/pcp.conf"
 echo "host all all 127.0.0.1/32 trust" >"$PP/pool_hba.conf"
 [ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$PP"
-"${AS_PG[@]}" "$PGPOOL" -n -f "$PP/pgpool.conf" -F "$PP/pcp.conf" -a "$PP/pool_hba.conf" >"$LOGS/pgpool.log" 2>&1 </dev/null &
+"${SERVICE[@]}" "${AS_PG[@]}" "$PGPOOL" -n -f "$PP/pgpool.conf" -F "$PP/pcp.conf" -a "$PP/pool_hba.conf" >"$LOGS/pgpool.log" 2>&1 </dev/null &
 PGPOOL_PID=$!
 track pgpool "$PGPOOL_PID" INT # SIGINT: fast shutdown
 WATCH_PID=$PGPOOL_PID
@@ -619,6 +619,7 @@ MD=$OUT/split-results-$STAMP.md
 	echo "- cluster: primary + 2 streaming hot standbys (pg_basebackup), pgbench scale $SCALE, auth trust, defaults except"
 	[ "$STANDBYS" = 2 ] || echo "  (the split and Pgpool-II read from standby1 only: PGR_SPLIT_STANDBYS=1; standby2 runs idle)"
 	echo "  listen/port/socket dir, max_connections=300, shared_buffers=128MB, pg_stat_statements loaded on every server"
+	[ ${#SERVICE[@]} -gt 0 ] && echo "- pgrouter and Pgpool-II run in sessions of their own (setsid), as services would: one scheduling group each under autogroup"
 	echo "- pgrouter $PGROUTER_REV: \`pgrouter proxy --pool-mode transaction --split statement${POOL_SIZE:+ --pool-size $POOL_SIZE}"
 	echo "  --auth-hba 'host all all 127.0.0.1/32 trust' --auth-file F --server-sslmode disable --health-sslmode disable"
 	echo "  --listen A --listen-rw B\` (split = A, rw = B, one process); split-rywoff = a second process with"
