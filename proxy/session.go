@@ -26,9 +26,9 @@ import (
 // A transaction-mode session without TLS is handed to a loop thread
 // whole. Once a loop thread has the session serve returns, and the thread
 // calls finish when it ends: no goroutine waits for an idle client. In
-// every case one writer at a time writes to the client (serve, or the loop thread), so an
-// ErrorResponse the proxy injects can never interleave with a server
-// message.
+// every case one writer at a time writes to the client (serve, or the
+// loop thread), so an ErrorResponse the proxy injects can never
+// interleave with a server message.
 type session struct {
 	id  uint64
 	srv *Server

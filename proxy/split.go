@@ -207,11 +207,14 @@ func setStatement(q string) (name, value string, ok bool) {
 	return name, q[i:j], name != ""
 }
 
-func cstring(b []byte) string {
+func cstring(b []byte) string { return string(cbytes(b)) }
+
+// cbytes is b up to its first NUL, in place.
+func cbytes(b []byte) []byte {
 	if i := indexZero(b); i >= 0 {
-		b = b[:i]
+		return b[:i]
 	}
-	return string(b)
+	return b
 }
 
 // splitIntent turns a route into the router's intent for this transaction.
@@ -472,10 +475,7 @@ func (ps *pooled) answerRouteSetting(body []byte) ([]byte, bool) {
 	}
 	// Asked of every simple query that starts a transaction: looked at
 	// in place, copied only when it is the proxy's own SET.
-	q := body
-	if i := indexZero(q); i >= 0 {
-		q = q[:i]
-	}
+	q := cbytes(body)
 	name, _, isSet := setStatement(transientString(q))
 	if !isSet || !strings.EqualFold(name, "pgrouter.route") {
 		return nil, false

@@ -119,12 +119,6 @@ const (
 	stepTerminate                    // the client said goodbye
 )
 
-// consume handles the client messages at the start of msgs, appending what
-// goes to the held server to out and writing the proxy's own answers with
-// reply. It stops where it needs a server, at a Terminate, or where no
-// whole message is left, and returns the bytes it did not consume. The
-// server it writes for is the one held when it needs one: it is never
-// given back while out holds messages for it (they are outstanding).
 // clientWriter writes the proxy's own answers to the client: the loop's
 // session or the client connection. An interface, not a func, so that
 // passing a session's writer allocates nothing.
@@ -132,6 +126,12 @@ type clientWriter interface {
 	writeClient([]byte) error
 }
 
+// consume handles the client messages at the start of msgs, appending what
+// goes to the held server to out and writing the proxy's own answers with
+// reply. It stops where it needs a server, at a Terminate, or where no
+// whole message is left, and returns the bytes it did not consume. The
+// server it writes for is the one held when it needs one: it is never
+// given back while out holds messages for it (they are outstanding).
 func (ps *pooled) consume(c *clientState, msgs, out []byte, reply clientWriter) ([]byte, []byte, clientStep, error) {
 	for len(msgs) > 0 {
 		if c.streamLeft > 0 {
