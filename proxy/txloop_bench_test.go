@@ -19,8 +19,10 @@ import (
 
 // fakeServer speaks just enough of the server side of the protocol for the
 // pooled relay: a trust login, then CommandComplete and ReadyForQuery for
-// each Query or Sync. It allocates nothing per message, so a benchmark's
-// allocs/op is the proxy's.
+// each Query, and for the extended protocol ParseComplete, BindComplete,
+// NoData and CommandComplete, sent with ReadyForQuery at Sync as a server
+// does. It allocates nothing per message, so a benchmark's allocs/op is
+// the proxy's.
 func fakeServer(tb testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -35,22 +37,24 @@ func fakeServer(tb testing.TB) string {
 	}
 	login = appendMessage(login, 'K', []byte{0, 0, 0, 1, 0, 0, 0, 2})
 	login = appendMessage(login, 'Z', []byte{'I'})
-	var done []byte
-	done = appendMessage(done, 'C', []byte("SELECT 1\x00"))
-	done = appendMessage(done, 'Z', []byte{'I'})
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go serveFake(c, login, done)
+			go serveFake(c, login)
 		}
 	}()
 	return ln.Addr().String()
 }
 
-func serveFake(c net.Conn, login, done []byte) {
+func serveFake(c net.Conn, login []byte) {
+	complete := appendMessage(nil, 'C', []byte("SELECT 1\x00"))
+	ready := appendMessage(nil, 'Z', []byte{'I'})
+	answers := map[byte][]byte{'P': appendMessage(nil, '1', nil), 'B': appendMessage(nil, '2', nil),
+		'D': appendMessage(nil, 'n', nil), 'E': complete}
+	out := make([]byte, 0, 512)
 	defer c.Close()
 	var hdr [5]byte
 	if _, err := io.ReadFull(c, hdr[:4]); err != nil {
@@ -77,36 +81,47 @@ func serveFake(c net.Conn, login, done []byte) {
 			return
 		}
 		switch hdr[0] {
-		case 'Q', 'S':
-			if _, err := c.Write(done); err != nil {
-				return
-			}
+		case 'Q':
+			out = append(append(out, complete...), ready...)
+		case 'S':
+			out = append(out, ready...)
 		case 'X':
 			return
+		default:
+			out = append(out, answers[hdr[0]]...)
+			continue
 		}
+		if _, err := c.Write(out); err != nil {
+			return
+		}
+		out = out[:0]
 	}
 }
 
-// BenchmarkPooledTransaction measures one transaction (a simple Query and
-// its answer) through a transaction-mode listener: the lend of an idle
-// server, the relay both ways and the server going back, on the epoll loop
-// (relay=loop) and on goroutines. allocs/op counts every allocation of the
-// process; the client and the fake server make none, so it is the proxy's
-// per transaction, which must be 0 on the loop.
+// BenchmarkPooledTransaction measures one transaction through a
+// transaction-mode listener: the lend of an idle server, the relay both
+// ways and the server going back, on the epoll loop (relay=loop) and on
+// goroutines, in the simple protocol (a Query) and the extended one (an
+// unnamed Parse, Bind, Describe, Execute and Sync, as pgbench -M extended
+// sends). allocs/op counts every allocation of the process; the client
+// and the fake server make none, so it is the proxy's per transaction,
+// which must be 0 on the loop.
 func BenchmarkPooledTransaction(b *testing.B) {
 	for _, relay := range []struct {
 		name    string
 		threads int
 	}{{"loop", 1}, {"goroutines", 0}} {
-		b.Run("relay="+relay.name, func(b *testing.B) {
-			roundTrip, _ := pooledRoundTrip(b, relay.threads)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				roundTrip()
-			}
-			b.StopTimer()
-		})
+		for _, proto := range []string{"simple", "extended"} {
+			b.Run("relay="+relay.name+"/protocol="+proto, func(b *testing.B) {
+				roundTrip, _ := pooledRoundTrip(b, relay.threads, proto == "extended")
+				b.ReportAllocs()
+				b.ResetTimer()
+				for range b.N {
+					roundTrip()
+				}
+				b.StopTimer()
+			})
+		}
 	}
 }
 
@@ -114,26 +129,28 @@ func BenchmarkPooledTransaction(b *testing.B) {
 // free of allocations: one per transaction (a closure that escapes, a
 // boxed value) is easy to add and invisible anywhere but here.
 func TestPooledTransactionAllocatesNothing(t *testing.T) {
-	roundTrip, _ := pooledRoundTrip(t, 1)
-	const n = 2000
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	for range n {
-		roundTrip()
-	}
-	runtime.ReadMemStats(&after)
-	// Timers and the runtime may allocate now and then beside the relay;
-	// one allocation per transaction would be n.
-	if got := after.Mallocs - before.Mallocs; got > n/20 {
-		t.Fatalf("%d allocations over %d pooled transactions on the loop, want none per transaction", got, n)
+	for _, extended := range []bool{false, true} {
+		roundTrip, _ := pooledRoundTrip(t, 1, extended)
+		const n = 2000
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range n {
+			roundTrip()
+		}
+		runtime.ReadMemStats(&after)
+		// Timers and the runtime may allocate now and then beside the
+		// relay; one allocation per transaction would be n.
+		if got := after.Mallocs - before.Mallocs; got > n/20 {
+			t.Fatalf("%d allocations over %d pooled transactions on the loop (extended protocol %v), want none per transaction", got, n, extended)
+		}
 	}
 }
 
 // pooledRoundTrip starts a proxy with one transaction-mode listener in
 // front of a fake server, logs a client in, warms the pool, and returns a
-// function that runs one transaction, and the listener's address.
-// Everything stops on cleanup.
-func pooledRoundTrip(tb testing.TB, threads int) (func(), *net.TCPAddr) {
+// function that runs one transaction (in the extended protocol if
+// extended), and the listener's address. Everything stops on cleanup.
+func pooledRoundTrip(tb testing.TB, threads int, extended bool) (func(), *net.TCPAddr) {
 	srvAddr := fakeServer(tb)
 	hba, err := auth.ParseHBA([]string{"host all all 127.0.0.1/32 trust"})
 	if err != nil {
@@ -181,6 +198,13 @@ func pooledRoundTrip(tb testing.TB, threads int) (func(), *net.TCPAddr) {
 	buf := make([]byte, 64<<10)
 	readUntilZ(tb, c, buf)
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	if extended {
+		query = appendMessage(nil, 'P', []byte("\x00SELECT 1\x00\x00\x00"))
+		query = appendMessage(query, 'B', []byte("\x00\x00\x00\x00\x00\x00\x00\x00"))
+		query = appendMessage(query, 'D', []byte("P\x00"))
+		query = appendMessage(query, 'E', []byte("\x00\x00\x00\x00\x00"))
+		query = appendMessage(query, 'S', nil)
+	}
 	roundTrip := func() {
 		if _, err := c.Write(query); err != nil {
 			tb.Fatal(err)
@@ -230,7 +254,7 @@ func readUntilZ(tb testing.TB, c net.Conn, buf []byte) {
 // transaction-mode listener whose loop threads accept and greet it. The
 // client uses raw system calls, so allocs/op is the proxy's alone.
 func BenchmarkPooledConnect(b *testing.B) {
-	_, addr := pooledRoundTrip(b, 1) // starts the proxy and warms the pool
+	_, addr := pooledRoundTrip(b, 1, false) // starts the proxy and warms the pool
 	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
 	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
