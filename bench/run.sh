@@ -23,7 +23,10 @@
 #                         pgbouncer-tx (default 20)
 #   PGR_BENCH_JOBS        pgbench -j, threads (default 2)
 #   PGR_BENCH_LATENCY_LOG 1: pgbench writes a per-transaction log (--log) from
-#                         which the p99 latency is computed; 0: no p99 (default 1)
+#                         which the p99 latency and the steady tps are computed;
+#                         0: neither (default 1)
+#   PGR_BENCH_WARMUP      seconds at the start of each run left out of the steady
+#                         tps (default 2; must be less than PGR_BENCH_DURATION)
 #   PGR_BENCH_SCALE       pgbench -i scale (default 10)
 #   PGR_BENCH_KEEP        1 keeps the data directories after the run (default 0)
 #   PGR_BENCH_MAX_LOAD    if set (e.g. 1.0), first wait up to 15 min for the 1-min
@@ -41,6 +44,7 @@ OUT=$ROOT/bench/out
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 DURATION=${PGR_BENCH_DURATION:-10}
 ROUNDS=${PGR_BENCH_ROUNDS:-2}
+WARMUP=${PGR_BENCH_WARMUP:-2}
 CASES_FILTER=${PGR_BENCH_CASES:-}
 TARGETS_FILTER=${PGR_BENCH_TARGETS:-}
 IDLE_N=${PGR_BENCH_IDLE_CONNS:-300}
@@ -59,10 +63,11 @@ for v in PGR_BENCH_IDLE_CONNS PGR_BENCH_TX_IDLE_CONNS PGR_BENCH_TX_ACTIVE PGR_BE
 done
 CMDLINE="$CMDLINE bench/run.sh"
 
-for n in DURATION ROUNDS IDLE_N SCALE TX_IDLE_N TX_ACTIVE POOL_SIZE LATLOG JOBS; do
+for n in DURATION ROUNDS WARMUP IDLE_N SCALE TX_IDLE_N TX_ACTIVE POOL_SIZE LATLOG JOBS; do
 	case ${!n} in '' | *[!0-9]*) die "$n must be a whole number, got '${!n}'" ;; esac
 done
 [ "$DURATION" -gt 0 ] && [ "$ROUNDS" -gt 0 ] || die "PGR_BENCH_DURATION and PGR_BENCH_ROUNDS must be > 0"
+[ "$WARMUP" -lt "$DURATION" ] || die "PGR_BENCH_WARMUP ($WARMUP) must be less than PGR_BENCH_DURATION ($DURATION)"
 [ "$POOL_SIZE" -gt 0 ] || die "PGR_BENCH_POOL_SIZE must be > 0"
 [ "$JOBS" -gt 0 ] || die "PGR_BENCH_JOBS must be > 0"
 
@@ -586,7 +591,7 @@ for p in "$P_PRIMARY" "$P_STANDBY1" "$P_STANDBY2"; do
 done
 
 RUNS_TSV=$W/runs.tsv
-printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\tother_cores\tp99_ms\tnote\n' >"$RUNS_TSV"
+printf 'round\tcase\tflags\ttarget\ttps\tlat_ms\ttx\tfailed\tcpu_us_per_tx\tcores\tstatus\tload1\tother_cores\tp99_ms\tnote\tsteady_tps\n' >"$RUNS_TSV"
 nt=${#TARGETS[@]}
 total=0
 for i in "${!CASE_NAMES[@]}"; do
@@ -596,15 +601,31 @@ for i in "${!CASE_NAMES[@]}"; do
 done
 TXLOGS=$W/txlog
 mkdir -p "$TXLOGS"
-# p99_ms PREFIX: the 99th percentile (nearest rank) of the transaction latencies
-# in pgbench's per-transaction logs PREFIX.* (third field, µs; lines of failed
-# or skipped transactions are left out), in ms; then the logs are removed.
-p99_ms() {
+# txlog_figures PREFIX: two figures from pgbench's per-transaction logs
+# PREFIX.* (lines of failed or skipped transactions are left out), then the
+# logs are removed:
+# - the 99th percentile (nearest rank) of the latencies (third field, µs), in ms;
+# - the steady tps: transactions that ended after the first WARMUP seconds of
+#   the run (from the first transaction's end to the last one's), per second.
+#   Each run opens new connections, and a new PostgreSQL backend takes a few
+#   seconds to warm its caches: a relay that gives each client its own backend
+#   starts cold every run, while PgBouncer in session mode hands out backends
+#   kept from the previous run. An application that stays connected sees the
+#   steady figure.
+txlog_figures() {
 	local v
-	v=$(cat "$1".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }' | sort -n |
-		awk '{ a[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int(NR * 0.99); if (i < NR * 0.99) i++; printf "%.3f", a[i] / 1000 }')
+	v=$(cat "$1".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { printf "%s %.6f\n", $3, $5 + $6 / 1e6 }' | sort -n |
+		awk -v warm="$WARMUP" '
+		{ a[NR] = $1; t[NR] = $2; if (NR == 1 || $2 < t0) t0 = $2; if (NR == 1 || $2 > t1) t1 = $2 }
+		END {
+			if (NR == 0) { print "- -"; exit }
+			i = int(NR * 0.99); if (i < NR * 0.99) i++
+			n = 0; for (j = 1; j <= NR; j++) if (t[j] >= t0 + warm) n++
+			span = t1 - t0 - warm
+			printf "%.3f %s\n", a[i] / 1000, (span > 0.5 ? sprintf("%.1f", n / span) : "-")
+		}')
 	rm -f "$1".*
-	echo "${v:--}"
+	echo "${v:-- -}"
 }
 log "pgbench: ${#CASE_NAMES[@]} cases x $nt targets, $ROUNDS rounds of $total runs of ${DURATION}s (about $((ROUNDS * total * (DURATION + 2) / 60)) min)"
 
@@ -633,13 +654,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			o1=$(our_ticks)
 			b1=$(busy_ticks)
 			pgbench_figures "$runlog" "$pid" "$t0" "$t1" "$b0" "$b1" "$o0" "$o1" "$w0" "$w1"
-			p99=-
-			[ "$LATLOG" = 1 ] && p99=$(p99_ms "$TXLOGS/r$r-$cname-$name")
+			p99=- steady=-
+			[ "$LATLOG" = 1 ] && read -r p99 steady <<<"$(txlog_figures "$TXLOGS/r$r-$cname-$name")"
 			# The first error pgbench printed, if any (one line, no tabs or pipes).
 			note=$(grep -m1 -E 'ERROR|FATAL|error|aborted|timeout|could not' "$runlog" | tr '\t|' '  ' | cut -c1-200 || true)
-			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
-				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$p99" "$note" >>"$RUNS_TSV"
-			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} lat ${lat:-?} ms p99 $p99 ms cpu ${cpu} us/tx, other ${other} cores, $status${note:+ ($note)}"
+			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
+				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$p99" "$note" "$steady" >>"$RUNS_TSV"
+			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} (steady $steady) lat ${lat:-?} ms p99 $p99 ms cpu ${cpu} us/tx, other ${other} cores, $status${note:+ ($note)}"
 		done
 	done
 done
@@ -649,7 +670,7 @@ done
 # summarize prints one row per case and target: medians over the rounds that
 # succeeded, and the ratio of median tps to direct's median tps in that case.
 # Fields: case flags target tps ratio lat_ms us/tx cores ok/runs tps-by-round
-# other p99_ms note p99-by-round.
+# other p99_ms note p99-by-round steady-tps steady-ratio steady-by-round.
 summarize() {
 	awk -F'\t' "$AWK_MEDIAN"'
 	NR == 1 { next }
@@ -657,6 +678,7 @@ summarize() {
 		key = $2 SUBSEP $4
 		if (!(key in seen)) { seen[key] = 1; order[++nk] = key; flags[key] = $3 }
 		all[key] = all[key] " " $5
+		allst[key] = allst[key] " " ($16 == "" ? "-" : $16)
 		allp99[key] = allp99[key] " " ($14 == "" ? "-" : $14)
 		if ($13 + 0 > other[key] + 0) other[key] = $13
 		if (note[key] == "" && $15 != "") note[key] = "round " $1 ": " $15
@@ -664,25 +686,29 @@ summarize() {
 		if ($11 == "ok" && $8 == 0) {
 			tps[key] = tps[key] " " $5; lat[key] = lat[key] " " $6; ok[key]++
 			if ($14 != "" && $14 != "-") p99[key] = p99[key] " " $14
+			if ($16 != "" && $16 != "-") st[key] = st[key] " " $16
 			if ($9 != "-") { cpu[key] = cpu[key] " " $9; cores[key] = cores[key] " " $10 }
 		}
 	}
 	END {
 		for (i = 1; i <= nk; i++) {
 			key = order[i]; split(key, kk, SUBSEP)
-			m[key] = median(tps[key])
+			m[key] = median(tps[key]); ms[key] = median(st[key])
 		}
 		for (i = 1; i <= nk; i++) {
 			key = order[i]; split(key, kk, SUBSEP)
 			d = m[kk[1] SUBSEP "direct"]
 			ratio = (m[key] != "" && d != "" && d > 0) ? sprintf("%.2f", m[key] / d) : "-"
+			ds = ms[kk[1] SUBSEP "direct"]
+			sratio = (ms[key] != "" && ds != "" && ds > 0) ? sprintf("%.2f", ms[key] / ds) : "-"
 			c = median(cpu[key]); co = median(cores[key])
-			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\n", kk[1], flags[key], kk[2],
+			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", kk[1], flags[key], kk[2],
 				(m[key] == "" ? "-" : sprintf("%.0f", m[key])), ratio,
 				(lat[key] == "" ? "-" : sprintf("%.3f", median(lat[key]))),
 				(c == "" ? "-" : sprintf("%.1f", c)), (co == "" ? "-" : sprintf("%.2f", co)),
 				ok[key] + 0, runs[key], substr(all[key], 2), sprintf("%.2f", other[key]),
-				(p99[key] == "" ? "-" : sprintf("%.3f", median(p99[key]))), note[key], substr(allp99[key], 2)
+				(p99[key] == "" ? "-" : sprintf("%.3f", median(p99[key]))), note[key], substr(allp99[key], 2),
+				(ms[key] == "" ? "-" : sprintf("%.0f", ms[key])), sratio, substr(allst[key], 2)
 		}
 	}' "$RUNS_TSV"
 }
@@ -720,10 +746,11 @@ pooled_compare() {
 POOLED=$(pooled_compare)
 
 {
-	printf '\n%-16s %-22s %-12s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio lat_ms p99_ms us/tx cores ok other "tps by round"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n", $1, $2, $3, $4, $5, $6, $12, $7, $8, $9, $11, $10}'
+	printf '\n%-16s %-22s %-12s %9s %6s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio steady s.ratio lat_ms p99_ms us/tx cores ok other "tps by round"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "%-16s %-22s %-12s %9s %6s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n", $1, $2, $3, $4, $5, $15, $16, $6, $12, $7, $8, $9, $11, $10}'
 	echo
-	echo "tps: median over rounds; ratio: to direct (the primary) in the same case; us/tx: proxy CPU"
+	echo "tps: median over rounds; ratio: to direct (the primary) in the same case; steady: tps after the"
+	echo "first ${WARMUP}s of each run (from pgbench's log), median, and its ratio to direct's; us/tx: proxy CPU"
 	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second;"
 	echo "other: most CPU (cores) that processes outside this bench used during any round of the row."
 	if [ -n "$POOLED" ]; then
@@ -768,9 +795,10 @@ MD=$OUT/results-$STAMP.md
 	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
 	[ ${#SERVICE[@]} -gt 0 ] && echo "- every proxy runs in a session of its own (setsid), as a service would: one scheduling group each under autogroup"
 	echo
-	echo "| case | pgbench flags | target | tps (median) | ratio to direct | latency avg ms | p99 ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | other cores (max) | first error |"
-	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $12, $7, $8, $9, $10, $11, $13}'
+	echo "| case | pgbench flags | target | tps (median) | ratio to direct | steady tps (median) | steady ratio to direct | latency avg ms | p99 ms | proxy CPU µs/tx | proxy cores | ok/runs | tps by round | steady tps by round | other cores (max) | first error |"
+	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"
+	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $15, $16, $6, $12, $7, $8, $9, $10, $17, $11, $13}'
+	[ "$LATLOG" = 1 ] && echo && echo "Steady tps: the transactions pgbench logged as ending after the first ${WARMUP}s of the run (counted from the first one's end to the last one's), per second. Each run opens new connections: a relay gives each client a new backend, which warms its caches during the first seconds, while PgBouncer in session mode hands out backends kept from the previous run."
 	if [ -n "$POOLED" ]; then
 		echo
 		echo "## Transaction pooling: pgrouter-tx against pgbouncer-tx (pool size $POOL_SIZE)"
