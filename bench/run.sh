@@ -3,7 +3,8 @@
 # connection, PgBouncer (session mode), HAProxy (TCP) and a plain Go relay, on a
 # throwaway primary + 2 streaming hot standbys on loopback; and of pgrouter's
 # transaction pooling (pgrouter-tx) against PgBouncer in transaction mode
-# (pgbouncer-tx), same pool size, same run.
+# (pgbouncer-tx, Debian 12's 1.18; pgbouncer124-tx, 1.24.1 built from Debian's
+# source with max_prepared_statements), same pool size, same run.
 #
 # Usage: bench/run.sh            (or: make bench)
 # Knobs (environment):
@@ -13,7 +14,8 @@
 #                         e.g. 'S-simple' or 'c8$' (default: all)
 #   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
 #                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer haproxy plainrelay
-#                         pgrouter-tx pgrouter-txgr pgbouncer-tx (direct is always kept), e.g.
+#                         pgrouter-tx pgrouter-txgr pgbouncer-tx pgbouncer124-tx (direct is
+#                         always kept), e.g.
 #                         '-tx$' for the pooled comparison alone
 #   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
 #   PGR_BENCH_TX_IDLE_CONNS  clients for the pooled targets' memory test, 0 skips
@@ -58,7 +60,7 @@ KEEP=${PGR_BENCH_KEEP:-0}
 KEEP_KNOB=PGR_BENCH_KEEP
 MAX_LOAD=${PGR_BENCH_MAX_LOAD:-}
 CMDLINE="${PGR_BENCH_MAX_LOAD:+PGR_BENCH_MAX_LOAD=$PGR_BENCH_MAX_LOAD }PGR_BENCH_DURATION=$DURATION PGR_BENCH_ROUNDS=$ROUNDS${CASES_FILTER:+ PGR_BENCH_CASES='$CASES_FILTER'}${TARGETS_FILTER:+ PGR_BENCH_TARGETS='$TARGETS_FILTER'}"
-for v in PGR_BENCH_IDLE_CONNS PGR_BENCH_TX_IDLE_CONNS PGR_BENCH_TX_ACTIVE PGR_BENCH_POOL_SIZE PGR_BENCH_LATENCY_LOG PGR_BENCH_JOBS PGR_BENCH_SCALE; do
+for v in PGR_BENCH_WARMUP PGR_BENCH_IDLE_CONNS PGR_BENCH_TX_IDLE_CONNS PGR_BENCH_TX_ACTIVE PGR_BENCH_POOL_SIZE PGR_BENCH_LATENCY_LOG PGR_BENCH_JOBS PGR_BENCH_SCALE; do
 	[ -n "${!v:-}" ] && CMDLINE="$CMDLINE $v=${!v}"
 done
 CMDLINE="$CMDLINE bench/run.sh"
@@ -130,6 +132,49 @@ install_missing() {
 		alive "$pid" && kill "-$sig" "$pid" 2>/dev/null || true
 		wait_gone "$pid" 30 || log "warning: packaged $name (pid $pid) did not stop"
 	done
+}
+
+# PgBouncer 1.24.1 for the transaction-mode comparison: Debian 12 packages 1.18,
+# which has no protocol-level prepared statements in transaction mode
+# (max_prepared_statements came in 1.21), so every -M prepared row fails there.
+# The source is Debian's own, the upstream tarball of Debian 13's package,
+# checked against the SHA-256 that the archive's Sources index gives for it,
+# and built once into $OUT.
+PGB_SRC_VERSION=1.24.1
+PGB_SRC_SHA256=da72a3aba13072876d055a3e58dd4aba4a5de4ed6148e73033185245598fd3e0
+PGB_SRC_URL=http://deb.debian.org/debian/pool/main/p/pgbouncer/pgbouncer_$PGB_SRC_VERSION.orig.tar.gz
+PGBOUNCER_SRC=$OUT/pgbouncer-$PGB_SRC_VERSION/pgbouncer
+
+# build_pgbouncer_src: builds $PGBOUNCER_SRC unless it is there; installs the
+# build dependencies first (as root, or stops with the command to run). It
+# returns 1, with the reason logged, if the download or the build fails.
+build_pgbouncer_src() {
+	[ -x "$PGBOUNCER_SRC" ] && return 0
+	local pkgs=() d=$OUT/pgbouncer-$PGB_SRC_VERSION logf=$OUT/pgbouncer-build.log
+	command -v curl >/dev/null || pkgs+=(curl)
+	command -v cc >/dev/null || pkgs+=(gcc libc6-dev)
+	command -v make >/dev/null || pkgs+=(make)
+	command -v pkg-config >/dev/null || pkgs+=(pkg-config)
+	dpkg -s libevent-dev >/dev/null 2>&1 || pkgs+=(libevent-dev)
+	dpkg -s libssl-dev >/dev/null 2>&1 || pkgs+=(libssl-dev)
+	if [ ${#pkgs[@]} -gt 0 ]; then
+		need_root "${pkgs[@]}"
+		apt_install "$OUT/apt-pgbouncer-build.log" "${pkgs[@]}"
+	fi
+	log "building PgBouncer $PGB_SRC_VERSION from Debian's source into $d (once; log $logf)"
+	rm -rf "$d.build"
+	mkdir -p "$d.build"
+	if ! (cd "$d.build" && curl -fsS --max-time 120 -o src.tar.gz "$PGB_SRC_URL" &&
+		echo "$PGB_SRC_SHA256  src.tar.gz" | sha256sum -c --quiet &&
+		tar xzf src.tar.gz && cd "pgbouncer-$PGB_SRC_VERSION" &&
+		./configure --without-cares --with-systemd=no && make -j"$(nproc)") >"$logf" 2>&1; then
+		log "warning: building PgBouncer $PGB_SRC_VERSION failed (see $logf); pgbouncer124-tx is left out"
+		rm -rf "$d.build"
+		return 1
+	fi
+	mkdir -p "$d"
+	install -m 0755 "$d.build/pgbouncer-$PGB_SRC_VERSION/pgbouncer" "$PGBOUNCER_SRC"
+	rm -rf "$d.build"
 }
 
 mkdir -p "$OUT"
@@ -296,10 +341,11 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-txgr; then
 		log "pgrouter-txgr up: transaction pooling on goroutines, 127.0.0.1:$P_PGR_TXGR (pid $STARTED_PID)"
 fi
 
-# start_pgbouncer NAME POOL_MODE POOL_SIZE MAX_CLIENT_CONN: PgBouncer with trust
-# in front of the primary; appends the target.
+# start_pgbouncer NAME POOL_MODE POOL_SIZE MAX_CLIENT_CONN [BINARY [INI_LINE]]:
+# PgBouncer (the packaged one unless BINARY) with trust in front of the
+# primary, INI_LINE added to its [pgbouncer] section; appends the target.
 start_pgbouncer() {
-	local name=$1 mode=$2 size=$3 maxc=$4 port pid
+	local name=$1 mode=$2 size=$3 maxc=$4 bin=${5:-$PGBOUNCER} extra=${6:-} port pid
 	free_port port
 	mkdir -p "$W/$name"
 	cat >"$W/$name/pgbouncer.ini" <<EOC
@@ -320,14 +366,15 @@ log_connections = 0
 log_disconnections = 0
 logfile = $LOGS/$name.log
 pidfile = $W/$name/pgbouncer.pid
+$extra
 EOC
 	echo '"postgres" ""' >"$W/$name/userlist.txt"
 	[ "$IS_ROOT" -eq 1 ] && chown -R postgres: "$W/$name"
-	"${SERVICE[@]}" "${AS_PG[@]}" "$PGBOUNCER" "$W/$name/pgbouncer.ini" >"$LOGS/$name.stderr" 2>&1 </dev/null &
+	"${SERVICE[@]}" "${AS_PG[@]}" "$bin" "$W/$name/pgbouncer.ini" >"$LOGS/$name.stderr" 2>&1 </dev/null &
 	pid=$!
 	track "$name" "$pid" TERM
 	wait_for 30 "$name" answers "$port" "select pg_is_in_recovery()" f || die "$name did not come up, see $LOGS/$name.log"
-	log "$name up on 127.0.0.1:$port (pid $pid, pool_mode $mode, default_pool_size $size)"
+	log "$name up on 127.0.0.1:$port (pid $pid, $("$bin" --version 2>&1 | head -n1), pool_mode $mode, default_pool_size $size)"
 	TARGETS+=("$name:$port:$pid")
 }
 # PgBouncer: session mode, trust, in front of the primary.
@@ -336,6 +383,13 @@ want pgbouncer && start_pgbouncer pgbouncer session 100 1000
 # no max_prepared_statements (1.21+): protocol-level named statements are not
 # carried across servers.
 want pgbouncer-tx && start_pgbouncer pgbouncer-tx transaction "$POOL_SIZE" 2000
+# The same with PgBouncer 1.24.1 carrying protocol-level prepared statements
+# across servers, as pgrouter-tx does.
+HAVE_PGB_SRC=0
+if want pgbouncer124-tx && build_pgbouncer_src; then
+	HAVE_PGB_SRC=1
+	start_pgbouncer pgbouncer124-tx transaction "$POOL_SIZE" 2000 "$PGBOUNCER_SRC" "max_prepared_statements = 200"
+fi
 
 # HAProxy: TCP mode, all three servers listed, and a health check that logs in
 # and runs `select pg_is_in_recovery()`, accepting only a DataRow holding 'f'.
@@ -544,7 +598,7 @@ tx_idle_test() { # NAME PORT PID ADMIN_ADDR
 if [ "$TX_IDLE_N" -gt 0 ]; then
 	for t in "${TARGETS[@]}"; do
 		IFS=: read -r name port pid <<<"$t"
-		case $name in pgrouter-tx) tx_idle_test "$name" "$port" "$pid" "$PGR_TX_ADMIN" ;; pgbouncer-tx) tx_idle_test "$name" "$port" "$pid" "" ;; esac
+		case $name in pgrouter-tx) tx_idle_test "$name" "$port" "$pid" "$PGR_TX_ADMIN" ;; pgbouncer-tx | pgbouncer124-tx) tx_idle_test "$name" "$port" "$pid" "" ;; esac
 	done
 fi
 
@@ -714,24 +768,24 @@ summarize() {
 }
 SUMMARY=$(summarize)
 
-# pooled_compare: one row per case that pgrouter-tx or pgbouncer-tx ran: their
-# median tps, the ratio pgrouter-tx / pgbouncer-tx, latency average and p99,
+# pooled_compare PEER: one row per case that pgrouter-tx or PEER ran: their
+# median tps, the ratio pgrouter-tx / PEER, latency average and p99,
 # proxy CPU per transaction, ok/runs, direct's tps, and the first error seen.
 pooled_compare() {
-	printf '%s\n' "$SUMMARY" | awk -F'\t' '
-	$3 == "pgrouter-tx" || $3 == "pgbouncer-tx" || $3 == "direct" {
+	printf '%s\n' "$SUMMARY" | awk -F'\t' -v peer="$1" '
+	$3 == "pgrouter-tx" || $3 == peer || $3 == "direct" {
 		if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1; flags[$1] = $2 }
 		for (f = 1; f <= 14; f++) v[$1, $3, f] = $f
 	}
 	END {
 		for (i = 1; i <= n; i++) {
-			c = order[i]; a = c SUBSEP "pgrouter-tx"; b = c SUBSEP "pgbouncer-tx"
+			c = order[i]; a = c SUBSEP "pgrouter-tx"; b = c SUBSEP peer
 			if (v[a, 3] == "" && v[b, 3] == "") continue
 			ta = v[a, 4]; tb = v[b, 4]
 			ratio = (ta != "" && ta != "-" && tb != "" && tb != "-" && tb > 0) ? sprintf("%.2f", ta / tb) : "-"
 			nt = ""
 			if (v[a, 13] != "") nt = "pgrouter-tx " v[a, 13]
-			if (v[b, 13] != "") nt = nt (nt == "" ? "" : "; ") "pgbouncer-tx " v[b, 13]
+			if (v[b, 13] != "") nt = nt (nt == "" ? "" : "; ") peer " " v[b, 13]
 			printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c, flags[c],
 				(ta == "" ? "-" : ta), (tb == "" ? "-" : tb), ratio,
 				(v[a, 6] == "" ? "-" : v[a, 6]), (v[b, 6] == "" ? "-" : v[b, 6]),
@@ -743,7 +797,8 @@ pooled_compare() {
 		}
 	}'
 }
-POOLED=$(pooled_compare)
+POOLED=$(pooled_compare pgbouncer-tx)
+POOLED_SRC=$(pooled_compare pgbouncer124-tx)
 
 {
 	printf '\n%-16s %-22s %-12s %9s %6s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio steady s.ratio lat_ms p99_ms us/tx cores ok other "tps by round"
@@ -753,13 +808,16 @@ POOLED=$(pooled_compare)
 	echo "first ${WARMUP}s of each run (from pgbench's log), median, and its ratio to direct's; us/tx: proxy CPU"
 	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second;"
 	echo "other: most CPU (cores) that processes outside this bench used during any round of the row."
-	if [ -n "$POOLED" ]; then
+	for peer in pgbouncer-tx pgbouncer124-tx; do
+		rows=$POOLED
+		[ "$peer" = pgbouncer124-tx ] && rows=$POOLED_SRC
+		[ -n "$rows" ] || continue
 		echo
-		echo "transaction pooling, pool size $POOL_SIZE: pgrouter-tx (a) against pgbouncer-tx (b)"
+		echo "transaction pooling, pool size $POOL_SIZE: pgrouter-tx (a) against $peer (b)"
 		printf '%-17s %8s %8s %6s %8s %8s %8s %8s %6s %6s %5s %5s %8s\n' case tps_a tps_b a/b lat_a lat_b p99_a p99_b us_a us_b ok_a ok_b direct
-		printf '%s\n' "$POOLED" | awk -F'\t' '{printf "%-17s %8s %8s %6s %8s %8s %8s %8s %6s %6s %5s %5s %8s\n", $1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14}'
-		printf '%s\n' "$POOLED" | awk -F'\t' '$15 != "" { printf "  %s: %s\n", $1, $15 }'
-	fi
+		printf '%s\n' "$rows" | awk -F'\t' '{printf "%-17s %8s %8s %6s %8s %8s %8s %8s %6s %6s %5s %5s %8s\n", $1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14}'
+		printf '%s\n' "$rows" | awk -F'\t' '$15 != "" { printf "  %s: %s\n", $1, $15 }'
+	done
 } >&2
 
 MD=$OUT/results-$STAMP.md
@@ -772,7 +830,7 @@ MD=$OUT/results-$STAMP.md
 		"$(awk -F'\t' 'NR > 1 { v = $12 + 0; if (n++ == 0 || v < min) min = v; if (v > max) max = v } END { printf "min %.2f, max %.2f", min, max }' "$RUNS_TSV"),"\
 		"load average at end $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "- $PG_VERSION"
-	echo "- $("$PGBOUNCER" --version 2>&1 | head -n1); $("$HAPROXY" -v 2>&1 | head -n1); $(go version)"
+	echo "- $("$PGBOUNCER" --version 2>&1 | head -n1) (Debian package)$([ "$HAVE_PGB_SRC" = 1 ] && echo "; $("$PGBOUNCER_SRC" --version 2>&1 | head -n1) (built from Debian's source)"); $("$HAPROXY" -v 2>&1 | head -n1); $(go version)"
 	echo "- cluster: primary + 2 streaming hot standbys (pg_basebackup), pgbench scale $SCALE, auth trust, defaults except"
 	echo "  listen/port/socket dir, max_connections=500, shared_buffers=128MB (fsync and synchronous_commit on)"
 	if [ "$LATLOG" = 1 ]; then
@@ -790,7 +848,8 @@ MD=$OUT/results-$STAMP.md
 	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways); pgrouter-tx = a second \`pgrouter proxy\`"
 	echo "  with --pool-mode transaction --pool-size $POOL_SIZE on its rw port, --auth-hba 'host all all 127.0.0.1/32 trust' and"
 	echo "  an --auth-file listing the user (servers trust); pgbouncer-tx = PgBouncer, pool_mode transaction,"
-	echo "  default_pool_size $POOL_SIZE, max_client_conn 2000, trust. Cases with 256 clients and \`-N -M prepared\` run on direct"
+	echo "  default_pool_size $POOL_SIZE, max_client_conn 2000, trust; pgbouncer124-tx = the same with PgBouncer $PGB_SRC_VERSION"
+	echo "  and max_prepared_statements = 200. Cases with 256 clients and \`-N -M prepared\` run on direct"
 	echo "  and the -tx targets only."
 	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
 	[ ${#SERVICE[@]} -gt 0 ] && echo "- every proxy runs in a session of its own (setsid), as a service would: one scheduling group each under autogroup"
@@ -799,17 +858,20 @@ MD=$OUT/results-$STAMP.md
 	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"
 	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $15, $16, $6, $12, $7, $8, $9, $10, $17, $11, $13}'
 	[ "$LATLOG" = 1 ] && echo && echo "Steady tps: the transactions pgbench logged as ending after the first ${WARMUP}s of the run (counted from the first one's end to the last one's), per second. Each run opens new connections: a relay gives each client a new backend, which warms its caches during the first seconds, while PgBouncer in session mode hands out backends kept from the previous run."
-	if [ -n "$POOLED" ]; then
+	for peer in pgbouncer-tx pgbouncer124-tx; do
+		rows=$POOLED
+		[ "$peer" = pgbouncer124-tx ] && rows=$POOLED_SRC
+		[ -n "$rows" ] || continue
 		echo
-		echo "## Transaction pooling: pgrouter-tx against pgbouncer-tx (pool size $POOL_SIZE)"
+		echo "## Transaction pooling: pgrouter-tx against $peer (pool size $POOL_SIZE)"
 		echo
-		echo "| case | pgbench flags | pgrouter-tx tps | pgbouncer-tx tps | ratio | latency avg ms (pgrouter / pgbouncer) | p99 ms (pgrouter / pgbouncer) | proxy CPU µs/tx (pgrouter / pgbouncer) | ok/runs (pgrouter / pgbouncer) | direct tps | p99 ms by round (pgrouter / pgbouncer) | first error |"
+		echo "| case | pgbench flags | pgrouter-tx tps | $peer tps | ratio | latency avg ms (pgrouter / $peer) | p99 ms (pgrouter / $peer) | proxy CPU µs/tx (pgrouter / $peer) | ok/runs (pgrouter / $peer) | direct tps | p99 ms by round (pgrouter / $peer) | first error |"
 		echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
-		printf '%s\n' "$POOLED" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $15}'
+		printf '%s\n' "$rows" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $16, $15}'
 		echo
-		echo "Ratio: median tps of pgrouter-tx over that of pgbouncer-tx, over the rounds that succeeded with no failed"
+		echo "Ratio: median tps of pgrouter-tx over that of $peer, over the rounds that succeeded with no failed"
 		echo "transaction. A run in which pgbench aborted a client (exit status 2) does not count: see the first error."
-	fi
+	done
 	echo
 	echo "Proxy CPU: utime+stime of the proxy process from /proc/PID/stat around each run, divided by the transactions"
 	echo "pgbench processed (µs/tx = CPU-ms per 1000 transactions). Other cores: CPU time of the whole machine"
