@@ -797,8 +797,9 @@ pooled_compare() {
 		}
 	}'
 }
-POOLED=$(pooled_compare pgbouncer-tx)
-POOLED_SRC=$(pooled_compare pgbouncer124-tx)
+POOLED_PEERS=(pgbouncer-tx pgbouncer124-tx)
+declare -A POOLED # peer -> pooled_compare's rows
+for peer in "${POOLED_PEERS[@]}"; do POOLED[$peer]=$(pooled_compare "$peer"); done
 
 {
 	printf '\n%-16s %-22s %-12s %9s %6s %9s %6s %9s %9s %8s %6s %5s %6s  %s\n' case flags target tps ratio steady s.ratio lat_ms p99_ms us/tx cores ok other "tps by round"
@@ -808,9 +809,8 @@ POOLED_SRC=$(pooled_compare pgbouncer124-tx)
 	echo "first ${WARMUP}s of each run (from pgbench's log), median, and its ratio to direct's; us/tx: proxy CPU"
 	echo "(user+system) per transaction = CPU-ms per 1000 transactions; cores: proxy CPU-s per wall second;"
 	echo "other: most CPU (cores) that processes outside this bench used during any round of the row."
-	for peer in pgbouncer-tx pgbouncer124-tx; do
-		rows=$POOLED
-		[ "$peer" = pgbouncer124-tx ] && rows=$POOLED_SRC
+	for peer in "${POOLED_PEERS[@]}"; do
+		rows=${POOLED[$peer]}
 		[ -n "$rows" ] || continue
 		echo
 		echo "transaction pooling, pool size $POOL_SIZE: pgrouter-tx (a) against $peer (b)"
@@ -858,9 +858,8 @@ MD=$OUT/results-$STAMP.md
 	echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|"
 	printf '%s\n' "$SUMMARY" | awk -F'\t' '{printf "| %s | `%s` | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $15, $16, $6, $12, $7, $8, $9, $10, $17, $11, $13}'
 	[ "$LATLOG" = 1 ] && echo && echo "Steady tps: the transactions pgbench logged as ending after the first ${WARMUP}s of the run (counted from the first one's end to the last one's), per second. Each run opens new connections: a relay gives each client a new backend, which warms its caches during the first seconds, while PgBouncer in session mode hands out backends kept from the previous run."
-	for peer in pgbouncer-tx pgbouncer124-tx; do
-		rows=$POOLED
-		[ "$peer" = pgbouncer124-tx ] && rows=$POOLED_SRC
+	for peer in "${POOLED_PEERS[@]}"; do
+		rows=${POOLED[$peer]}
 		[ -n "$rows" ] || continue
 		echo
 		echo "## Transaction pooling: pgrouter-tx against $peer (pool size $POOL_SIZE)"

@@ -401,8 +401,9 @@ func (ps *pooled) completeDesired(initial map[string]string) {
 	ps.desiredFP = settingsFingerprint(ps.desired)
 }
 
-// lowerName is strings.ToLower for parameter names, without allocating
-// for the mixed-case ones every server reports at each login.
+// lowerName lowers an ASCII parameter name, without allocating for one
+// already in lower case nor for the mixed-case ones every server reports
+// at each login and after each SET of them.
 func lowerName(name string) string {
 	switch name {
 	case "DateStyle":

@@ -649,7 +649,7 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 	case 'S':
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
-			lname := lowerASCII(name)
+			lname := lowerName(name)
 			if settable[lname] && ps.desired[lname] != value {
 				ps.desired[lname] = value
 				ps.desiredFP = settingsFingerprint(ps.desired)
@@ -690,21 +690,6 @@ var settable = map[string]bool{
 	"application_name": true, "client_encoding": true, "datestyle": true,
 	"intervalstyle": true, "timezone": true, "standard_conforming_strings": true,
 	"default_transaction_read_only": true,
-}
-
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 'A' && c <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if b[j] >= 'A' && b[j] <= 'Z' {
-					b[j] += 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return s
 }
 
 // serverLost handles a lent server failing. A transaction in flight gets
