@@ -8,6 +8,7 @@ import (
 	"hash/maphash"
 	"net"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -225,7 +226,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		}
 		initial = sc.Initial
 	}
-	out, err := ps.greeting(initial)
+	out, err := ps.greeting(nil, initial)
 	if err != nil {
 		if sc != nil {
 			ps.release(sc, false)
@@ -291,9 +292,9 @@ func (sess *session) newPooled(cfg *Config, mode PoolMode, in sessionIntent, par
 // greeting completes the client's settings from initial, what a fresh
 // server of its pool reports, gives the client a process id and cancel key
 // of the proxy's own (the server it talks to changes; cancel follows
-// whichever it holds) and returns the messages that end the startup:
-// AuthenticationOk to ReadyForQuery.
-func (ps *pooled) greeting(initial map[string]string) ([]byte, error) {
+// whichever it holds) and appends to dst the messages that end the
+// startup: AuthenticationOk to ReadyForQuery.
+func (ps *pooled) greeting(dst []byte, initial map[string]string) ([]byte, error) {
 	sess := ps.sess
 	ps.completeDesired(initial)
 	pid, key, err := sess.srv.cancels.registerSession(sess)
@@ -305,7 +306,7 @@ func (ps *pooled) greeting(initial map[string]string) ([]byte, error) {
 	for name, value := range initial {
 		size += 7 + len(name) + max(len(value), 32) // a desired value may be longer
 	}
-	out := appendMessage(make([]byte, 0, size), 'R', []byte{0, 0, 0, 0})
+	out := appendMessage(slices.Grow(dst, size), 'R', []byte{0, 0, 0, 0})
 	for name, value := range initial {
 		if v, ok := ps.desired[lowerName(name)]; ok {
 			value = v
@@ -325,7 +326,9 @@ func (ps *pooled) begun() {
 	sess.member, sess.role, sess.relaying = ps.member, ps.routed, true
 	sess.srv.perMember[ps.member]++
 	sess.srv.mu.Unlock()
-	sess.debug("pooled session started", zap.String("mode", string(ps.mode)), zap.String("user", ps.user), zap.String("database", ps.db))
+	if l := sess.debugLog(); l != nil {
+		l.Debug("pooled session started", zap.String("mode", string(ps.mode)), zap.String("user", ps.user), zap.String("database", ps.db))
+	}
 }
 
 // run relays the client's transactions until it leaves, then gives back

@@ -81,8 +81,12 @@ func (ps *pools) get(key pool.Key, cfg pool.Config, creds auth.Credentials, conn
 		e.pool = pool.NewPool(key, cfg, connect(e))
 		ps.m[key] = e
 	}
-	c := creds
-	e.creds.Store(&c)
+	if old := e.creds.Load(); old == nil || !old.Equal(creds) {
+		// Stored only when they change: a copy per client would be an
+		// allocation per pgbench -C connection.
+		c := creds
+		e.creds.Store(&c)
+	}
 	return e
 }
 

@@ -179,10 +179,18 @@ func New(cfg Config, feed *topology.Feed, log *zap.Logger, m *Metrics) (*Server,
 // clientListenConfig turns TCP keepalive on for client connections with
 // the kernel's own timings: Go's default sets all three timings on every
 // accepted connection, three more syscalls per client (a tenth of the
-// system time of pgbench -C through a pooled port).
-var clientListenConfig = net.ListenConfig{
-	KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1},
-}
+// system time of pgbench -C through a pooled port). It also listens with
+// plain TCP: since Go 1.24 a listener is Multipath TCP where the kernel has
+// it, and every accept and poll of it then goes through MPTCP's code (half
+// a microsecond of kernel time per pgbench -C connection here) for clients
+// that never speak it.
+var clientListenConfig = func() net.ListenConfig {
+	lc := net.ListenConfig{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1},
+	}
+	lc.SetMultipathTCP(false)
+	return lc
+}()
 
 // Listen binds every listener; an address in use fails here, before Serve.
 func (s *Server) Listen() error {

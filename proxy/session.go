@@ -63,13 +63,15 @@ func (s *Server) newSession(l *listener, nc net.Conn) *session {
 	return &session{id: id, srv: s, ln: l, client: nc}
 }
 
-// debug logs at debug level without making the session's logger when
-// that level is off: most sessions log nothing else.
-func (sess *session) debug(msg string, fields ...zap.Field) {
+// debugLog returns the session's logger when debug level is on, else nil.
+// Callers build their fields only when it is not nil: fields passed to a
+// logger escape, so a call whose level is off would still allocate them,
+// once per session for "session started". Most sessions log nothing else.
+func (sess *session) debugLog() *zap.Logger {
 	if !sess.srv.log.Core().Enabled(zap.DebugLevel) {
-		return
+		return nil
 	}
-	sess.logger().Debug(msg, fields...)
+	return sess.logger()
 }
 
 // logger returns the session's logger, made on first use: zap's With
@@ -164,10 +166,14 @@ func (sess *session) ended(err error) {
 			_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
 			writeClientError(sess.client, ce)
 		}
-		sess.debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
+		if l := sess.debugLog(); l != nil {
+			l.Debug("session refused", zap.String("sqlstate", ce.Code), zap.String("reason", ce.Message))
+		}
 		return
 	}
-	sess.debug("session ended", zap.Error(err))
+	if l := sess.debugLog(); l != nil {
+		l.Debug("session ended", zap.Error(err))
+	}
 }
 
 // run goes through the startup and relays until either side ends.
@@ -242,8 +248,10 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	sess.srv.metrics.routes.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name, dec.Role.String()).Inc()
 	sess.logMember.Store(&dec.Member.Name)
 	sess.lg.Store(nil)
-	sess.debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
-		zap.Stringer("role", dec.Role), zap.Bool("fallback", dec.Fallback))
+	if l := sess.debugLog(); l != nil {
+		l.Debug("session started", zap.String("user", intent.user), zap.String("database", intent.dbname),
+			zap.Stringer("role", dec.Role), zap.Bool("fallback", dec.Fallback))
+	}
 
 	// The topology may have changed between routing and now; the watcher
 	// only looks at relaying sessions, so check once here.
@@ -330,7 +338,9 @@ func (sess *session) route(ctx context.Context, cfg *Config, in sessionIntent) (
 		if timer == nil {
 			timer = time.NewTimer(cfg.PrimaryWait)
 			defer timer.Stop()
-			sess.debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
+			if l := sess.debugLog(); l != nil {
+				l.Debug("waiting for a primary", zap.Duration("max", cfg.PrimaryWait))
+			}
 		}
 		select {
 		case <-changed:

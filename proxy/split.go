@@ -269,7 +269,9 @@ func (ps *pooled) learnLastWrite(sc *pool.ServerConn, done chan struct{}) ([]byt
 	defer close(done)
 	lsn, err := queryLSN(sc, "SELECT pg_current_wal_insert_lsn()")
 	if err != nil {
-		ps.sess.debug("cannot read the write's LSN", zap.Error(err))
+		if l := ps.sess.debugLog(); l != nil {
+			l.Debug("cannot read the write's LSN", zap.Error(err))
+		}
 		return nil, err
 	}
 	ps.mu.Lock()
@@ -303,8 +305,8 @@ var errRetryOnPrimary = errors.New("retry on the primary")
 func (ps *pooled) acquireSplit(ctx context.Context, cfg *Config, in sessionIntent, msgs []byte) (*pool.ServerConn, error) {
 	route, reason := ps.splitRoute(msgs, cfg)
 	wrote := route == classify.Write
-	if len(msgs) > 0 && ps.sess.srv.log.Core().Enabled(zap.DebugLevel) {
-		ps.sess.debug("split route", zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
+	if l := ps.sess.debugLog(); l != nil && len(msgs) > 0 {
+		l.Debug("split route", zap.String("first", string(msgs[:1])), zap.Stringer("route", route), zap.String("reason", reason))
 	}
 	ps.sess.srv.metrics.splitRoutes.WithLabelValues(routeName(route), reason).Inc()
 	var need uint64

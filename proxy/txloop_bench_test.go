@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -307,6 +310,77 @@ func rawUntilZ(b *testing.B, fd int, buf []byte) {
 		have += n
 		if have >= 6 && buf[have-6] == 'Z' {
 			return
+		}
+	}
+}
+
+// TestLoopStartupReadsInPieces covers how a loop thread reads a startup:
+// in place from its read buffer when packets come whole, copied when one
+// comes in pieces, and with a query sent in the same write as the
+// startup's last bytes handed on to the relay.
+func TestLoopStartupReadsInPieces(t *testing.T) {
+	_, addr := pooledRoundTrip(t, 1, false)
+	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pieces"}})
+	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	sslRequest := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}
+	buf := make([]byte, 64<<10)
+	for _, cut := range []int{0, 3, 4, 11, len(startup) - 1} {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(sslRequest); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf[:1]); err != nil || buf[0] != 'N' {
+			t.Fatalf("cut %d: answer to SSLRequest %q, %v; want N", cut, buf[:1], err)
+		}
+		if cut > 0 {
+			if _, err := c.Write(startup[:cut]); err != nil {
+				t.Fatal(err)
+			}
+			// The proxy must read the first piece alone: wait until it
+			// has (nothing comes back until the rest does).
+			_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			if n, err := c.Read(buf); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("cut %d: read %d bytes, %v after part of a startup; want nothing", cut, n, err)
+			}
+			_ = c.SetReadDeadline(time.Time{})
+		}
+		rest := append(append([]byte(nil), startup[cut:]...), query...)
+		if _, err := c.Write(rest); err != nil {
+			t.Fatal(err)
+		}
+		readReadyForQuery(t, c, 2) // the greeting's and the query's
+		if _, err := c.Write(query); err != nil {
+			t.Fatal(err)
+		}
+		readReadyForQuery(t, c, 1)
+		_, _ = c.Write(appendMessage(nil, 'X', nil))
+		c.Close()
+	}
+}
+
+// readReadyForQuery reads whole messages until the n-th ReadyForQuery,
+// failing on an ErrorResponse.
+func readReadyForQuery(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	var hdr [5]byte
+	for n > 0 {
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, getUint32(hdr[1:])-4)
+		if _, err := io.ReadFull(c, body); err != nil {
+			t.Fatal(err)
+		}
+		switch hdr[0] {
+		case 'E':
+			t.Fatalf("error from the proxy: %q", body)
+		case 'Z':
+			n--
 		}
 	}
 }

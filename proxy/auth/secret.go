@@ -61,6 +61,13 @@ type Secret struct {
 	password string // SecretPlain
 }
 
+// Equal reports whether s and o are the same secret.
+func (s Secret) Equal(o Secret) bool {
+	return s.kind == o.kind && s.iterations == o.iterations && bytes.Equal(s.salt, o.salt) &&
+		bytes.Equal(s.storedKey, o.storedKey) && bytes.Equal(s.serverKey, o.serverKey) &&
+		s.md5 == o.md5 && s.password == o.password
+}
+
 // Kind says what the secret holds.
 func (s Secret) Kind() SecretKind { return s.kind }
 

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -39,6 +40,11 @@ func (c Credentials) String() string {
 
 // GoString is String, so that %#v hides the secrets too.
 func (c Credentials) GoString() string { return "auth." + c.String() }
+
+// Equal reports whether c and o log in the same way.
+func (c Credentials) Equal(o Credentials) bool {
+	return c.User == o.User && bytes.Equal(c.ClientKey, o.ClientKey) && c.Password == o.Password && c.Secret.Equal(o.Secret)
+}
 
 // password returns the clear-text password, if the credentials hold one.
 func (c Credentials) password() string {
