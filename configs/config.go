@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -131,6 +132,11 @@ type Proxy struct {
 	ListenRW string `yaml:"listenRW"`
 	// ListenRO routes to a hot standby. Default: none.
 	ListenRO string `yaml:"listenRO"`
+	// UnixSocketDir also serves each listener on a Unix socket in this
+	// directory, named as PostgreSQL names its own (.s.PGSQL.PORT, PORT
+	// the listener's TCP port), so psql -h DIR -p PORT reaches it. Rules
+	// of type local in AuthHBA apply there. Default: none.
+	UnixSocketDir string `yaml:"unixSocketDir"`
 	// MaxClientConns caps open client connections per listener. Default
 	// 0: no cap.
 	MaxClientConns int `yaml:"maxClientConns"`
@@ -401,6 +407,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s and %s both use %s", name, other, v))
 		}
 		seen[v] = name
+	}
+	if d := p.UnixSocketDir; d != "" {
+		// sun_path holds 107 bytes and a NUL; the longest name is .s.PGSQL.65535.
+		if !filepath.IsAbs(d) {
+			errs = append(errs, fmt.Errorf("unix-socket-dir %q is not an absolute path", d))
+		} else if len(filepath.Join(d, ".s.PGSQL.65535")) > 107 {
+			errs = append(errs, fmt.Errorf("unix-socket-dir %q is too long for a socket path (at most %d bytes)", d, 107-len("/.s.PGSQL.65535")))
+		}
 	}
 	if p.MaxClientConns < 0 {
 		errs = append(errs, errors.New("max-client-conns must not be negative"))

@@ -44,6 +44,23 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 }
 
+func TestUnixSocketDirMustBeAbsoluteAndShort(t *testing.T) {
+	for dir, want := range map[string]string{
+		"run/pgrouter":                 "not an absolute path",
+		"/" + strings.Repeat("d", 100): "too long for a socket path",
+		"/var/run/pgrouter":            "",
+	} {
+		c := Defaults()
+		c.Proxy.ListenRW = "127.0.0.1:6433"
+		c.Discovery.Backends = []string{"127.0.0.1:5432"}
+		c.Proxy.UnixSocketDir = dir
+		err := c.Validate()
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Errorf("unix-socket-dir %q: Validate() = %v, want %q", dir, err, want)
+		}
+	}
+}
+
 func TestFlagsOverrideFileOnlyWhenGiven(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c.yaml")

@@ -27,6 +27,7 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	f.str("listen-rw", d.Proxy.ListenRW, "read-write endpoint host:port: always the primary", func(c *Config) *string { return &c.Proxy.ListenRW })
 	f.str("listen-ro", d.Proxy.ListenRO, "read-only endpoint host:port: a hot standby", func(c *Config) *string { return &c.Proxy.ListenRO })
 	f.str("admin-listen", d.Admin.Listen, "admin HTTP host:port (/healthz, /readyz, /metrics, /api/v1/topology)", func(c *Config) *string { return &c.Admin.Listen })
+	f.str("unix-socket-dir", d.Proxy.UnixSocketDir, "also serve each listener on DIR/.s.PGSQL.<its port> (psql -h DIR -p PORT)", func(c *Config) *string { return &c.Proxy.UnixSocketDir })
 	f.integer("max-client-conns", d.Proxy.MaxClientConns, "max open client connections per listener (0: no cap)", func(c *Config) *int { return &c.Proxy.MaxClientConns })
 	f.dur("startup-timeout", d.Proxy.StartupTimeout, "deadline for a client's startup and authentication", func(c *Config) *time.Duration { return &c.Proxy.StartupTimeout })
 	f.dur("primary-wait", d.Proxy.PrimaryWait, "how long read-write sessions wait for a primary during a failover", func(c *Config) *time.Duration { return &c.Proxy.PrimaryWait })

@@ -14,7 +14,7 @@ import (
 	"github.com/pgrouter/pgrouter/proxy/loop"
 )
 
-// acceptOnLoop has the loop threads accept l's clients when l is a
+// acceptOnLoop has the loop threads accept l's clients when l is a TCP
 // transaction-mode listener without TLS whose rules let some client in by
 // trust, the one case where a whole session can run on a thread. It
 // reports whether they do; otherwise acceptLoop serves l. Without a trust
@@ -24,7 +24,7 @@ import (
 func (s *Server) acceptOnLoop(ctx context.Context, l *listener) bool {
 	cfg := s.cfg.Load()
 	if s.loop == nil || l.cfg.PoolMode != PoolTransaction || cfg.ClientTLS != nil ||
-		cfg.Auth == nil || !cfg.Auth.HBA.Allows(auth.MethodTrust) {
+		cfg.Auth == nil || !cfg.Auth.HBA.Allows(auth.MethodTrust) || l.ln.Addr().Network() != "tcp" {
 		return false
 	}
 	ls, err := s.loop.Listen(l.ln, func(ls *loop.Session, remote net.Addr) loop.Handler {

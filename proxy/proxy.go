@@ -11,6 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +47,10 @@ type ListenerConfig struct {
 // Config is the proxy's part of the configuration.
 type Config struct {
 	Listeners []ListenerConfig
+	// UnixSocketDir, when set, also serves each listener on a Unix socket
+	// in it named .s.PGSQL.PORT, PORT the listener's TCP port, as
+	// PostgreSQL and PgBouncer name theirs. Read at start only.
+	UnixSocketDir string
 	// ClientTLS terminates TLS from clients; nil answers SSLRequest with N.
 	ClientTLS *tls.Config
 	// Server says how to reach members (timeout, sslmode).
@@ -202,6 +209,16 @@ func (s *Server) Listen() error {
 			return fmt.Errorf("listen %s (%s): %w", lc.Addr, lc.Name, err)
 		}
 		s.listeners = append(s.listeners, s.newListener(lc, ln))
+		if cfg.UnixSocketDir == "" {
+			continue
+		}
+		path := filepath.Join(cfg.UnixSocketDir, ".s.PGSQL."+strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+		uln, err := listenUnix(path)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listen %s (%s): %w", path, lc.Name, err)
+		}
+		s.listeners = append(s.listeners, s.newListener(lc, uln))
 	}
 	if cfg.Peer.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Peer.Listen)
@@ -212,6 +229,34 @@ func (s *Server) Listen() error {
 		s.peerLn = ln
 	}
 	return nil
+}
+
+// listenUnix listens on a Unix socket at path, world-writable as
+// PostgreSQL's and PgBouncer's are by default (the directory's permissions
+// say who may reach it). A socket file left by a process that is gone is
+// replaced; one that still answers is in use.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s is in use", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }
 
 // Addr returns the bound address of the named listener ("peer" for the

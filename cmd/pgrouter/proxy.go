@@ -314,6 +314,7 @@ func proxyConfig(c configs.Config, certs *certReloader) (proxy.Config, error) {
 	}
 	out := proxy.Config{
 		Listeners:        ls,
+		UnixSocketDir:    p.UnixSocketDir,
 		Server:           pool.DialConfig{Timeout: p.ServerConnectTimeout, SSLMode: mode},
 		StartupTimeout:   p.StartupTimeout,
 		PrimaryWait:      p.PrimaryWait,

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgrouter/pgrouter/internal/pgtest"
+)
+
+// unixConn connects over the Unix socket that serves the listener at
+// tcpAddr: dir/.s.PGSQL.<its port>, as libpq and pgx find it from host=dir.
+func unixConn(t *testing.T, dir, tcpAddr, user, password, db string) (*pgx.Conn, error) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(tcpAddr)
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=20", dir, port, user, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Password = password
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err == nil {
+		t.Cleanup(func() { conn.Close(context.Background()) })
+	}
+	return conn, err
+}
+
+// TestUnixSocketListeners serves every port on a Unix socket too
+// (--unix-socket-dir): each lands where its TCP twin does, cancel works
+// over it, psql finds it from -h DIR -p PORT, and in pooled mode the
+// auth rules of type local are the ones that apply there.
+func TestUnixSocketListeners(t *testing.T) {
+	c := sharedCluster(t)
+	dir := t.TempDir()
+	p := startProxy(t, c, "--unix-socket-dir", dir)
+	waitStandby(t, p, c.Nodes[1].Addr)
+	for _, l := range []struct {
+		addr      string
+		onStandby bool
+	}{{p.RW, false}, {p.Any, false}, {p.RO, true}} {
+		_, port, _ := net.SplitHostPort(l.addr)
+		if fi, err := os.Stat(filepath.Join(dir, ".s.PGSQL."+port)); err != nil || fi.Mode().Perm() != 0o777 {
+			t.Fatalf("socket for %s: %v, %v; want mode 0777", l.addr, fi, err)
+		}
+		conn, err := unixConn(t, dir, l.addr, c.SuperUser, c.SuperPassword, "postgres")
+		if err != nil {
+			t.Fatalf("connect over the socket of %s: %v", l.addr, err)
+		}
+		if _, rec := where(t, conn); rec != l.onStandby {
+			t.Fatalf("socket of %s: in recovery %v, want %v", l.addr, rec, l.onStandby)
+		}
+	}
+
+	rw, err := unixConn(t, dir, p.RW, c.SuperUser, c.SuperPassword, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sleepAndCancel(t, rw); sqlState(err) != "57014" {
+		t.Fatalf("cancel over the Unix socket: %v, want 57014", err)
+	}
+
+	_, port, _ := net.SplitHostPort(p.RW)
+	cmd := exec.Command("psql", "-X", "-At", "-h", dir, "-p", port, "-U", c.SuperUser, "-d", "postgres", "-c", "SELECT NOT pg_is_in_recovery()")
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+c.SuperPassword)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "t" {
+		t.Fatalf("psql -h %s -p %s: %q, %v", dir, port, out, err)
+	}
+
+	p.stop()
+	if left, _ := filepath.Glob(filepath.Join(dir, ".s.PGSQL.*")); len(left) > 0 {
+		t.Fatalf("sockets left after the proxy stopped: %v", left)
+	}
+}
+
+// TestUnixSocketPooledUsesLocalRules: the proxy authenticates pooled
+// clients on its Unix sockets by the rules of type local, and on TCP by
+// host rules.
+func TestUnixSocketPooledUsesLocalRules(t *testing.T) {
+	c := sharedCluster(t)
+	dir := t.TempDir()
+	p := startProxy(t, c, "--unix-socket-dir", dir, "--pool-mode", "transaction", "--auth-file", writeAuthFile(t, c),
+		"--auth-hba", "local all all scram-sha-256", "--auth-hba", "host all all 127.0.0.1/32 reject")
+	conn, err := unixConn(t, dir, p.RW, pgtest.AppUser, pgtest.AppPassword, pgtest.AppDB)
+	if err != nil {
+		t.Fatalf("pooled client over the Unix socket: %v", err)
+	}
+	if _, rec := where(t, conn); rec {
+		t.Fatal("pooled rw socket landed on a standby")
+	}
+	if _, err := unixConn(t, dir, p.RW, pgtest.AppUser, "wrong", pgtest.AppDB); sqlState(err) != "28P01" {
+		t.Fatalf("wrong password over the Unix socket: %v, want 28P01", err)
+	}
+	_, err = connectDB(t, p.RW, pgtest.AppUser, pgtest.AppPassword, pgtest.AppDB, nil)
+	var pe *pgconn.PgError
+	if !asPgError(err, &pe) || pe.Code != "28000" {
+		t.Fatalf("pooled client over TCP with only a reject host rule: %v, want 28000", err)
+	}
+}
