@@ -3,7 +3,11 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"net"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -146,5 +150,42 @@ func TestCancelRegistry(t *testing.T) {
 	r.remove(7, k1)
 	if _, ok := r.lookup(7, k1); ok {
 		t.Fatal("stale key still accepted")
+	}
+}
+
+func TestListenUnixReplacesOnlyStaleSockets(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, ".s.PGSQL.6433")
+
+	// A socket file whose process is gone: replaced.
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	ln, err := listenUnix(path)
+	if err != nil {
+		t.Fatalf("over a stale socket: %v", err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o777 {
+		t.Fatalf("socket mode: %v, %v; want 0777", fi, err)
+	}
+
+	// One that answers: in use, and left alone.
+	if _, err := listenUnix(path); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("over a live socket: %v, want in use", err)
+	}
+	ln.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("socket file after Close: %v, want removed", err)
+	}
+
+	// Anything else at the path: refused, not removed.
+	if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listenUnix(path); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("over a regular file: %v, want not a socket", err)
 	}
 }
