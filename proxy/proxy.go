@@ -140,7 +140,7 @@ type listener struct {
 	cfg    ListenerConfig
 	ln     net.Listener
 	onLoop *loop.Listener // set when loop threads accept its clients
-	open   atomic.Int64
+	open   *atomic.Int64 // shared with the listener's Unix socket twin
 	conns  prometheus.Gauge
 	// The listener's series of per-listener counters, looked up once:
 	// a lookup by label values hashes them, per client otherwise.
@@ -152,7 +152,7 @@ type listener struct {
 
 func (s *Server) newListener(lc ListenerConfig, ln net.Listener) *listener {
 	m := s.metrics
-	return &listener{cfg: lc, ln: ln,
+	return &listener{cfg: lc, ln: ln, open: new(atomic.Int64),
 		conns:             m.clientConns.WithLabelValues(lc.Name),
 		accepted:          m.clientConnsTotal.WithLabelValues(lc.Name),
 		toServer:          m.bytes.WithLabelValues(lc.Name, "to_server"),
@@ -218,7 +218,11 @@ func (s *Server) Listen() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s (%s): %w", path, lc.Name, err)
 		}
-		s.listeners = append(s.listeners, s.newListener(lc, uln))
+		// One client count for both: --max-client-conns caps the port,
+		// whichever way clients reach it.
+		twin := s.newListener(lc, uln)
+		twin.open = s.listeners[len(s.listeners)-1].open
+		s.listeners = append(s.listeners, twin)
 	}
 	if cfg.Peer.Listen != "" {
 		ln, err := net.Listen("tcp", cfg.Peer.Listen)
@@ -597,7 +601,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	st := Stats{Listeners: map[string]int{}, Members: map[string]int{}}
 	for _, l := range s.listeners {
-		st.Listeners[l.cfg.Name] = int(l.open.Load())
+		st.Listeners[l.cfg.Name] = int(l.open.Load()) // a Unix socket twin shares its count
 	}
 	s.mu.Lock()
 	for m, n := range s.perMember {

@@ -26,8 +26,10 @@
 #   PGX_TEST_PLAIN_PASSWORD_CONN_STRING        pgx_pw (cleartext password)
 #   PGX_TEST_SCRAM_PASSWORD_CONN_STRING        pgx_scram, channel_binding=disable
 #   PGX_TEST_TLS_CONN_STRING                   pgx_ssl, sslmode=verify-full
+#   PGX_TEST_UNIX_SOCKET_CONN_STRING           pgx_md5 over a Unix socket: the
+#       server's own directory directly, pgrouter's --unix-socket-dir through it
+#       (user and password given: pgx's default, the OS user, has no role here)
 # Left unset in both runs, so those tests skip in both:
-#   PGX_TEST_UNIX_SOCKET_CONN_STRING  pgrouter has no Unix socket listener;
 #   PGX_TEST_SCRAM_PLUS_CONN_STRING and PGX_TEST_TLS_CLIENT_CONN_STRING
 #       (with PGX_SSL_PASSWORD): channel binding and certificate
 #       authentication cannot cross a proxy that terminates TLS. pgrouter
@@ -262,6 +264,7 @@ else
 	(cd "$repo" && go build -o "$pgrouter" ./cmd/pgrouter) ||
 		die "go build failed; PGX_SUITE_REV=HEAD builds the last commit instead"
 fi
+mkdir -p "$work/sock"
 tlsflags=()
 [ "$tls" = 1 ] && tlsflags=(--tls-cert "$work/certs/localhost.crt" --tls-key "$work/certs/localhost.key")
 for try in 1 2 3 4 5; do
@@ -275,7 +278,7 @@ for try in 1 2 3 4 5; do
 	PGROUTER_HEALTH_PASSWORD=$health_password setsid "$pgrouter" proxy \
 		--backends "127.0.0.1:$pgx_port,127.0.0.1:$standby_port" \
 		--listen-rw "127.0.0.1:$rw_port" --listen-ro "127.0.0.1:$ro_port" \
-		--admin-listen "127.0.0.1:$admin_port" \
+		--admin-listen "127.0.0.1:$admin_port" --unix-socket-dir "$work/sock" \
 		--health-user postgres --health-database postgres \
 		"${tlsflags[@]}" >"$work/pgrouter.log" 2>&1 </dev/null &
 	pgrouter_pid=$!
@@ -299,11 +302,12 @@ log "copying pgx $pgxver from $pgxsrc"
 cp -R "$pgxsrc" "$work/pgx"
 chmod -R u+w "$work/pgx"
 
-# runsuite NAME PORT runs the suite against 127.0.0.1:PORT and writes the
-# go test -json stream to $work/NAME.json.
+# runsuite NAME PORT SOCKDIR runs the suite against 127.0.0.1:PORT (and
+# SOCKDIR/.s.PGSQL.PORT) and writes the go test -json stream to
+# $work/NAME.json.
 runsuite() {
-	local name=$1 port=$2 t0 rc
-	shift 2
+	local name=$1 port=$2 sockdir=$3 t0 rc
+	shift 3
 	local base="host=127.0.0.1 port=$port dbname=pgx_test"
 	local tlsbase="host=localhost port=$port dbname=pgx_test user=pgx_ssl password=secret sslmode=verify-full sslrootcert=$work/certs/ca.pem"
 	log "run $name: go test -p 1 -timeout $timeout $pkgs $* (against 127.0.0.1:$port)"
@@ -317,6 +321,7 @@ runsuite() {
 		export PGX_TEST_MD5_PASSWORD_CONN_STRING="$base user=pgx_md5 password=secret"
 		export PGX_TEST_PLAIN_PASSWORD_CONN_STRING="$base user=pgx_pw password=secret"
 		export PGX_TEST_SCRAM_PASSWORD_CONN_STRING="$base user=pgx_scram password=secret channel_binding=disable"
+		export PGX_TEST_UNIX_SOCKET_CONN_STRING="host=$sockdir port=$port dbname=pgx_test user=pgx_md5 password=secret"
 		if [ "$tls" = 1 ]; then
 			export PGX_TEST_TLS_CONN_STRING="$tlsbase channel_binding=disable"
 		fi
@@ -337,11 +342,11 @@ runsuite() {
 }
 
 case "$only" in
-"" | direct) runsuite direct "$pgx_port" "$@" ;;
+"" | direct) runsuite direct "$pgx_port" "$primary" "$@" ;;
 esac
 case "$only" in
 "" | proxy)
-	runsuite proxy "$rw_port" "$@"
+	runsuite proxy "$rw_port" "$work/sock" "$@"
 	# Proof that the proxied run went through pgrouter: its counters.
 	kill -0 "$pgrouter_pid" 2>/dev/null || die "pgrouter died during the proxied run (see pgrouter.log)"
 	curl -s "http://127.0.0.1:$admin_port/metrics" >"$work/pgrouter-metrics.txt" || true

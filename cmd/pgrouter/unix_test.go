@@ -107,3 +107,26 @@ func TestUnixSocketPooledUsesLocalRules(t *testing.T) {
 		t.Fatalf("pooled client over TCP with only a reject host rule: %v, want 28000", err)
 	}
 }
+
+// TestUnixSocketSharesClientCap: --max-client-conns caps a port whichever
+// way its clients come, TCP or its Unix socket.
+func TestUnixSocketSharesClientCap(t *testing.T) {
+	c := sharedCluster(t)
+	dir := t.TempDir()
+	p := startProxy(t, c, "--unix-socket-dir", dir, "--max-client-conns", "1")
+	conn, err := unixConn(t, dir, p.RW, c.SuperUser, c.SuperPassword, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil); sqlState(err) != "53300" {
+		t.Fatalf("second client over TCP while one is on the socket: %v, want 53300", err)
+	}
+	conn.Close(context.Background())
+	eventually(t, 10*time.Second, "a TCP client admitted once the socket's left", func() error {
+		tcp, err := connect(t, p.RW, c.SuperUser, c.SuperPassword, nil)
+		if err == nil {
+			tcp.Close(context.Background())
+		}
+		return err
+	})
+}
