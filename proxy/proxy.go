@@ -140,7 +140,7 @@ type listener struct {
 	cfg    ListenerConfig
 	ln     net.Listener
 	onLoop *loop.Listener // set when loop threads accept its clients
-	open   *atomic.Int64 // shared with the listener's Unix socket twin
+	open   *atomic.Int64  // shared with the listener's Unix socket twin
 	conns  prometheus.Gauge
 	// The listener's series of per-listener counters, looked up once:
 	// a lookup by label values hashes them, per client otherwise.
