@@ -46,6 +46,13 @@
 #   PGX_SUITE_TLS      1 (default) or 0: server and pgrouter TLS, and the TLS tests
 #   PGX_SUITE_TLS_END_TO_END  1: also the channel binding and client certificate tests
 #   PGX_SUITE_ONLY     direct or proxy: one run only, no comparison
+#   PGX_SUITE_POOL_MODE  passthrough (default), session or transaction: the
+#                      rw port's --pool-mode. Pooled, pgrouter authenticates
+#                      the clients itself (a userlist made from pg_authid,
+#                      the rules of the server's pg_hba.conf) and logs in as
+#                      them; pgx_pw's server rule becomes scram-sha-256 in
+#                      both runs, since a proxy holding a SCRAM secret cannot
+#                      answer a cleartext password request
 #   PGX_SUITE_OUT      directory to copy the JSON streams, logs and report into
 #   PGX_SUITE_KEEP     1: leave the work directory behind (servers stopped)
 #   PGX_SUITE_REV      build pgrouter from this commit (git archive, e.g. HEAD)
@@ -61,6 +68,8 @@ timeout=${PGX_SUITE_TIMEOUT:-30m}
 tls=${PGX_SUITE_TLS:-1}
 tlsend=${PGX_SUITE_TLS_END_TO_END:-0}
 only=${PGX_SUITE_ONLY:-}
+poolmode=${PGX_SUITE_POOL_MODE:-passthrough}
+case "$poolmode" in passthrough | session | transaction) ;; *) echo "PGX_SUITE_POOL_MODE: passthrough, session or transaction" >&2; exit 2 ;; esac
 
 log() { printf '%s pgx-suite: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "$*"; exit 2; }
@@ -193,7 +202,7 @@ local     replication  all                                trust
 host      all          postgres     127.0.0.1/32          scram-sha-256
 host      all          pgx_md5      127.0.0.1/32          md5
 host      all          pgx_scram    127.0.0.1/32          scram-sha-256
-host      all          pgx_pw       127.0.0.1/32          password
+host      all          pgx_pw       127.0.0.1/32          $([ "$poolmode" = passthrough ] && echo password || echo scram-sha-256)
 hostssl   all          pgx_ssl      127.0.0.1/32          scram-sha-256
 hostssl   all          pgx_sslcert  127.0.0.1/32          cert
 EOF
@@ -267,6 +276,18 @@ fi
 mkdir -p "$work/sock"
 tlsflags=()
 [ "$tls" = 1 ] && tlsflags=(--tls-cert "$work/certs/localhost.crt" --tls-key "$work/certs/localhost.key")
+poolflags=()
+if [ "$poolmode" != passthrough ]; then
+	# The server's rules, at the proxy. pgx_sslcert (a client certificate)
+	# cannot log in through a proxy that terminates TLS, as in passthrough.
+	psql_primary -d postgres -Atc "SELECT format('\"%s\" \"%s\"', replace(rolname, '\"', '\"\"'), rolpassword) FROM pg_authid WHERE rolpassword IS NOT NULL" \
+		>"$work/userlist.txt"
+	poolflags=(--pool-mode "$poolmode" --auth-file "$work/userlist.txt"
+		--auth-hba "local all pgx_md5 md5"
+		--auth-hba "local all all scram-sha-256"
+		--auth-hba "host all pgx_md5 127.0.0.1/32 md5"
+		--auth-hba "host all all 127.0.0.1/32 scram-sha-256")
+fi
 for try in 1 2 3 4 5; do
 	freeport
 	rw_port=$port
@@ -280,7 +301,7 @@ for try in 1 2 3 4 5; do
 		--listen-rw "127.0.0.1:$rw_port" --listen-ro "127.0.0.1:$ro_port" \
 		--admin-listen "127.0.0.1:$admin_port" --unix-socket-dir "$work/sock" \
 		--health-user postgres --health-database postgres \
-		"${tlsflags[@]}" >"$work/pgrouter.log" 2>&1 </dev/null &
+		"${tlsflags[@]}" "${poolflags[@]}" >"$work/pgrouter.log" 2>&1 </dev/null &
 	pgrouter_pid=$!
 	ready=0
 	for i in $(seq 300); do
@@ -629,6 +650,6 @@ fi
 for name in direct proxy; do
 	[ -f "$work/$name-seconds.txt" ] && echo "run $name: $(cat "$work/$name-seconds.txt")s"
 done
-echo "pgrouter from the $built; pgx $pgxver; PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"
+echo "pgrouter ($poolmode) from the $built; pgx $pgxver; PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"
 [ "$rc" -le 1 ] || die "report failed"
 exit "$rc"
