@@ -66,6 +66,15 @@ type pooled struct {
 	txStatus    byte
 	stmts       map[string]*clientStmt // by the client's name; nil until the first
 	stmtSeq     uint64
+	// The client's unnamed statement: the body of its last Parse of it
+	// after the name, and the server and lend (Returns) it was parsed in.
+	// A client may Parse it, Sync, and Bind it later (pgx's
+	// QueryExecModeDescribeExec): by then the session may hold another
+	// server, or the same one after others used it, whose unnamed
+	// statement is someone else's. The Bind then gets the Parse again.
+	unnamed        []byte
+	unnamedOn      *pool.ServerConn
+	unnamedReturns uint32
 
 	// A server's output is pumped to the client by a goroutine that runs
 	// only while the session holds a server: an idle client costs one

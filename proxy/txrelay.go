@@ -279,6 +279,8 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 			ps.pin(pinReason(query))
 		}
 		if i == 0 {
+			ps.unnamed = append(ps.unnamed[:0], rest...)
+			ps.unnamedOn, ps.unnamedReturns = sc, sc.Returns()
 			ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse})
 			ps.dirty = true
 			return append(out, raw...)
@@ -296,7 +298,11 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		portal := body[:i+1]
 		rest := body[i+1:]
 		j := indexZero(rest)
-		if j <= 0 {
+		if j < 0 {
+			break
+		}
+		if j == 0 {
+			out = ps.ensureUnnamed(out, sc)
 			break
 		}
 		sn, ok := ps.serverName(string(rest[:j]))
@@ -314,6 +320,14 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		return out
 	case 'D', 'C':
 		if len(body) < 2 || body[0] != 'S' {
+			break
+		}
+		if len(body) == 2 { // the unnamed statement
+			if typ == 'D' {
+				out = ps.ensureUnnamed(out, sc)
+			} else {
+				ps.unnamedOn = nil
+			}
 			break
 		}
 		name := string(body[1 : len(body)-1])
@@ -338,6 +352,7 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		if len(body) > 0 {
 			ps.pin(pinReason(transientString(body[:len(body)-1])))
 		}
+		ps.unnamedOn = nil // a simple query replaces the unnamed statement
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoSync})
 		ps.dirty = false
 		return append(out, raw...)
@@ -433,6 +448,19 @@ func (ps *pooled) ensurePrepared(out []byte, sc *pool.ServerConn, name, sn strin
 	sc.Prepared[sn] = struct{}{}
 	ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParseDrop, name: sn})
 	return appendParse(out, sn, ps.stmts[name].parse)
+}
+
+// ensureUnnamed injects the client's last Parse of the unnamed statement
+// when it was parsed in an earlier lend; its ParseComplete will be dropped.
+// A client that never parsed one (or replaced it with a simple query)
+// gets the server's own answer, as it would without the proxy.
+func (ps *pooled) ensureUnnamed(out []byte, sc *pool.ServerConn) []byte {
+	if ps.unnamedOn == nil || ps.unnamedOn == sc && ps.unnamedReturns == sc.Returns() {
+		return out
+	}
+	ps.unnamedOn, ps.unnamedReturns = sc, sc.Returns()
+	ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParseDrop})
+	return appendParse(out, "", ps.unnamed)
 }
 
 func appendParse(out []byte, name string, rest []byte) []byte {

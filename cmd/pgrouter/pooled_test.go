@@ -499,6 +499,54 @@ func TestDeferredPrepare(t *testing.T) {
 	}
 }
 
+// TestUnnamedStatementAcrossTransactions: a client that parses the
+// unnamed statement, syncs, and binds it in a later round trip (pgx's
+// QueryExecModeDescribeExec) runs its own statement, although another
+// client used the only server in between and left an unnamed statement
+// of its own there. On both relays.
+func TestUnnamedStatementAcrossTransactions(t *testing.T) {
+	for _, relay := range []struct {
+		name string
+		args []string
+	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+		t.Run(relay.name, func(t *testing.T) {
+			c := sharedCluster(t)
+			p := startPooled(t, c, "transaction", append([]string{"--pool-size", "1"}, relay.args...)...)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a, b := appConn(t, c, p.RW).PgConn(), appConn(t, c, p.RW).PgConn()
+			if _, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil); err != nil {
+				t.Fatal(err)
+			}
+			// b takes the server and leaves its own unnamed statement.
+			if _, err := b.Prepare(ctx, "", "SELECT $1::text || 'b'", nil); err != nil {
+				t.Fatal(err)
+			}
+			if res := b.ExecPrepared(ctx, "", [][]byte{[]byte("x")}, nil, nil).Read(); res.Err != nil || string(res.Rows[0][0]) != "xb" {
+				t.Fatalf("b: %q, %v", res.Rows, res.Err)
+			}
+			for i := range 3 {
+				res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read()
+				if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+					t.Fatalf("a's unnamed statement, execution %d: rows %q, err %v; want 42", i, res.Rows, res.Err)
+				}
+				desc, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil)
+				if err != nil || len(desc.Fields) != 1 {
+					t.Fatalf("a prepares again: %v, %v", desc, err)
+				}
+			}
+			// After a simple query the unnamed statement is gone, as on a
+			// server: nothing is replayed.
+			if err := a.Exec(ctx, "SELECT 1").Close(); err != nil {
+				t.Fatal(err)
+			}
+			if res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read(); sqlState(res.Err) != "26000" {
+				t.Fatalf("bind of the unnamed statement after a simple query: %v, want 26000", res.Err)
+			}
+		})
+	}
+}
+
 // TestClientsHoldNoGoroutine: a session without TLS, once started, is
 // served by a loop thread alone, in passthrough and in transaction mode.
 // In transaction mode a trust client is accepted and greeted on the

@@ -295,6 +295,7 @@ func (p *Pool) Release(sc *ServerConn, reusable bool) {
 		return
 	}
 	sc.released = now
+	sc.returns++
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()

@@ -48,6 +48,7 @@ type ServerConn struct {
 	owner    *Pool     // the pool that opened it; nil when owned by a session
 	created  time.Time // set by the pool that opened it
 	released time.Time // when it last went back to its pool
+	returns  uint32    // how many times it went back to its pool
 }
 
 // Pool returns the pool the connection belongs to, nil for a connection a
@@ -180,3 +181,8 @@ func negotiateTLS(ctx context.Context, sc *ServerConn, mode SSLMode, base *tls.C
 	sc.TLS = true
 	return nil
 }
+
+// Returns counts the times the connection went back to its pool. A
+// borrower compares it to tell whether the connection changed hands since
+// it left something untracked on it, such as the unnamed statement.
+func (sc *ServerConn) Returns() uint32 { return sc.returns }
