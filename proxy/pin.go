@@ -28,6 +28,12 @@ const (
 	pinHoldCursor   = "cursor_with_hold"
 	pinUntrackedSet = "untracked_set"
 	pinLoad         = "load"
+	// DEALLOCATE and DISCARD ALL drop prepared statements on the server,
+	// the proxy's own for other clients among them (it prepares their
+	// statements under its names and remembers which server has which).
+	// Pinned, the server stays the client's until the session ends and
+	// the server is reset.
+	pinDeallocate = "deallocate"
 )
 
 // reportedParams are the settings PostgreSQL reports with ParameterStatus
@@ -89,6 +95,12 @@ func statementPin(q, w1 string, next int) string {
 		return pinListen
 	case strings.EqualFold(w1, "load"):
 		return pinLoad
+	case strings.EqualFold(w1, "deallocate"):
+		return pinDeallocate
+	case strings.EqualFold(w1, "discard"):
+		if w2, _ := word(q, skipSpaceAndComments(q, next)); strings.EqualFold(w2, "all") {
+			return pinDeallocate
+		}
 	case strings.EqualFold(w1, "declare"):
 		if containsFoldWords(q[next:], "with", "hold") {
 			return pinHoldCursor

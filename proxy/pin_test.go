@@ -28,6 +28,11 @@ func TestPinReason(t *testing.T) {
 		{"DECLARE c CURSOR FOR SELECT 1", pinNone},
 		{"SELECT \"listen\" FROM t; SELECT $1", pinNone},
 		{"(SELECT 1)", pinNone},
+		{"DEALLOCATE ALL", pinDeallocate},
+		{"deallocate prepare ps", pinDeallocate},
+		{"DISCARD ALL", pinDeallocate},
+		{"DISCARD TEMP", pinNone},
+		{"SELECT 'deallocate all'", pinNone},
 	}
 	for _, tc := range tests {
 		t.Run(tc.q, func(t *testing.T) {
