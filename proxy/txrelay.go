@@ -285,6 +285,17 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 			ps.dirty = true
 			return append(out, raw...)
 		}
+		if st, dup := ps.stmts[transientString(body[:i])]; dup {
+			// PostgreSQL refuses a second statement of one name (42P05,
+			// "already exists"). pgrouter's names differ per Parse, so it
+			// has the server refuse it: the same Parse under the first
+			// statement's name, on a server that has that one. The
+			// fifo entry names nothing, so the error forgets nothing.
+			out = ps.ensurePrepared(out, sc, string(body[:i]), st.server)
+			ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse})
+			ps.dirty = true
+			return appendParse(out, st.server, rest)
+		}
 		sn := ps.remember(string(body[:i]), rest, strings.Clone(query))
 		sc.Prepared[sn] = struct{}{}
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoParse, name: sn})

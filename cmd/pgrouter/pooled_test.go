@@ -547,6 +547,29 @@ func TestUnnamedStatementAcrossTransactions(t *testing.T) {
 	}
 }
 
+// TestDuplicateStatementName: a second Parse of a name in use fails with
+// 42P05, as on a server, and leaves the first statement as it was, here
+// and on the next server.
+func TestDuplicateStatementName(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b := appConn(t, c, p.RW).PgConn(), appConn(t, c, p.RW).PgConn()
+	if _, err := a.Prepare(ctx, "s", "SELECT 1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Prepare(ctx, "s", "SELECT 2", nil); sqlState(err) != "42P05" {
+		t.Fatalf("second Parse of s: %v, want 42P05", err)
+	}
+	if err := b.Exec(ctx, "SELECT 3").Close(); err != nil { // the server changes hands
+		t.Fatal(err)
+	}
+	if res := a.ExecPrepared(ctx, "s", nil, nil, nil).Read(); res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "1" {
+		t.Fatalf("s after the refused Parse: rows %q, err %v; want 1", res.Rows, res.Err)
+	}
+}
+
 // TestClientsHoldNoGoroutine: a session without TLS, once started, is
 // served by a loop thread alone, in passthrough and in transaction mode.
 // In transaction mode a trust client is accepted and greeted on the
