@@ -681,10 +681,7 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 	case 'E':
 		// In the extended protocol the server skips to the next Sync: the
 		// Parses before it will never complete.
-		for len(ps.fifo) > 0 && ps.fifo[0].kind != fifoSync {
-			delete(sc.Prepared, ps.fifo[0].name)
-			ps.fifo = ps.fifo[1:]
-		}
+		ps.skipToSync(sc)
 	case 'S':
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
@@ -697,6 +694,11 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 			}
 		}
 	case 'Z':
+		// Parses still ahead of the Sync this answers never completed:
+		// after an error the server skips to the Sync, and a client may
+		// send those Parses after the error came (pgx pipelining a
+		// prepare whose Describe hit statement_timeout).
+		ps.skipToSync(sc)
 		if len(ps.fifo) > 0 && ps.fifo[0].kind == fifoSync {
 			ps.fifo = ps.fifo[1:]
 		}
@@ -721,6 +723,34 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		}
 	}
 	return false
+}
+
+// skipToSync drops the fifo's entries ahead of its first Sync: Parses
+// that failed, or that the server skipped after an error, and so created
+// nothing. A client's own named statement among them does not exist for
+// it either, as on a server; one pgrouter sent again to prepare an
+// existing statement stays the client's and is sent again at its next
+// use, as is an unnamed statement. mu held.
+func (ps *pooled) skipToSync(sc *pool.ServerConn) {
+	for len(ps.fifo) > 0 && ps.fifo[0].kind != fifoSync {
+		e := ps.fifo[0]
+		ps.fifo = ps.fifo[1:]
+		if e.name == "" {
+			if ps.unnamedOn == sc {
+				ps.unnamedReturns = sc.Returns() - 1 // no longer this lend's
+			}
+			continue
+		}
+		delete(sc.Prepared, e.name)
+		if e.kind == fifoParse {
+			for name, st := range ps.stmts { // an error path: a scan is fine
+				if st.server == e.name {
+					delete(ps.stmts, name)
+					break
+				}
+			}
+		}
+	}
 }
 
 // settable are the reported settings a client changes with SET; the

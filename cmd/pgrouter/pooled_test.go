@@ -570,6 +570,64 @@ func TestDuplicateStatementName(t *testing.T) {
 	}
 }
 
+// TestParsesSkippedAfterAnError: after an error the server skips the
+// client's messages up to its Sync, Parses the client sent after the
+// error came among them (as pgx pipelines a prepare whose Describe hit
+// statement_timeout). Those statements do not exist afterwards, and the
+// session's later prepares and executions get their own answers.
+func TestParsesSkippedAfterAnError(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "2")
+	conn := appConn(t, c, p.RW)
+	pc := conn.PgConn()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// An unreported setting pins the session: the server stays held
+	// between the two halves of the pipeline below.
+	if err := pc.Exec(ctx, "SET statement_timeout = '10s'").Close(); err != nil {
+		t.Fatal(err)
+	}
+	fe := pc.Frontend()
+	receive := func() string {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+			return "Error " + e.Code
+		}
+		return fmt.Sprintf("%T", msg)
+	}
+	fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELEC 1"})
+	fe.Send(&pgproto3.Flush{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(); got != "Error 42601" {
+		t.Fatalf("bad Parse answered %s, want Error 42601", got)
+	}
+	// Sent after the error arrived: the server skips it.
+	fe.Send(&pgproto3.Parse{Name: "s2", Query: "SELECT 2"})
+	fe.Send(&pgproto3.Describe{ObjectType: 'S', Name: "s2"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(); got != "*pgproto3.ReadyForQuery" {
+		t.Fatalf("skipped Parse answered %s, want only ReadyForQuery", got)
+	}
+	// s1 and s2 never existed: preparing them is no duplicate, and they run.
+	for _, st := range []struct{ name, query, want string }{{"s1", "SELECT 1", "1"}, {"s2", "SELECT 2", "2"}, {"s3", "SELECT 3", "3"}} {
+		if _, err := pc.Prepare(ctx, st.name, st.query, nil); err != nil {
+			t.Fatalf("prepare %s: %v", st.name, err)
+		}
+		res := pc.ExecPrepared(ctx, st.name, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != st.want {
+			t.Fatalf("%s: rows %q, err %v", st.name, res.Rows, res.Err)
+		}
+	}
+}
+
 // TestClientsHoldNoGoroutine: a session without TLS, once started, is
 // served by a loop thread alone, in passthrough and in transaction mode.
 // In transaction mode a trust client is accepted and greeted on the
