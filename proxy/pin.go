@@ -116,6 +116,9 @@ func statementPin(q, w1 string, next int) string {
 				return pinTempTable
 			}
 		}
+		if namesTempSchema(q[next:]) { // CREATE TYPE pg_temp.t, CREATE FUNCTION pg_temp.f, ...
+			return pinTempTable
+		}
 	case strings.EqualFold(w1, "set"):
 		w2, n2 := word(q, skipSpaceAndComments(q, next))
 		switch {
@@ -218,6 +221,30 @@ func skipDollar(q string, i int) int {
 
 func hasFoldPrefix(s, prefix string) bool {
 	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// namesTempSchema reports whether the statement that starts s (up to its
+// ';') names the session's temporary schema, pg_temp, outside quotes.
+func namesTempSchema(s string) bool {
+	for i := 0; i < len(s); {
+		switch c := s[i]; {
+		case c == ';':
+			return false
+		case c == '\'' || c == '"':
+			i = skipQuoted(s, i, c)
+		case c == '$':
+			i = skipDollar(s, i)
+		case (c == 'p' || c == 'P') && hasFoldPrefix(s[i:], "pg_temp") && (i == 0 || !isIdentByte(s[i-1])):
+			return true
+		default:
+			i++
+		}
+	}
+	return false
+}
+
+func isIdentByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_'
 }
 
 // containsFoldWords reports whether words a and b appear one after the
