@@ -287,6 +287,12 @@ func (sess *session) newPooled(cfg *Config, mode PoolMode, in sessionIntent, par
 		cfg:     cfg,
 		in:      in,
 	}
+	// Fingerprinted now, not only when the greeting completes the
+	// settings: session mode, and a pool's first login, lend a server
+	// before the greeting, and a fresh server's fingerprint (0, unknown)
+	// matched a desiredFP never computed, so the client's startup settings
+	// were not applied there.
+	ps.desiredFP = settingsFingerprint(ps.desired)
 	ps.fifo = ps.fifoBuf[:0]
 	if sess.ln.cfg.Split && cfg.Split != nil && cfg.Split.Classifier != nil {
 		ps.splitCfg = cfg.Split

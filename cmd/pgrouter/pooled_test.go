@@ -628,6 +628,35 @@ func TestParsesSkippedAfterAnError(t *testing.T) {
 	}
 }
 
+// TestStartupSettingsReachTheServer: the client's startup parameters hold
+// on the server from its first statement, in session mode and for the
+// first client of a transaction-mode pool (both lend a server before the
+// client is greeted).
+func TestStartupSettingsReachTheServer(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			c := sharedCluster(t)
+			p := startPooled(t, c, mode, "--pool-size", "2")
+			conn, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB,
+				map[string]string{"application_name": "startup_app", "search_path": "startup_schema", "default_transaction_read_only": "on"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var app, path, ro string
+			if err := conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('search_path'), current_setting('transaction_read_only')").
+				Scan(&app, &path, &ro); err != nil {
+				t.Fatal(err)
+			}
+			if app != "startup_app" || path != "startup_schema" || ro != "on" {
+				t.Fatalf("first statement saw application_name %q, search_path %q, transaction_read_only %q; want startup_app, startup_schema, on", app, path, ro)
+			}
+		})
+	}
+}
+
 // TestClientsHoldNoGoroutine: a session without TLS, once started, is
 // served by a loop thread alone, in passthrough and in transaction mode.
 // In transaction mode a trust client is accepted and greeted on the
