@@ -208,7 +208,8 @@ func (s *Server) Listen() error {
 			s.closeListeners()
 			return fmt.Errorf("listen %s (%s): %w", lc.Addr, lc.Name, err)
 		}
-		s.listeners = append(s.listeners, s.newListener(lc, ln))
+		l := s.newListener(lc, ln)
+		s.listeners = append(s.listeners, l)
 		if cfg.UnixSocketDir == "" {
 			continue
 		}
@@ -221,7 +222,7 @@ func (s *Server) Listen() error {
 		// One client count for both: --max-client-conns caps the port,
 		// whichever way clients reach it.
 		twin := s.newListener(lc, uln)
-		twin.open = s.listeners[len(s.listeners)-1].open
+		twin.open = l.open
 		s.listeners = append(s.listeners, twin)
 	}
 	if cfg.Peer.Listen != "" {

@@ -293,6 +293,13 @@ func connect(t *testing.T, addr, user, password string, params map[string]string
 func connectDB(t *testing.T, addr, user, password, db string, params map[string]string) (*pgx.Conn, error) {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(addr)
+	return connectHost(t, host, port, user, password, db, params)
+}
+
+// connectHost connects to host and port as libpq would name them: host
+// is an address, or the directory of a Unix socket .s.PGSQL.port.
+func connectHost(t *testing.T, host, port, user, password, db string, params map[string]string) (*pgx.Conn, error) {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=20", host, port, user, db))
 	if err != nil {
 		t.Fatal(err)

@@ -50,13 +50,32 @@ func appConn(t *testing.T, c *pgtest.Cluster, addr string) *pgx.Conn {
 	return conn
 }
 
+// relays are the two ways a session is relayed: by an epoll loop thread
+// (the default) and by goroutines (--relay-threads 0, as TLS sessions
+// are). Tests that must hold for both run once per entry.
+var relays = []struct {
+	name string
+	args []string
+}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}}
+
+// receiveName reads one message from the server side of fe and names it:
+// its Go type, or "Error" and the SQLSTATE of an ErrorResponse.
+func receiveName(t *testing.T, fe *pgproto3.Frontend) string {
+	t.Helper()
+	msg, err := fe.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+		return "Error " + e.Code
+	}
+	return fmt.Sprintf("%T", msg)
+}
+
 // TestTransactionPoolingSharesServers runs on both relays: an epoll loop
 // thread (the default) and goroutines (--relay-threads 0).
 func TestTransactionPoolingSharesServers(t *testing.T) {
-	for _, relay := range []struct {
-		name string
-		args []string
-	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+	for _, relay := range relays {
 		t.Run(relay.name, func(t *testing.T) {
 			p := startPooled(t, sharedCluster(t), "transaction", append([]string{"--pool-size", "2"}, relay.args...)...)
 			testTransactionPooling(t, p, "pooled_"+relay.name)
@@ -472,15 +491,8 @@ func TestDeferredPrepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, fmt.Sprintf("%T", msg))
-		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-			break
-		}
+	for len(got) == 0 || got[len(got)-1] != "*pgproto3.ReadyForQuery" {
+		got = append(got, receiveName(t, fe))
 	}
 	if want := "[*pgproto3.ParseComplete *pgproto3.ParseComplete *pgproto3.ReadyForQuery]"; fmt.Sprint(got) != want {
 		t.Fatalf("prepare answered %v, want %s", got, want)
@@ -505,10 +517,7 @@ func TestDeferredPrepare(t *testing.T) {
 // client used the only server in between and left an unnamed statement
 // of its own there. On both relays.
 func TestUnnamedStatementAcrossTransactions(t *testing.T) {
-	for _, relay := range []struct {
-		name string
-		args []string
-	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+	for _, relay := range relays {
 		t.Run(relay.name, func(t *testing.T) {
 			c := sharedCluster(t)
 			p := startPooled(t, c, "transaction", append([]string{"--pool-size", "1"}, relay.args...)...)
@@ -588,22 +597,12 @@ func TestParsesSkippedAfterAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	fe := pc.Frontend()
-	receive := func() string {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if e, ok := msg.(*pgproto3.ErrorResponse); ok {
-			return "Error " + e.Code
-		}
-		return fmt.Sprintf("%T", msg)
-	}
 	fe.Send(&pgproto3.Parse{Name: "s1", Query: "SELEC 1"})
 	fe.Send(&pgproto3.Flush{})
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if got := receive(); got != "Error 42601" {
+	if got := receiveName(t, fe); got != "Error 42601" {
 		t.Fatalf("bad Parse answered %s, want Error 42601", got)
 	}
 	// Sent after the error arrived: the server skips it.
@@ -613,7 +612,7 @@ func TestParsesSkippedAfterAnError(t *testing.T) {
 	if err := fe.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if got := receive(); got != "*pgproto3.ReadyForQuery" {
+	if got := receiveName(t, fe); got != "*pgproto3.ReadyForQuery" {
 		t.Fatalf("skipped Parse answered %s, want only ReadyForQuery", got)
 	}
 	// s1 and s2 never existed: preparing them is no duplicate, and they run.

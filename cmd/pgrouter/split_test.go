@@ -167,10 +167,7 @@ func TestStatementSplit(t *testing.T) {
 // concurrent writes: read-your-writes by LSN. On both relays: the epoll
 // loop (the default) and goroutines (--relay-threads 0, as TLS sessions).
 func TestStatementSplitReadYourWrites(t *testing.T) {
-	for _, relay := range []struct {
-		name string
-		args []string
-	}{{"loop", nil}, {"goroutines", []string{"--relay-threads", "0"}}} {
+	for _, relay := range relays {
 		t.Run(relay.name, func(t *testing.T) {
 			p := testSplitReadYourWrites(t, relay.args)
 			want := `pgrouter_relayed_sessions_total{listener="any",relay="` + relay.name + `"}`

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -22,14 +21,7 @@ import (
 func unixConn(t *testing.T, dir, tcpAddr, user, password, db string) (*pgx.Conn, error) {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(tcpAddr)
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable connect_timeout=20", dir, port, user, db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Password = password
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cfg)
+	conn, err := connectHost(t, dir, port, user, password, db, nil)
 	if err == nil {
 		t.Cleanup(func() { conn.Close(context.Background()) })
 	}
