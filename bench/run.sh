@@ -14,7 +14,7 @@
 #                         e.g. 'S-simple' or 'c8$' (default: all)
 #   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
 #                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer haproxy plainrelay
-#                         pgrouter-tx pgrouter-txgr pgbouncer-tx pgbouncer124-tx (direct is
+#                         pgrouter-session pgrouter-tx pgrouter-txgr pgbouncer-tx pgbouncer124-tx (direct is
 #                         always kept), e.g.
 #                         '-tx$' for the pooled comparison alone
 #   PGR_BENCH_IDLE_CONNS  idle sessions for the memory test, 0 skips (default 300)
@@ -321,8 +321,8 @@ fi
 PGR_TX_ADMIN=""
 mkdir -p "$W/pgrouter-tx"
 printf '"postgres" "md5%s"\n' "$(printf '%s' "benchpostgres" | md5sum | cut -d' ' -f1)" >"$W/pgrouter-tx/userlist.txt"
-TX_ARGS=(--pool-mode transaction --pool-size "$POOL_SIZE"
-	--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust')
+POOL_AUTH_ARGS=(--auth-file "$W/pgrouter-tx/userlist.txt" --auth-hba 'host all all 127.0.0.1/32 trust')
+TX_ARGS=(--pool-mode transaction --pool-size "$POOL_SIZE" "${POOL_AUTH_ARGS[@]}")
 if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
 	free_port P_PGR_TX
 	free_port P_PGR_TX_ADMIN
@@ -330,6 +330,19 @@ if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-tx; then
 		log "pgrouter-tx ($PGROUTER_REV) up: transaction pooling, pool size $POOL_SIZE, 127.0.0.1:$P_PGR_TX (pid $STARTED_PID)"
 		PGR_TX_ADMIN=127.0.0.1:$P_PGR_TX_ADMIN
 	fi
+fi
+
+# pgrouter-session: session pooling on its rw port, the pool size of PgBouncer
+# in session mode (100): a client keeps one server for its session, which is
+# reset (DISCARD ALL) and kept for the next client, as PgBouncer does. The
+# like-for-like peer of pgbouncer, where pgrouter-rw (a passthrough, a new
+# backend per client) is that of haproxy.
+if [ "$HAVE_PGROUTER" -eq 1 ] && want pgrouter-session; then
+	free_port P_PGR_SESS
+	free_port P_PGR_SESS_ADMIN
+	start_pgrouter pgrouter-session "$P_PGR_SESS" "$P_PGR_SESS_ADMIN" --listen-rw "127.0.0.1:$P_PGR_SESS" \
+		--pool-mode session --pool-size 100 "${POOL_AUTH_ARGS[@]}" &&
+		log "pgrouter-session up: session pooling, pool size 100, 127.0.0.1:$P_PGR_SESS (pid $STARTED_PID)"
 fi
 
 # pgrouter-txgr: the same transaction pooling relayed by goroutines (a client
@@ -849,7 +862,8 @@ MD=$OUT/results-$STAMP.md
 	echo "  with --pool-mode transaction --pool-size $POOL_SIZE on its rw port, --auth-hba 'host all all 127.0.0.1/32 trust' and"
 	echo "  an --auth-file listing the user (servers trust); pgbouncer-tx = PgBouncer, pool_mode transaction,"
 	echo "  default_pool_size $POOL_SIZE, max_client_conn 2000, trust; pgbouncer124-tx = the same with PgBouncer $PGB_SRC_VERSION"
-	echo "  and max_prepared_statements = 200. Cases with 256 clients and \`-N -M prepared\` run on direct"
+	echo "  and max_prepared_statements = 200; pgrouter-session = \`pgrouter proxy\` with --pool-mode session --pool-size 100"
+	echo "  (the pool of pgbouncer) and the auth of pgrouter-tx. Cases with 256 clients and \`-N -M prepared\` run on direct"
 	echo "  and the -tx targets only."
 	if [ -n "$PGROUTER_NOTE" ]; then echo "- $PGROUTER_NOTE"; else echo "- pgrouter built from $PGROUTER_REV"; fi
 	[ ${#SERVICE[@]} -gt 0 ] && echo "- every proxy runs in a session of its own (setsid), as a service would: one scheduling group each under autogroup"

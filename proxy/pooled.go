@@ -259,7 +259,15 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		ps.loopPool = entry.pool
 	}
 	if sc != nil {
-		ps.lend(sc)
+		if sess.srv.loop != nil {
+			// Session mode on a loop thread, which pumps the server
+			// (runOnLoop); run lends it to the goroutines if it cannot.
+			ps.mu.Lock()
+			ps.server = sc
+			ps.mu.Unlock()
+		} else {
+			ps.lend(sc)
+		}
 	}
 
 	return ps, nil
@@ -350,9 +358,21 @@ func (ps *pooled) begun() {
 // or closes whatever server it holds. It returns errDetached when a loop
 // thread relays them: the thread finishes the session.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
-	if ps.loopPool != nil {
+	if ps.loopPool != nil || (ps.mode == PoolSession && ps.sess.srv.loop != nil) {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
+			if err != errDetached {
+				ps.mu.Lock()
+				held := ps.server
+				ps.server = nil
+				ps.mu.Unlock()
+				if held != nil {
+					ps.release(held, false) // session mode's, never relayed
+				}
+			}
 			return err
+		}
+		if ps.mode == PoolSession {
+			ps.lend(ps.heldServer())
 		}
 	}
 	ps.sess.ln.relayedGoroutines.Inc()

@@ -117,11 +117,34 @@ func (ps *pooled) onLoop(e *poolEntry) bool {
 // the session.
 func (ps *pooled) runOnLoop(ctx context.Context, cfg *Config, in sessionIntent) (bool, error) {
 	sess := ps.sess
-	h := newTxLoop(ctx, ps, cfg, in)
+	var h loop.Handler
+	var tx *txLoop
+	if ps.mode == PoolSession {
+		sc := ps.heldServer()
+		sock, err := socketOf(sc)
+		if err != nil {
+			return false, nil // TLS to the server: the goroutines relay it
+		}
+		h = newSessLoop(ps, cfg, sc, sock)
+	} else {
+		tx = newTxLoop(ctx, ps, cfg, in)
+		h = tx
+	}
 	s, err := sess.srv.loop.Serve(sess.client, h)
 	if err != nil {
-		h.stop()
+		if tx != nil {
+			tx.stop()
+		}
 		return !errors.Is(err, loop.ErrUnsupported), err
+	}
+	if sh, ok := h.(*sessLoop); ok {
+		// Before the client's first bytes if it can, so that the server
+		// is watched from the start.
+		s.Post(func(alive bool) {
+			if alive {
+				sh.attach(s)
+			}
+		})
 	}
 	sess.ln.relayedOnLoop.Inc()
 	sess.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -708,6 +709,116 @@ func TestClientsHoldNoGoroutine(t *testing.T) {
 			}
 			if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="loop"}`); got < float64(n+2) {
 				t.Fatalf("%v sessions relayed on the loop, want all %d", got, n+2)
+			}
+		})
+	}
+}
+
+// Session mode relays like the passthrough, on a loop thread or on
+// goroutines: the client's statements keep their names on its server; a
+// client that leaves its server idle hands it on, reset, to the next
+// client; one that leaves it in a transaction or in the middle of an
+// extended-protocol batch has it closed; cancel reaches it; a server
+// that goes away ends its session and the next client gets a new one.
+func TestSessionPoolingRelay(t *testing.T) {
+	c := sharedCluster(t)
+	ctx := context.Background()
+	for _, relay := range relays {
+		t.Run(relay.name, func(t *testing.T) {
+			p := startPooled(t, c, "session", append([]string{"--pool-size", "1"}, relay.args...)...)
+			backendPID := func(conn *pgx.Conn) int {
+				t.Helper()
+				var pid int
+				if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+					t.Fatal(err)
+				}
+				return pid
+			}
+			dial := func() *pgx.Conn {
+				t.Helper()
+				conn, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close(context.Background()) })
+				return conn
+			}
+
+			a := dial()
+			pid := backendPID(a)
+			if _, err := a.Exec(ctx, "SET work_mem = '7MB'"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Prepare(ctx, "mine", "SELECT $1::int + 1"); err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			rows, _ := a.Query(ctx, "SELECT name FROM pg_prepared_statements ORDER BY name")
+			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if relay.name == "loop" && !slices.Contains(names, "mine") {
+				t.Fatalf("prepared statements on the server %q, want the client's own name", names)
+			}
+			if err := sleepAndCancel(t, a); sqlState(err) != "57014" {
+				t.Fatalf("cancel: %v, want 57014", err)
+			}
+			a.Close(ctx) // Terminate: the server stays open and idle
+
+			b := dial()
+			if got := backendPID(b); got != pid {
+				t.Fatalf("the next client got server %d, want the idle one, %d", got, pid)
+			}
+			var wm string
+			var n int
+			if err := b.QueryRow(ctx, "SELECT current_setting('work_mem'), (SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1')").Scan(&wm, &n); err != nil {
+				t.Fatal(err)
+			}
+			if wm == "7MB" || n != 0 {
+				t.Fatalf("the server was not reset: work_mem %s, the last client's statement there %d times", wm, n)
+			}
+			// Gone in a transaction: that server is closed.
+			if _, err := b.Exec(ctx, "BEGIN"); err != nil {
+				t.Fatal(err)
+			}
+			b.PgConn().Conn().Close()
+
+			d := dial()
+			next := backendPID(d)
+			if next == pid {
+				t.Fatalf("a server left in a transaction was lent again (%d)", pid)
+			}
+			// Gone after a Parse without its Sync: closed too.
+			if _, err := d.PgConn().Conn().Write([]byte{'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E', 'C', 'T', 0, 0, 0}); err != nil {
+				t.Fatal(err)
+			}
+			d.PgConn().Conn().Close()
+
+			e := dial()
+			pid = backendPID(e)
+			if pid == next {
+				t.Fatalf("a server left in an extended-protocol batch was lent again (%d)", pid)
+			}
+			// The server goes away under its client.
+			admin, err := connectDB(t, c.Nodes[0].Addr, c.AppUser, c.AppPassword, c.AppDB, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { admin.Close(context.Background()) })
+			if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" && !e.IsClosed() {
+				t.Fatalf("after its server was terminated: %v", err)
+			}
+			e.Close(ctx)
+			f := dial()
+			if got := backendPID(f); got == pid {
+				t.Fatalf("a terminated server was lent again (%d)", got)
+			}
+			if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="`+relay.name+`"}`); got < 5 {
+				t.Fatalf("%v sessions relayed by %s, want 5", got, relay.name)
 			}
 		})
 	}

@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"bytes"
+	"testing"
+)
+
+// TestClientMessagesKeepTerminateFromServer cuts a client stream at every
+// pair of places: whatever the cuts, everything before the Terminate is
+// passed on, in order, and nothing of the Terminate or after it is; the
+// messages that wait for a ReadyForQuery are counted.
+func TestClientMessagesKeepTerminateFromServer(t *testing.T) {
+	var before []byte
+	before = appendMessage(before, 'Q', []byte("SELECT 1\x00"))
+	before = appendMessage(before, 'P', []byte("s\x00SELECT $1\x00\x00\x00"))
+	before = appendMessage(before, 'B', []byte("\x00s\x00\x00\x00\x00\x00\x00\x00"))
+	before = appendMessage(before, 'E', []byte("\x00\x00\x00\x00\x00"))
+	before = appendMessage(before, 'S', nil)
+	stream := appendMessage(bytes.Clone(before), 'X', nil)
+	stream = append(stream, 'Q', 0) // after the Terminate: never passed on
+	for i := 0; i <= len(stream); i++ {
+		for j := i; j <= len(stream); j++ {
+			var u clientMessages
+			var got []byte
+			emit := func(b []byte) { got = append(got, b...) }
+			quit := false
+			for _, chunk := range [][]byte{stream[:i], stream[i:j], stream[j:]} {
+				q, err := u.feed(chunk, emit)
+				if err != nil {
+					t.Fatalf("cuts %d,%d: %v", i, j, err)
+				}
+				if q {
+					quit = true
+					break
+				}
+			}
+			if !quit || !bytes.Equal(got, before) {
+				t.Fatalf("cuts %d,%d: quit %v, passed on %q, want %q", i, j, quit, got, before)
+			}
+			if u.waiting != 2 || u.last != 'S' {
+				t.Fatalf("cuts %d,%d: waiting %d, last %q; want 2 and 'S'", i, j, u.waiting, u.last)
+			}
+		}
+	}
+}
+
+// TestClientMessagesPassHeadersOnceWhole: a header cut by the end of a
+// read is passed on once, when it is whole and not a Terminate.
+func TestClientMessagesPassHeadersOnceWhole(t *testing.T) {
+	msg := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	var u clientMessages
+	var got []byte
+	for k := range msg {
+		if _, err := u.feed(msg[k:k+1], func(b []byte) { got = append(got, b...) }); err != nil {
+			t.Fatal(err)
+		}
+		if k < 4 && len(got) != 0 {
+			t.Fatalf("after %d header bytes, passed on %q", k+1, got)
+		}
+	}
+	if !bytes.Equal(got, msg) || u.waiting != 1 || !u.scan.atBoundary() {
+		t.Fatalf("passed on %q (waiting %d), want %q", got, u.waiting, msg)
+	}
+	if _, err := u.feed([]byte{'Q', 0, 0, 0, 2}, func([]byte) {}); err == nil {
+		t.Fatal("a length below 4 was accepted")
+	}
+}
+
+// TestSessionServerIdle enumerates when a session-mode client leaves its
+// server ready for another client: only when the server answered all it
+// was sent and is outside a transaction.
+func TestSessionServerIdle(t *testing.T) {
+	z := func(status byte) []byte { return appendMessage(nil, 'Z', []byte{status}) }
+	q := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	parse := appendMessage(nil, 'P', []byte("\x00SELECT 1\x00\x00\x00"))
+	sync := appendMessage(nil, 'S', nil)
+	copyDone := appendMessage(nil, 'c', nil)
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	for _, tc := range []struct {
+		name           string
+		client, server []byte
+		idle           bool
+	}{
+		{"nothing sent", nil, nil, true},
+		{"query answered", q, cat(appendMessage(nil, 'C', []byte("SELECT 1\x00")), z('I')), true},
+		{"query not answered yet", q, nil, false},
+		{"two queries, one answered", cat(q, q), z('I'), false},
+		{"in a transaction", q, z('T'), false},
+		{"in a failed transaction", q, z('E'), false},
+		{"parse without its sync", parse, nil, false},
+		{"parse and sync answered", cat(parse, sync), cat(appendMessage(nil, '1', nil), z('I')), true},
+		{"copy done and answered", cat(q, appendMessage(nil, 'd', []byte("1\n")), copyDone), z('I'), true},
+		{"copy data without its end", cat(q, appendMessage(nil, 'd', []byte("1\n"))), nil, false},
+		{"server message cut", q, z('I')[:3], false},
+	} {
+		h := &sessLoop{status: 'I', down: frameScanner{watch: serverWatch}}
+		if _, err := h.up.feed(tc.client, func([]byte) {}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.follow(tc.server); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.idle(); got != tc.idle {
+			t.Errorf("%s: idle %v, want %v", tc.name, got, tc.idle)
+		}
+	}
+}
