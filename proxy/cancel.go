@@ -70,22 +70,26 @@ func (r *cancelRegistry) remove(pid uint32, key []byte) {
 	r.mu.Unlock()
 }
 
-// registerSession gives a pooled session a process id and key of the
-// proxy's own; cancel requests with them reach whatever server the session
-// holds at that moment.
-func (r *cancelRegistry) registerSession(sess *session) (uint32, []byte, error) {
+// registerSession gives a pooled session a key of the proxy's own, and a
+// process id: pid when not 0 (a session-mode client's server's, which it
+// keeps for the whole session), or one of the proxy's own. Cancel requests
+// with them reach whatever server the session holds at that moment.
+func (r *cancelRegistry) registerSession(sess *session, pid uint32) (uint32, []byte, error) {
 	key := make([]byte, 4)
 	var pidb [4]byte
+	fixed := pid != 0
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for {
 		if _, err := rand.Read(key); err != nil {
 			return 0, nil, err
 		}
-		if _, err := rand.Read(pidb[:]); err != nil {
-			return 0, nil, err
+		if !fixed {
+			if _, err := rand.Read(pidb[:]); err != nil {
+				return 0, nil, err
+			}
+			pid = getUint32(pidb[:]) & 0x7fffffff
 		}
-		pid := getUint32(pidb[:]) & 0x7fffffff
 		k := cancelKey{pid: pid, key: string(key)}
 		if _, taken := r.m[k]; !taken && pid != 0 {
 			r.m[k] = cancelTarget{session: sess}

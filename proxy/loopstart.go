@@ -150,7 +150,7 @@ func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n i
 	if initial != nil && ps.onLoop(e) {
 		buf := greetings.Get().(*[]byte)
 		defer greetings.Put(buf)
-		if out, err = ps.greeting((*buf)[:0], *initial); out != nil {
+		if out, err = ps.greeting((*buf)[:0], *initial, nil); out != nil {
 			*buf = out[:0] // keep it if it grew
 		}
 	}

@@ -235,7 +235,11 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		}
 		initial = sc.Initial
 	}
-	out, err := ps.greeting(nil, initial)
+	var held *pool.ServerConn
+	if mode == PoolSession && ps.splitCfg == nil {
+		held = sc
+	}
+	out, err := ps.greeting(nil, initial, held)
 	if err != nil {
 		if sc != nil {
 			ps.release(sc, false)
@@ -259,7 +263,7 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		ps.loopPool = entry.pool
 	}
 	if sc != nil {
-		if sess.srv.loop != nil {
+		if ps.sessionOnLoop() {
 			// Session mode on a loop thread, which pumps the server
 			// (runOnLoop); run lends it to the goroutines if it cannot.
 			ps.mu.Lock()
@@ -313,14 +317,21 @@ func (sess *session) newPooled(cfg *Config, mode PoolMode, in sessionIntent, par
 }
 
 // greeting completes the client's settings from initial, what a fresh
-// server of its pool reports, gives the client a process id and cancel key
-// of the proxy's own (the server it talks to changes; cancel follows
-// whichever it holds) and appends to dst the messages that end the
-// startup: AuthenticationOk to ReadyForQuery.
-func (ps *pooled) greeting(dst []byte, initial map[string]string) ([]byte, error) {
+// server of its pool reports, gives the client a cancel key of the
+// proxy's own and a process id (cancel follows whichever server the
+// client holds): held's, the server a session-mode client keeps for its
+// whole session, when not nil, so that pg_backend_pid() and the server's
+// logs agree with it; otherwise one of the proxy's, the server changing.
+// It appends to dst the messages that end the startup: AuthenticationOk
+// to ReadyForQuery.
+func (ps *pooled) greeting(dst []byte, initial map[string]string, held *pool.ServerConn) ([]byte, error) {
 	sess := ps.sess
 	ps.completeDesired(initial)
-	pid, key, err := sess.srv.cancels.registerSession(sess)
+	var serverPID uint32
+	if held != nil {
+		serverPID = held.PID
+	}
+	pid, key, err := sess.srv.cancels.registerSession(sess, serverPID)
 	if err != nil {
 		return nil, err
 	}
@@ -354,11 +365,17 @@ func (ps *pooled) begun() {
 	}
 }
 
+// sessionOnLoop says whether a session-mode session may be relayed by a
+// loop thread (sessLoop), which knows nothing of the statement split.
+func (ps *pooled) sessionOnLoop() bool {
+	return ps.mode == PoolSession && ps.sess.srv.loop != nil && ps.splitCfg == nil
+}
+
 // run relays the client's transactions until it leaves, then gives back
 // or closes whatever server it holds. It returns errDetached when a loop
 // thread relays them: the thread finishes the session.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
-	if ps.loopPool != nil || (ps.mode == PoolSession && ps.sess.srv.loop != nil) {
+	if ps.loopPool != nil || ps.sessionOnLoop() {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
 			if err != errDetached {
 				ps.mu.Lock()

@@ -746,6 +746,9 @@ func TestSessionPoolingRelay(t *testing.T) {
 
 			a := dial()
 			pid := backendPID(a)
+			if got := a.PgConn().PID(); got != uint32(pid) {
+				t.Fatalf("BackendKeyData gave process id %d, the server's is %d", got, pid)
+			}
 			if _, err := a.Exec(ctx, "SET work_mem = '7MB'"); err != nil {
 				t.Fatal(err)
 			}
