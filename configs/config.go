@@ -151,7 +151,7 @@ type Proxy struct {
 	// MaxStartupPacket caps the startup packet in bytes. Default 10000.
 	MaxStartupPacket int `yaml:"maxStartupPacket"`
 	// RelayThreads is how many epoll threads relay sessions without TLS
-	// once they have started (passthrough, and transaction pooling); 0
+	// once they have started (passthrough, session and transaction pooling); 0
 	// relays them with goroutines instead. Default 1.
 	RelayThreads int `yaml:"relayThreads"`
 	// TLSCertFile and TLSKeyFile enable TLS for clients. Default: none

@@ -33,7 +33,7 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	f.dur("primary-wait", d.Proxy.PrimaryWait, "how long read-write sessions wait for a primary during a failover", func(c *Config) *time.Duration { return &c.Proxy.PrimaryWait })
 	f.dur("drain-timeout", d.Proxy.DrainTimeout, "how long SIGTERM lets sessions finish before closing them", func(c *Config) *time.Duration { return &c.Proxy.DrainTimeout })
 	f.integer("max-startup-packet", d.Proxy.MaxStartupPacket, "max startup packet size in bytes", func(c *Config) *int { return &c.Proxy.MaxStartupPacket })
-	f.integer("relay-threads", d.Proxy.RelayThreads, "epoll threads relaying sessions without TLS: passthrough and transaction pooling (0: goroutines)", func(c *Config) *int { return &c.Proxy.RelayThreads })
+	f.integer("relay-threads", d.Proxy.RelayThreads, "epoll threads relaying sessions without TLS: passthrough, session and transaction pooling (0: goroutines)", func(c *Config) *int { return &c.Proxy.RelayThreads })
 	f.str("tls-cert", d.Proxy.TLSCertFile, "certificate file for client TLS", func(c *Config) *string { return &c.Proxy.TLSCertFile })
 	f.str("tls-key", d.Proxy.TLSKeyFile, "key file for client TLS", func(c *Config) *string { return &c.Proxy.TLSKeyFile })
 	f.str("server-sslmode", d.Proxy.ServerSSLMode, "sslmode for links to PostgreSQL: disable, prefer, require, verify-ca, verify-full", func(c *Config) *string { return &c.Proxy.ServerSSLMode })

@@ -82,8 +82,9 @@ type Config struct {
 	// list is reloadable; the peer port is bound at start only.
 	Peer PeerConfig
 	// RelayThreads is how many epoll loops relay sessions once they have
-	// started (package loop): passthrough sessions, and transaction-mode
-	// sessions, split or not. Sessions with TLS on either
+	// started (package loop): passthrough sessions, session-mode sessions
+	// without the split, and transaction-mode sessions, split or not.
+	// Sessions with TLS on either
 	// side are relayed by goroutines. 0 relays every session with
 	// goroutines. Read at start only.
 	RelayThreads int
