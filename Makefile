@@ -24,7 +24,7 @@ FAULTS ?= 100
 SEED ?= 0
 DURATION ?= 30m
 
-.PHONY: build test vet fmt-check fuzz demo demo-chaos bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium ensure-k8s test-kubernetes pgx-suite chaos soak
+.PHONY: build test vet fmt-check fuzz demo demo-chaos bench bench-failover clean ensure-postgres ensure-etcd ensure-chromium ensure-k8s test-kubernetes pgx-suite node-pg-suite chaos soak
 
 build:
 	$(GO) build -o bin/pgrouter ./cmd/pgrouter
@@ -126,3 +126,11 @@ clean:
 # it takes several minutes.
 pgx-suite:
 	bash scripts/pgx-suite.sh
+
+# node-pg-suite runs node-postgres's integration tests (the pg npm driver)
+# against PostgreSQL directly and through pgrouter's read-write port and
+# compares the outcomes (see scripts/node-pg-suite.sh for its knobs). Needs
+# node and npm, and NODE_PG_SRC (a node-postgres checkout or bare git
+# directory) where GitHub is not reachable. Not part of `make test`.
+node-pg-suite:
+	bash scripts/node-pg-suite.sh
