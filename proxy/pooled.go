@@ -263,9 +263,8 @@ func (sess *session) startPooled(ctx context.Context, cfg *Config, in sessionInt
 		ps.loopPool = entry.pool
 	}
 	if sc != nil {
-		if ps.sessionOnLoop() {
-			// Session mode on a loop thread, which pumps the server
-			// (runOnLoop); run lends it to the goroutines if it cannot.
+		if ps.relaysBytes() {
+			// run relays it, on a loop thread or goroutines.
 			ps.mu.Lock()
 			ps.server = sc
 			ps.mu.Unlock()
@@ -365,17 +364,18 @@ func (ps *pooled) begun() {
 	}
 }
 
-// sessionOnLoop says whether a session-mode session may be relayed by a
-// loop thread (sessLoop), which knows nothing of the statement split.
-func (ps *pooled) sessionOnLoop() bool {
-	return ps.mode == PoolSession && ps.sess.srv.loop != nil && ps.splitCfg == nil
+// relaysBytes says whether the session is relayed as bytes (sessLoop,
+// relaySession): session mode, unless the statement split moves its
+// transactions between members.
+func (ps *pooled) relaysBytes() bool {
+	return ps.mode == PoolSession && ps.splitCfg == nil
 }
 
 // run relays the client's transactions until it leaves, then gives back
 // or closes whatever server it holds. It returns errDetached when a loop
 // thread relays them: the thread finishes the session.
 func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error {
-	if ps.loopPool != nil || ps.sessionOnLoop() {
+	if ps.loopPool != nil || (ps.relaysBytes() && ps.sess.srv.loop != nil) {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
 			if err != errDetached {
 				ps.mu.Lock()
@@ -388,11 +388,11 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 			}
 			return err
 		}
-		if ps.mode == PoolSession {
-			ps.lend(ps.heldServer())
-		}
 	}
 	ps.sess.ln.relayedGoroutines.Inc()
+	if ps.relaysBytes() {
+		return ps.relaySession(cfg)
+	}
 	err := ps.clientLoop(ctx, cfg, in)
 	// Stop the server loop: give back or close whatever is held.
 	ps.mu.Lock()

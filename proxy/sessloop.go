@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"errors"
+	"io"
+	"net"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -32,19 +35,14 @@ type sessLoop struct {
 	s    *loop.Session
 	emit func([]byte) // emitServer, made once
 
-	up   clientMessages
-	down frameScanner // server to client: ReadyForQuery decoded
-	// status is the transaction status of the server's last
-	// ReadyForQuery.
-	status byte
+	streams sessionStreams
 
 	toClient, toServer prometheus.Counter
 }
 
 func newSessLoop(ps *pooled, cfg *Config, sc *pool.ServerConn, sock *loop.Socket) *sessLoop {
 	h := &sessLoop{
-		ps: ps, cfg: cfg, sc: sc, sock: sock, status: 'I',
-		down:     frameScanner{watch: serverWatch},
+		ps: ps, cfg: cfg, sc: sc, sock: sock, streams: newSessionStreams(),
 		toClient: ps.sess.ln.toClient, toServer: ps.sess.ln.toServer,
 	}
 	h.emit = h.emitServer
@@ -71,7 +69,7 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 		return
 	}
 	h.s = s
-	quit, err := h.up.feed(b, h.emit)
+	quit, err := h.streams.up.feed(b, h.emit)
 	switch {
 	case err != nil:
 		h.fail(s, err)
@@ -80,17 +78,64 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 	}
 }
 
+// sessionStreams follows both streams of a session-mode session, for
+// either relay: the client's side only ever by the reader of the client,
+// the server's only by the reader of the server, and idle once both have
+// stopped.
+type sessionStreams struct {
+	up   clientMessages
+	down frameScanner // ReadyForQuery decoded
+	// answered counts the server's ReadyForQuery messages, status is the
+	// transaction status of the last.
+	answered int
+	status   byte
+}
+
+func newSessionStreams() sessionStreams {
+	return sessionStreams{down: frameScanner{watch: serverWatch}, status: 'I'}
+}
+
+// follow scans the server's bytes for ReadyForQuery messages.
+func (st *sessionStreams) follow(b []byte) error {
+	for off := 0; off < len(b); {
+		n, done, err := st.down.next(b[off:])
+		if err != nil {
+			return err
+		}
+		off += n
+		if done && st.down.typ() == 'Z' {
+			if m := st.down.msg(); len(m) == 1 {
+				st.status = m[0]
+			}
+			st.answered++
+		}
+	}
+	return nil
+}
+
+// idle reports whether the server has answered everything the client
+// sent and is outside a transaction: then a reset readies it for another
+// client.
+func (st *sessionStreams) idle() bool {
+	switch st.up.last {
+	case 0, 'Q', 'S', 'F', 'c', 'f':
+	default:
+		return false // an extended-protocol batch without its Sync, or a COPY
+	}
+	return st.up.asked == st.answered && st.status == 'I' && st.up.scan.atBoundary() && st.down.atBoundary()
+}
+
 // clientMessages follows the messages a session-mode client sends: what
-// the relay must know to give the server back (see sessLoop.idle), and
+// the relay must know to give the server back (sessionStreams.idle), and
 // the Terminate that must not reach the server, whose header is kept back
 // while it comes in pieces.
 type clientMessages struct {
 	scan frameScanner // headers only
-	// last is the type of the client's last message, waiting how many
-	// ReadyForQuery messages its Query, FunctionCall and Sync messages
-	// still wait for.
-	last    byte
-	waiting int
+	// last is the type of the client's last message, asked how many
+	// Query, FunctionCall and Sync messages it sent: each gets one
+	// ReadyForQuery.
+	last  byte
+	asked int
 }
 
 // feed passes b on to emit, in one or two pieces, up to a Terminate,
@@ -123,7 +168,7 @@ func (u *clientMessages) feed(b []byte, emit func([]byte)) (quit bool, err error
 		}
 		u.last = typ
 		if typ == 'Q' || typ == 'S' || typ == 'F' {
-			u.waiting++
+			u.asked++
 		}
 	}
 	end := len(b)
@@ -146,32 +191,12 @@ func (h *sessLoop) emitServer(b []byte) {
 // FromServer forwards the server's bytes, following its ReadyForQuery
 // messages.
 func (h *sessLoop) FromServer(s *loop.Session, b []byte) {
-	if err := h.follow(b); err != nil {
+	if err := h.streams.follow(b); err != nil {
 		h.fail(s, err)
 		return
 	}
 	s.WriteClient(b)
 	h.toClient.Add(float64(len(b)))
-}
-
-// follow scans the server's bytes for ReadyForQuery messages.
-func (h *sessLoop) follow(b []byte) error {
-	for off := 0; off < len(b); {
-		n, done, err := h.down.next(b[off:])
-		if err != nil {
-			return err
-		}
-		off += n
-		if done && h.down.typ() == 'Z' {
-			if m := h.down.msg(); len(m) == 1 {
-				h.status = m[0]
-			}
-			if h.up.waiting > 0 {
-				h.up.waiting--
-			}
-		}
-	}
-	return nil
 }
 
 // ServerFailed ends the session: it depended on that server. The client
@@ -187,7 +212,7 @@ func (h *sessLoop) lost(s *loop.Session, err error) {
 
 // fail ends the session after a framing error, telling the client why.
 func (h *sessLoop) fail(s *loop.Session, err error) {
-	if ce, ok := asClientError(err); ok && h.down.atBoundary() {
+	if ce, ok := asClientError(err); ok && h.streams.down.atBoundary() {
 		s.WriteClient(appendErrorResponse(nil, ce))
 	}
 	s.End(err)
@@ -196,22 +221,10 @@ func (h *sessLoop) fail(s *loop.Session, err error) {
 // Farewell tells a client whose session the proxy ended why, unless the
 // client is in the middle of a server message.
 func (h *sessLoop) Farewell(*loop.Session) []byte {
-	if e := h.ps.sess.killed.Load(); e != nil && h.down.atBoundary() {
+	if e := h.ps.sess.killed.Load(); e != nil && h.streams.down.atBoundary() {
 		return appendErrorResponse(nil, e)
 	}
 	return nil
-}
-
-// idle reports whether the server has answered everything the client
-// sent and is outside a transaction: then a reset readies it for another
-// client.
-func (h *sessLoop) idle() bool {
-	switch h.up.last {
-	case 0, 'Q', 'S', 'F', 'c', 'f':
-	default:
-		return false // an extended-protocol batch without its Sync, or a COPY
-	}
-	return h.up.waiting == 0 && h.status == 'I' && h.up.scan.atBoundary() && h.down.atBoundary()
 }
 
 // Ended gives the server back when the client left it idle, after the
@@ -222,7 +235,7 @@ func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean 
 	held := ps.server
 	ps.server = nil
 	ps.mu.Unlock()
-	reusable := held != nil && server != nil && clean && err == nil && h.idle() && ps.sess.killed.Load() == nil
+	reusable := held != nil && server != nil && clean && err == nil && h.streams.idle() && ps.sess.killed.Load() == nil
 	if !reusable {
 		if held != nil {
 			ps.release(held, false)
@@ -236,4 +249,99 @@ func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean 
 		ps.leave()
 		ps.sess.finish(err)
 	}()
+}
+
+// relaySession is sessLoop's relay on goroutines, for a session with TLS
+// on a side or without loop threads: this goroutine copies the server's
+// bytes to the client, another the client's to the server. When the
+// client leaves, the server is given back, reset, if it was idle, and
+// closed otherwise.
+func (ps *pooled) relaySession(cfg *Config) error {
+	sess, sc := ps.sess, ps.heldServer()
+	st := newSessionStreams()
+	toServer, toClient := sess.ln.toServer, sess.ln.toClient
+	clientLeft := make(chan error, 1)
+	go func() {
+		bp := clientBufPool.Get().(*[]byte)
+		defer clientBufPool.Put(bp)
+		var werr error
+		emit := func(b []byte) {
+			if werr == nil {
+				_, werr = sc.Write(b)
+				toServer.Add(float64(len(b)))
+			}
+		}
+		for {
+			n, err := sess.client.Read(*bp)
+			if n > 0 {
+				quit, ferr := st.up.feed((*bp)[:n], emit)
+				switch {
+				case ferr != nil:
+					err = ferr
+				case werr != nil:
+					err = werr
+				case quit:
+					err = io.EOF
+				}
+			}
+			if err != nil {
+				// Stop the server's reader without closing the server.
+				_ = sc.SetReadDeadline(time.Now())
+				clientLeft <- err
+				return
+			}
+		}
+	}()
+	bp := serverBufPool.Get().(*[]byte)
+	buf := *bp
+	var serr error
+	for {
+		n, err := sc.Read(buf)
+		if n > 0 {
+			if ferr := st.follow(buf[:n]); ferr != nil {
+				err = ferr
+			} else if _, werr := sess.client.Write(buf[:n]); werr != nil {
+				err = werr
+			} else {
+				toClient.Add(float64(n))
+			}
+		}
+		if err != nil {
+			serr = err
+			break
+		}
+	}
+	serverBufPool.Put(bp)
+	var cerr error
+	select {
+	case cerr = <-clientLeft:
+	default:
+		// The server went first (or failed): the session depended on it.
+		if e := sess.killed.Load(); e != nil && st.down.atBoundary() {
+			_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
+			writeClientError(sess.client, e)
+		}
+		sess.client.Close()
+		<-clientLeft
+		ps.forget(sc, serr)
+		if errors.Is(serr, io.EOF) {
+			return nil
+		}
+		return serr
+	}
+	if errors.Is(cerr, io.EOF) || errors.Is(cerr, net.ErrClosed) {
+		cerr = nil
+	}
+	ps.mu.Lock()
+	ps.server = nil
+	ps.mu.Unlock()
+	var ne net.Error
+	stopped := errors.As(serr, &ne) && ne.Timeout() // by the deadline, not a failure
+	if stopped && cerr == nil && st.idle() && sess.killed.Load() == nil {
+		_ = sc.SetReadDeadline(time.Time{})
+		ps.release(sc, ps.reset(sc, cfg))
+	} else {
+		ps.release(sc, false)
+	}
+	return cerr
 }

@@ -37,8 +37,8 @@ func TestClientMessagesKeepTerminateFromServer(t *testing.T) {
 			if !quit || !bytes.Equal(got, before) {
 				t.Fatalf("cuts %d,%d: quit %v, passed on %q, want %q", i, j, quit, got, before)
 			}
-			if u.waiting != 2 || u.last != 'S' {
-				t.Fatalf("cuts %d,%d: waiting %d, last %q; want 2 and 'S'", i, j, u.waiting, u.last)
+			if u.asked != 2 || u.last != 'S' {
+				t.Fatalf("cuts %d,%d: asked %d, last %q; want 2 and 'S'", i, j, u.asked, u.last)
 			}
 		}
 	}
@@ -58,8 +58,8 @@ func TestClientMessagesPassHeadersOnceWhole(t *testing.T) {
 			t.Fatalf("after %d header bytes, passed on %q", k+1, got)
 		}
 	}
-	if !bytes.Equal(got, msg) || u.waiting != 1 || !u.scan.atBoundary() {
-		t.Fatalf("passed on %q (waiting %d), want %q", got, u.waiting, msg)
+	if !bytes.Equal(got, msg) || u.asked != 1 || !u.scan.atBoundary() {
+		t.Fatalf("passed on %q (asked %d), want %q", got, u.asked, msg)
 	}
 	if _, err := u.feed([]byte{'Q', 0, 0, 0, 2}, func([]byte) {}); err == nil {
 		t.Fatal("a length below 4 was accepted")
@@ -93,14 +93,14 @@ func TestSessionServerIdle(t *testing.T) {
 		{"copy data without its end", cat(q, appendMessage(nil, 'd', []byte("1\n"))), nil, false},
 		{"server message cut", q, z('I')[:3], false},
 	} {
-		h := &sessLoop{status: 'I', down: frameScanner{watch: serverWatch}}
-		if _, err := h.up.feed(tc.client, func([]byte) {}); err != nil {
+		st := newSessionStreams()
+		if _, err := st.up.feed(tc.client, func([]byte) {}); err != nil {
 			t.Fatal(err)
 		}
-		if err := h.follow(tc.server); err != nil {
+		if err := st.follow(tc.server); err != nil {
 			t.Fatal(err)
 		}
-		if got := h.idle(); got != tc.idle {
+		if got := st.idle(); got != tc.idle {
 			t.Errorf("%s: idle %v, want %v", tc.name, got, tc.idle)
 		}
 	}
