@@ -105,41 +105,10 @@ nodemajor=$("$node" -p 'process.versions.node.split(".")[0]')
 [ "$nodemajor" -ge 16 ] || die "node $("$node" --version) is too old: node-postgres needs 16 or later"
 suite_init
 
-# --- cleanup: everything started here is stopped by its own PID.
-work=$(mktemp -d /tmp/node-pg-suite.XXXXXX)
-chmod 755 "$work"
-runner_pid=
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-	rc=$?
-	trap - EXIT INT TERM HUP
-	if [ -n "$runner_pid" ] && kill -0 "$runner_pid" 2>/dev/null; then
-		# timeout(1) leads its own process group: stop it and node.
-		kill -TERM -- "-$runner_pid" 2>/dev/null || true
-		sleep 1
-		kill -KILL -- "-$runner_pid" 2>/dev/null || true
-	fi
-	suite_stop_servers
-	if [ -n "${NODE_PG_SUITE_OUT:-}" ]; then
-		mkdir -p "$NODE_PG_SUITE_OUT"
-		cp -f "$work"/*.log "$work"/*.txt "$work"/*.json "$NODE_PG_SUITE_OUT"/ 2>/dev/null || true
-		for name in direct proxy; do
-			[ -d "$work/$name" ] && rm -rf "${NODE_PG_SUITE_OUT:?}/$name" && cp -R "$work/$name" "$NODE_PG_SUITE_OUT/$name"
-		done
-		cp -f "$work/pg0/postgres.log" "$NODE_PG_SUITE_OUT/postgres-primary.log" 2>/dev/null || true
-		cp -f "$work/pg1/postgres.log" "$NODE_PG_SUITE_OUT/postgres-standby.log" 2>/dev/null || true
-		log "outputs copied to $NODE_PG_SUITE_OUT"
-	fi
-	if [ "${NODE_PG_SUITE_KEEP:-0}" = 1 ]; then
-		log "work directory kept: $work"
-	else
-		rm -rf "$work"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+# --- the work directory; from here on everything started is stopped by
+# its own PID on exit (the per-file logs and results are copied to
+# NODE_PG_SUITE_OUT from the run directories direct/ and proxy/).
+suite_workdir
 
 # --- node-postgres: packages/pg and its dependencies.
 src=${NODE_PG_SRC:-}
@@ -185,18 +154,11 @@ ln -s "$work/npm/node_modules" "$pgdir/node_modules"
 (cd "$work/npm" && npm ls --depth=0 2>/dev/null) >"$work/npm-versions.txt" || true
 
 # --- PostgreSQL: a primary and a hot standby.
-freeport
-pg_port=$port
-freeport
-standby_port=$port
-primary=$work/pg0
-standby=$work/pg1
+suite_layout
 password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 log "initdb primary ($bindir)"
 suite_initdb "$primary"
-asdb tee "$primary/data/pg_hba.conf" >/dev/null <<EOF
-local     all          all                                trust
-local     replication  all                                trust
+asdb tee -a "$primary/data/pg_hba.conf" >/dev/null <<EOF
 host      all          all          127.0.0.1/32          scram-sha-256
 EOF
 if [ "$tls" = 1 ]; then
@@ -207,28 +169,22 @@ if [ "$tls" = 1 ]; then
 	asdb install -m 600 "$work/certs/test-server.key" "$primary/data/server.key"
 	echo "ssl = on" | asdb tee -a "$primary/data/postgresql.conf" >/dev/null
 fi
-startpg "$primary" pg_port || dielog "$primary/postgres.log" "primary did not start"
-log "primary on 127.0.0.1:$pg_port"
-asdb "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$primary" -p "$pg_port" -U postgres -d postgres \
+startpg "$primary" primary_port || dielog "$primary/postgres.log" "primary did not start"
+log "primary on 127.0.0.1:$primary_port"
+suite_psql "$primary" "$primary_port" -d postgres \
 	-c "SET password_encryption = 'scram-sha-256'" \
 	-c "ALTER ROLE postgres PASSWORD '$password'" \
 	-c "CREATE ROLE scram_test LOGIN PASSWORD 'test4scram'" \
 	-c "CREATE ROLE scram_unicode_test LOGIN PASSWORD U&'IX-\\2168'" \
 	-c "CREATE DATABASE node_pg_test" >"$work/setup.log" 2>&1 || dielog "$work/setup.log" "database setup failed"
-suite_standby "$primary" "$pg_port" "$standby" standby_port
+suite_standby "$primary" "$primary_port" "$standby" standby_port
 
 # --- pgrouter in front of both.
 suite_build_pgrouter
 tlsflags=()
 [ "$tls" = 1 ] && tlsflags=(--tls-cert "$work/certs/test-server.crt" --tls-key "$work/certs/test-server.key")
-poolflags=()
-if [ "$poolmode" != passthrough ]; then
-	suite_userlist "$primary" "$pg_port" "$work/userlist.txt"
-	poolflags=(--pool-mode "$poolmode" --auth-file "$work/userlist.txt"
-		--auth-hba "local all all scram-sha-256"
-		--auth-hba "host all all 127.0.0.1/32 scram-sha-256")
-fi
-suite_start_pgrouter "$password" "127.0.0.1:$pg_port,127.0.0.1:$standby_port" "${tlsflags[@]}" "${poolflags[@]}"
+suite_pool_flags "$primary" "$primary_port" "local all all scram-sha-256" "host all all 127.0.0.1/32 scram-sha-256"
+suite_start_pgrouter "$password" "127.0.0.1:$primary_port,127.0.0.1:$standby_port" "${tlsflags[@]}" "${poolflags[@]}"
 
 # --- the test files, and the preload that records per-test outcomes.
 (cd "$pgdir" && find test/integration -name '*-tests.js' | LC_ALL=C sort) >"$work/files.txt"
@@ -372,7 +328,7 @@ runsuite() {
 }
 
 case "$only" in
-"" | direct) runsuite direct "$pg_port" ;;
+"" | direct) runsuite direct "$primary_port" ;;
 esac
 case "$only" in
 "" | proxy)
@@ -534,21 +490,7 @@ if (regressions > 0) {
 }
 console.log(`\nno regressions: ${b.name} fails nothing that ${a.name} passes`)
 EOF
-args=()
-for name in direct proxy; do
-	[ -f "$work/$name/results.txt" ] && args+=("$name=$work/$name")
-done
+suite_run_args ""
 rc=0
 "$node" "$work/report.js" "${args[@]}" >"$work/report.txt" || rc=$?
-cat "$work/report.txt"
-if [ -s "$work/pgrouter-counters.txt" ]; then
-	echo
-	echo "pgrouter counters after the proxied run:"
-	sed 's/^/  /' "$work/pgrouter-counters.txt"
-fi
-for name in direct proxy; do
-	[ -f "$work/$name-seconds.txt" ] && echo "run $name: $(cat "$work/$name-seconds.txt")s"
-done
-echo "pgrouter ($poolmode) from the $built; node-postgres pg $pgver from $srcdesc; node $("$node" --version); PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"
-[ "$rc" -le 1 ] || die "report failed"
-exit "$rc"
+suite_finish "$rc" "pgrouter ($poolmode) from the $built; node-postgres pg $pgver from $srcdesc; node $("$node" --version); PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"

@@ -71,116 +71,26 @@ only=${PGX_SUITE_ONLY:-}
 poolmode=${PGX_SUITE_POOL_MODE:-passthrough}
 case "$poolmode" in passthrough | session | transaction) ;; *) echo "PGX_SUITE_POOL_MODE: passthrough, session or transaction" >&2; exit 2 ;; esac
 
-log() { printf '%s pgx-suite: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "$*"; exit 2; }
-# dielog FILE MESSAGE shows the end of FILE and dies.
-dielog() { tail -n 40 "$1" >&2 || true; die "$2"; }
+suite_name=pgx-suite
+suite_knob=PGX_SUITE
+# shellcheck source=scripts/suite-lib.sh
+. "$repo/scripts/suite-lib.sh"
 
 # --- locate PostgreSQL, the pgx module and the OS user for the servers.
-sh "$repo/scripts/ensure-postgres.sh" || die "PostgreSQL is missing"
-bindir=${PGR_PG_BINDIR:-}
-if [ -z "$bindir" ]; then
-	bindir=$(pg_config --bindir 2>/dev/null || true)
-	[ -n "$bindir" ] && [ -x "$bindir/initdb" ] || bindir=/usr/lib/postgresql/15/bin
-fi
+suite_init
 pgxver=$(cd "$repo" && go list -m -f '{{.Version}}' github.com/jackc/pgx/v5)
 pgxsrc=$(cd "$repo" && go list -m -f '{{.Dir}}' github.com/jackc/pgx/v5)
+# shellcheck disable=SC2015 # die when either test fails
 [ -n "$pgxsrc" ] && [ -d "$pgxsrc/testsetup" ] ||
 	die "pgx $pgxver is not in the module cache: run 'go mod download github.com/jackc/pgx/v5' in $repo"
 
-if [ "$(id -u)" -eq 0 ]; then
-	asdb() { runuser -u postgres -- "$@"; }
-else
-	asdb() { "$@"; }
-fi
-pg() { asdb "$bindir/$1" "${@:2}"; }
-
-# --- cleanup: everything started here is stopped by its own PID.
-work=$(mktemp -d /tmp/pgx-suite.XXXXXX)
-chmod 755 "$work"
-pgrouter_pid=
-gotest_pid=
-datadirs=()
-cleanup() {
-	rc=$?
-	trap - EXIT INT TERM HUP
-	if [ -n "$gotest_pid" ] && kill -0 "$gotest_pid" 2>/dev/null; then
-		# go test runs in its own process group (setsid): stop the go
-		# command and the test binary it is running.
-		kill -TERM -- "-$gotest_pid" 2>/dev/null || true
-		sleep 1
-		kill -KILL -- "-$gotest_pid" 2>/dev/null || true
-	fi
-	if [ -n "$pgrouter_pid" ] && kill -0 "$pgrouter_pid" 2>/dev/null; then
-		kill -TERM "$pgrouter_pid" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$pgrouter_pid" 2>/dev/null || break; sleep 0.2; done
-		kill -KILL "$pgrouter_pid" 2>/dev/null || true
-	fi
-	for d in "${datadirs[@]}"; do
-		[ -f "$d/postmaster.pid" ] || continue
-		pid=$(head -n1 "$d/postmaster.pid")
-		pg pg_ctl -D "$d" -m immediate -w -t 30 stop >/dev/null 2>&1 || kill -KILL "$pid" 2>/dev/null || true
-	done
-	if [ -n "${PGX_SUITE_OUT:-}" ]; then
-		mkdir -p "$PGX_SUITE_OUT"
-		cp -f "$work"/*.json "$work"/*.log "$work"/*.txt "$PGX_SUITE_OUT"/ 2>/dev/null || true
-		cp -f "$work/pg0/postgres.log" "$PGX_SUITE_OUT/postgres-primary.log" 2>/dev/null || true
-		cp -f "$work/pg1/postgres.log" "$PGX_SUITE_OUT/postgres-standby.log" 2>/dev/null || true
-		log "outputs copied to $PGX_SUITE_OUT"
-	fi
-	if [ "${PGX_SUITE_KEEP:-0}" = 1 ]; then
-		log "work directory kept: $work"
-	else
-		rm -rf "$work"
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-# freeport sets port to a TCP port that nothing uses and that this script
-# has not handed out yet, below the kernel's ephemeral range (where
-# "listen on :0, close, reuse" helpers of other programs pick theirs). Who
-# binds it may still lose a race: startpg and the pgrouter start retry.
-read -r eph_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || eph_low=32768
-[ "$eph_low" -gt 11024 ] || eph_low=32768
-taken=" "
-port=
-freeport() {
-	while :; do
-		port=$((eph_low - 10000 + RANDOM % 10000))
-		case "$taken" in *" $port "*) continue ;; esac
-		ss -Htan "( sport = :$port )" 2>/dev/null | grep -q . && continue
-		taken="$taken$port "
-		return
-	done
-}
-
-# startpg DIR VAR starts the server of DIR/data on the port held in the
-# variable VAR, moving to a new port (and updating VAR) if it is taken.
-startpg() {
-	local dir=$1 var=$2 try
-	for try in 1 2 3 4 5; do
-		echo "port = ${!var}" | asdb tee -a "$dir/data/postgresql.conf" >/dev/null
-		pg pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null 2>&1 && return 0
-		[ "$try" -lt 5 ] && grep -q 'could not bind' "$dir/postgres.log" 2>/dev/null || return 1
-		log "port ${!var} taken, retrying"
-		freeport
-		printf -v "$var" '%s' "$port"
-	done
-}
+# --- the work directory; from here on everything started is stopped by
+# its own PID on exit.
+suite_workdir
 
 # --- PostgreSQL: a primary and a hot standby.
-freeport
-pgx_port=$port
-freeport
-standby_port=$port
-primary=$work/pg0
-standby=$work/pg1
-mkdir -p "$primary" "$standby" "$work/certs"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$primary" "$standby"
-chmod 700 "$primary" "$standby"
+suite_layout
+mkdir -p "$work/certs"
 health_password=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
 
 for f in ca.pem localhost.crt localhost.key pgx_sslcert.crt pgx_sslcert.key; do
@@ -189,16 +99,12 @@ done
 chmod 644 "$work"/certs/*
 
 log "initdb primary ($bindir, pgx $pgxver)"
-pg initdb -D "$primary/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$work/initdb.log" 2>&1 ||
-	dielog "$work/initdb.log" "initdb failed"
-datadirs+=("$primary/data")
+suite_initdb "$primary"
 
 # testsetup/pg_hba.conf with the server reached over 127.0.0.1 only, plus
 # the postgres role over TCP for pgrouter's health probes and replication
 # over the Unix socket for pg_basebackup and the standby.
-asdb tee "$primary/data/pg_hba.conf" >/dev/null <<EOF
-local     all          all                                trust
-local     replication  all                                trust
+asdb tee -a "$primary/data/pg_hba.conf" >/dev/null <<EOF
 host      all          postgres     127.0.0.1/32          scram-sha-256
 host      all          pgx_md5      127.0.0.1/32          md5
 host      all          pgx_scram    127.0.0.1/32          scram-sha-256
@@ -206,26 +112,16 @@ host      all          pgx_pw       127.0.0.1/32          $([ "$poolmode" = pass
 hostssl   all          pgx_ssl      127.0.0.1/32          scram-sha-256
 hostssl   all          pgx_sslcert  127.0.0.1/32          cert
 EOF
-asdb tee -a "$primary/data/postgresql.conf" >/dev/null <<EOF
-
-# pgx-suite
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$primary'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-hot_standby = on
-EOF
 if [ "$tls" = 1 ]; then
 	for f in localhost.crt:server.crt localhost.key:server.key ca.pem:root.crt; do
 		asdb install -m 600 "$work/certs/${f%%:*}" "$primary/data/${f#*:}"
 	done
 	asdb tee -a "$primary/data/postgresql.conf" >/dev/null <"$pgxsrc/testsetup/postgresql_ssl.conf"
 fi
-startpg "$primary" pgx_port || dielog "$primary/postgres.log" "primary did not start"
-log "primary on 127.0.0.1:$pgx_port"
+startpg "$primary" primary_port || dielog "$primary/postgres.log" "primary did not start"
+log "primary on 127.0.0.1:$primary_port"
 
-psql_primary() { asdb "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$primary" -p "$pgx_port" -U postgres "$@"; }
+psql_primary() { suite_psql "$primary" "$primary_port" "$@"; }
 cp "$pgxsrc/testsetup/postgresql_setup.sql" "$work/postgresql_setup.sql"
 chmod 644 "$work/postgresql_setup.sql"
 psql_primary -d postgres -c "ALTER ROLE postgres PASSWORD '$health_password'" -c "CREATE DATABASE pgx_test" >/dev/null
@@ -241,82 +137,18 @@ EOF
 (cd "$work" && psql_primary -d pgx_test -f "$work/postgresql_setup.sql") >"$work/setup.log" 2>&1 ||
 	dielog "$work/setup.log" "postgresql_setup.sql failed"
 
-log "pg_basebackup standby"
-pg pg_basebackup -D "$standby/data" -h "$primary" -p "$pgx_port" -U postgres -R -X stream -c fast --no-sync \
-	>"$work/basebackup.log" 2>&1 || dielog "$work/basebackup.log" "pg_basebackup failed"
-datadirs+=("$standby/data")
-echo "unix_socket_directories = '$standby'" | asdb tee -a "$standby/data/postgresql.conf" >/dev/null
-startpg "$standby" standby_port || dielog "$standby/postgres.log" "standby did not start"
-log "standby on 127.0.0.1:$standby_port"
-for i in $(seq 300); do
-	n=$(psql_primary -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
-	[ "$n" = 1 ] && break
-	[ "$i" = 300 ] && die "standby does not stream"
-	sleep 0.1
-done
+suite_standby "$primary" "$primary_port" "$standby" standby_port
 
 # --- pgrouter in front of both.
-pgrouter=$work/pgrouter
-if [ -n "${PGX_SUITE_PGROUTER:-}" ]; then
-	pgrouter=$PGX_SUITE_PGROUTER
-	built="binary $pgrouter"
-elif [ -n "${PGX_SUITE_REV:-}" ]; then
-	rev=$(git -C "$repo" rev-parse --short "$PGX_SUITE_REV^{commit}") || die "no commit $PGX_SUITE_REV"
-	built="commit $rev"
-	log "building pgrouter at $built"
-	mkdir "$work/src"
-	git -C "$repo" archive --format=tar "$rev" | tar -x -C "$work/src"
-	(cd "$work/src" && go build -o "$pgrouter" ./cmd/pgrouter) || die "go build at $rev failed"
-else
-	built="working tree of $repo (HEAD $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'))"
-	log "building pgrouter from the $built"
-	(cd "$repo" && go build -o "$pgrouter" ./cmd/pgrouter) ||
-		die "go build failed; PGX_SUITE_REV=HEAD builds the last commit instead"
-fi
-mkdir -p "$work/sock"
+suite_build_pgrouter
 tlsflags=()
 [ "$tls" = 1 ] && tlsflags=(--tls-cert "$work/certs/localhost.crt" --tls-key "$work/certs/localhost.key")
-poolflags=()
-if [ "$poolmode" != passthrough ]; then
-	# The server's rules, at the proxy. pgx_sslcert (a client certificate)
-	# cannot log in through a proxy that terminates TLS, as in passthrough.
-	psql_primary -d postgres -Atc "SELECT format('\"%s\" \"%s\"', replace(rolname, '\"', '\"\"'), rolpassword) FROM pg_authid WHERE rolpassword IS NOT NULL" \
-		>"$work/userlist.txt"
-	poolflags=(--pool-mode "$poolmode" --auth-file "$work/userlist.txt"
-		--auth-hba "local all pgx_md5 md5"
-		--auth-hba "local all all scram-sha-256"
-		--auth-hba "host all pgx_md5 127.0.0.1/32 md5"
-		--auth-hba "host all all 127.0.0.1/32 scram-sha-256")
-fi
-for try in 1 2 3 4 5; do
-	freeport
-	rw_port=$port
-	freeport
-	ro_port=$port
-	freeport
-	admin_port=$port
-	log "pgrouter rw 127.0.0.1:$rw_port ro 127.0.0.1:$ro_port admin 127.0.0.1:$admin_port"
-	PGROUTER_HEALTH_PASSWORD=$health_password setsid "$pgrouter" proxy \
-		--backends "127.0.0.1:$pgx_port,127.0.0.1:$standby_port" \
-		--listen-rw "127.0.0.1:$rw_port" --listen-ro "127.0.0.1:$ro_port" \
-		--admin-listen "127.0.0.1:$admin_port" --unix-socket-dir "$work/sock" \
-		--health-user postgres --health-database postgres \
-		"${tlsflags[@]}" "${poolflags[@]}" >"$work/pgrouter.log" 2>&1 </dev/null &
-	pgrouter_pid=$!
-	ready=0
-	for i in $(seq 300); do
-		kill -0 "$pgrouter_pid" 2>/dev/null || break
-		[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin_port/readyz")" = 200 ] && { ready=1; break; }
-		sleep 0.1
-	done
-	[ "$ready" = 1 ] && break
-	kill -0 "$pgrouter_pid" 2>/dev/null && dielog "$work/pgrouter.log" "pgrouter not ready after 30s"
-	wait "$pgrouter_pid" || true
-	pgrouter_pid=
-	[ "$try" -lt 5 ] && grep -q 'address already in use' "$work/pgrouter.log" ||
-		dielog "$work/pgrouter.log" "pgrouter exited"
-	log "a pgrouter port was taken, retrying"
-done
+# Pooled, the server's rules at the proxy. pgx_sslcert (a client
+# certificate) cannot log in through a proxy that terminates TLS, as in
+# passthrough.
+suite_pool_flags "$primary" "$primary_port" "local all pgx_md5 md5" "local all all scram-sha-256" \
+	"host all pgx_md5 127.0.0.1/32 md5" "host all all 127.0.0.1/32 scram-sha-256"
+suite_start_pgrouter "$health_password" "127.0.0.1:$primary_port,127.0.0.1:$standby_port" "${tlsflags[@]}" "${poolflags[@]}"
 
 # --- a writable copy of the pgx module.
 log "copying pgx $pgxver from $pgxsrc"
@@ -352,29 +184,25 @@ runsuite() {
 			export PGX_SSL_PASSWORD=certpw
 		fi
 		env | grep '^PGX_' | sort >"$work/$name-env.txt"
+		# shellcheck disable=SC2086 # PGX_SUITE_PKGS may list several packages
 		exec setsid go test -count=1 -json -p 1 -timeout "$timeout" "$@" $pkgs
 	) >"$work/$name.json" 2>"$work/$name-stderr.log" &
-	gotest_pid=$!
+	runner_pid=$!
 	rc=0
-	wait "$gotest_pid" || rc=$?
-	gotest_pid=
+	wait "$runner_pid" || rc=$?
+	runner_pid=
 	echo "$(($(date +%s) - t0))" >"$work/$name-seconds.txt"
 	log "run $name: go test exit $rc after $(cat "$work/$name-seconds.txt")s"
 }
 
 case "$only" in
-"" | direct) runsuite direct "$pgx_port" "$primary" "$@" ;;
+"" | direct) runsuite direct "$primary_port" "$primary" "$@" ;;
 esac
 case "$only" in
 "" | proxy)
 	runsuite proxy "$rw_port" "$work/sock" "$@"
 	# Proof that the proxied run went through pgrouter: its counters.
-	kill -0 "$pgrouter_pid" 2>/dev/null || die "pgrouter died during the proxied run (see pgrouter.log)"
-	curl -s "http://127.0.0.1:$admin_port/metrics" >"$work/pgrouter-metrics.txt" || true
-	grep -E '^pgrouter_(client_connections_total|routing_decisions_total|sessions_refused_total|sessions_terminated_total|cancel_requests_total)' \
-		"$work/pgrouter-metrics.txt" >"$work/pgrouter-counters.txt" || true
-	accepted=$(awk '/^pgrouter_client_connections_total\{.*listener="rw"/ { n += $NF } END { printf "%d", n }' "$work/pgrouter-metrics.txt")
-	[ "$accepted" -gt 0 ] || die "pgrouter accepted no client connection on its rw port: the proxied run did not use it"
+	suite_pgrouter_counters
 	;;
 esac
 
@@ -635,21 +463,8 @@ func main() {
 	fmt.Printf("\nno regressions: %s fails nothing that %s passes\n", b.name, a.name)
 }
 EOF
-args=()
-for name in direct proxy; do
-	[ -f "$work/$name.json" ] && args+=("$name=$work/$name.json")
-done
+suite_run_args .json
 rc=0
+# shellcheck disable=SC1007 # GOFLAGS set empty for go run
 (cd "$work/report" && GOFLAGS= GO111MODULE=off go run main.go "${args[@]}") >"$work/report.txt" || rc=$?
-cat "$work/report.txt"
-if [ -s "$work/pgrouter-counters.txt" ]; then
-	echo
-	echo "pgrouter counters after the proxied run:"
-	sed 's/^/  /' "$work/pgrouter-counters.txt"
-fi
-for name in direct proxy; do
-	[ -f "$work/$name-seconds.txt" ] && echo "run $name: $(cat "$work/$name-seconds.txt")s"
-done
-echo "pgrouter ($poolmode) from the $built; pgx $pgxver; PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"
-[ "$rc" -le 1 ] || die "report failed"
-exit "$rc"
+suite_finish "$rc" "pgrouter ($poolmode) from the $built; pgx $pgxver; PostgreSQL $(pg postgres --version | awk '{print $3}'); total $(($(date +%s) - began))s"

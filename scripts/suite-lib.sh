@@ -1,18 +1,27 @@
 # shellcheck shell=bash disable=SC2154,SC2317,SC2015
-# (SC2154: the caller sets suite_name, suite_knob, repo and work; SC2317:
-# functions defined inside suite_init; SC2015: A && B || C as in pgx-suite.sh.)
-# suite-lib.sh holds what the driver-suite scripts (node-pg-suite.sh; the
-# same steps are written out inline in pgx-suite.sh) share: a throwaway
-# primary and hot standby run as the postgres OS user, free ports on
-# 127.0.0.1, pgrouter built from this checkout and started in front of the
-# two, and the cleanup of all of it by PID. Source it from bash after
-# setting:
-#   suite_name  prefix of log lines, e.g. node-pg-suite
+# (SC2154: the caller sets suite_name, suite_knob, repo and poolmode; SC2317:
+# functions defined inside suite_init or run by a trap; SC2015: A && B || C
+# where C is meant to run when either fails.)
+# suite-lib.sh holds what the driver-suite scripts (pgx-suite.sh,
+# node-pg-suite.sh) share: a throwaway primary and hot standby run as the
+# postgres OS user, free ports on 127.0.0.1, pgrouter built from this
+# checkout and started in front of the two, the work directory and the
+# cleanup of all of it by PID, and the end of the summary. Source it from
+# bash after setting:
+#   suite_name  prefix of log lines and of the work directory, e.g. node-pg-suite
 #   suite_knob  prefix of the caller's knobs, e.g. NODE_PG_SUITE: the
-#               functions read ${suite_knob}_PGROUTER, _REV and _KEEP
+#               functions read ${suite_knob}_PGROUTER, _REV, _OUT and _KEEP
 #   repo        the pgrouter checkout
-#   work        the work directory (made by the caller, mode 755)
-# and call suite_init first. Nothing here is run when sourced.
+#   poolmode    passthrough, session or transaction (for suite_pool_flags)
+# then call suite_init, and suite_workdir before anything that needs work
+# (the work directory). Nothing here is run when sourced.
+#
+# The caller runs its suite once per run name, direct and proxy, and
+# leaves in $work: NAME-seconds.txt (how long the run took), report.txt
+# (its comparison of the runs) and whatever else the outputs should hold
+# as *.json, *.log and *.txt, or in a directory NAME/. While a run's
+# process is going, its PID is in runner_pid, and it leads its own process
+# group (setsid, timeout(1)), so that the cleanup stops all of it.
 
 log() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "$suite_name" "$*" >&2; }
 die() { log "$*"; exit 2; }
@@ -44,8 +53,59 @@ suite_init() {
 }
 pg() { asdb "$bindir/$1" "${@:2}"; }
 
-# suite_stop_servers stops pgrouter and every server in datadirs, by PID.
-# For the caller's EXIT trap.
+# suite_psql DIR PORT [PSQL ARGS...] runs psql as postgres on the Unix
+# socket in DIR of the server on PORT, stopping at the first error.
+suite_psql() { asdb "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$1" -p "$2" -U postgres "${@:3}"; }
+
+# suite_workdir makes the work directory, /tmp/$suite_name.XXXXXX (mode
+# 755, for the postgres OS user), in work and sets suite_cleanup as the
+# EXIT trap: from here on every exit stops what the script started.
+suite_workdir() {
+	work=$(mktemp -d "/tmp/$suite_name.XXXXXX")
+	chmod 755 "$work"
+	runner_pid=
+	trap suite_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM HUP
+}
+
+# suite_cleanup, the EXIT trap: everything started here is stopped by its
+# own PID. The outputs go to ${suite_knob}_OUT when set: the work
+# directory's *.json, *.log and *.txt, the run directories direct/ and
+# proxy/ where there are any, and the servers' logs. The work directory is
+# removed unless ${suite_knob}_KEEP is 1. It exits with the script's status.
+suite_cleanup() {
+	rc=$?
+	trap - EXIT INT TERM HUP
+	if [ -n "${runner_pid:-}" ] && kill -0 "$runner_pid" 2>/dev/null; then
+		# The runner leads its own process group: stop it and what it runs.
+		kill -TERM -- "-$runner_pid" 2>/dev/null || true
+		sleep 1
+		kill -KILL -- "-$runner_pid" 2>/dev/null || true
+	fi
+	suite_stop_servers
+	local out name
+	out=$(suite_knobval OUT)
+	if [ -n "$out" ]; then
+		mkdir -p "$out"
+		cp -f "$work"/*.json "$work"/*.log "$work"/*.txt "$out"/ 2>/dev/null || true
+		for name in direct proxy; do
+			[ -d "$work/$name" ] && rm -rf "${out:?}/$name" && cp -R "$work/$name" "$out/$name"
+		done
+		cp -f "$work/pg0/postgres.log" "$out/postgres-primary.log" 2>/dev/null || true
+		cp -f "$work/pg1/postgres.log" "$out/postgres-standby.log" 2>/dev/null || true
+		log "outputs copied to $out"
+	fi
+	if [ "$(suite_knobval KEEP)" = 1 ]; then
+		log "work directory kept: $work"
+	else
+		rm -rf "$work"
+	fi
+	exit "$rc"
+}
+
+# suite_stop_servers stops pgrouter and every server in datadirs, by PID
+# (for suite_cleanup).
 suite_stop_servers() {
 	if [ -n "${pgrouter_pid:-}" ] && kill -0 "$pgrouter_pid" 2>/dev/null; then
 		kill -TERM "$pgrouter_pid" 2>/dev/null || true
@@ -89,9 +149,24 @@ startpg() {
 	done
 }
 
-# suite_initdb DIR makes DIR/data with initdb (trust, superuser postgres)
-# and a postgresql.conf for a fast throwaway server on 127.0.0.1 with its
-# Unix socket in DIR. The caller writes pg_hba.conf.
+# suite_layout sets where the two servers live, primary ($work/pg0) and
+# standby ($work/pg1), and a free port for each, primary_port and
+# standby_port (startpg moves them on if taken).
+# shellcheck disable=SC2034 # for the caller
+suite_layout() {
+	primary=$work/pg0
+	standby=$work/pg1
+	freeport
+	primary_port=$port
+	freeport
+	standby_port=$port
+}
+
+# suite_initdb DIR makes DIR/data with initdb (trust, superuser postgres),
+# a postgresql.conf for a fast throwaway server on 127.0.0.1 with its Unix
+# socket in DIR, and a pg_hba.conf that trusts the Unix socket (psql as
+# postgres, pg_basebackup and the standby's replication). The caller
+# appends its rules for 127.0.0.1 to pg_hba.conf.
 suite_initdb() {
 	local dir=$1
 	mkdir -p "$dir"
@@ -110,11 +185,15 @@ synchronous_commit = off
 full_page_writes = off
 hot_standby = on
 EOF
+	asdb tee "$dir/data/pg_hba.conf" >/dev/null <<EOF
+local     all          all                                trust
+local     replication  all                                trust
+EOF
 }
 
 # suite_standby PRIMARYDIR PRIMARYPORT DIR VAR clones the primary into
 # DIR/data with pg_basebackup, starts it on the port in VAR and waits until
-# it streams. pg_hba.conf must allow replication over the Unix socket.
+# it streams.
 suite_standby() {
 	local pdir=$1 pport=$2 dir=$3 var=$4 i n
 	mkdir -p "$dir"
@@ -128,8 +207,7 @@ suite_standby() {
 	startpg "$dir" "$var" || dielog "$dir/postgres.log" "standby did not start"
 	log "standby on 127.0.0.1:${!var}"
 	for i in $(seq 300); do
-		n=$(asdb "$bindir/psql" -X -q -h "$pdir" -p "$pport" -U postgres -d postgres -Atc \
-			"SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+		n=$(suite_psql "$pdir" "$pport" -d postgres -Atc "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
 		[ "$n" = 1 ] && return 0
 		[ "$i" = 300 ] && die "standby does not stream"
 		sleep 0.1
@@ -165,9 +243,24 @@ suite_build_pgrouter() {
 # suite_userlist PRIMARYDIR PRIMARYPORT FILE writes a PgBouncer userlist
 # (for --auth-file) of every role with a password, from pg_authid.
 suite_userlist() {
-	asdb "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$1" -p "$2" -U postgres -d postgres -Atc \
+	suite_psql "$1" "$2" -d postgres -Atc \
 		"SELECT format('\"%s\" \"%s\"', replace(rolname, '\"', '\"\"'), rolpassword) FROM pg_authid WHERE rolpassword IS NOT NULL" \
 		>"$3"
+}
+
+# suite_pool_flags PRIMARYDIR PRIMARYPORT [HBA...] sets poolflags, the
+# flags of suite_start_pgrouter for the caller's poolmode: none for
+# passthrough; otherwise --pool-mode, a userlist from the primary
+# ($work/userlist.txt, see suite_userlist) as --auth-file, and one
+# --auth-hba per HBA rule.
+suite_pool_flags() {
+	local pdir=$1 pport=$2 rule
+	shift 2
+	poolflags=()
+	[ "$poolmode" != passthrough ] || return 0
+	suite_userlist "$pdir" "$pport" "$work/userlist.txt"
+	poolflags=(--pool-mode "$poolmode" --auth-file "$work/userlist.txt")
+	for rule in "$@"; do poolflags+=(--auth-hba "$rule"); done
 }
 
 # suite_start_pgrouter HEALTHPASSWORD BACKENDS [FLAG...] starts pgrouter
@@ -221,4 +314,36 @@ suite_pgrouter_counters() {
 		"$work/pgrouter-metrics.txt" >"$work/pgrouter-counters.txt" || true
 	accepted=$(awk '/^pgrouter_client_connections_total\{.*listener="rw"/ { n += $NF } END { printf "%d", n }' "$work/pgrouter-metrics.txt")
 	[ "$accepted" -gt 0 ] || die "pgrouter accepted no client connection on its rw port: the proxied run did not use it"
+}
+
+# suite_run_args SUFFIX sets args to NAME=$work/NAMESUFFIX for each run,
+# direct and proxy, that left $work/NAMESUFFIX: the arguments of the
+# caller's report.
+suite_run_args() {
+	local name
+	args=()
+	for name in direct proxy; do
+		[ -e "$work/$name$1" ] && args+=("$name=$work/$name$1")
+	done
+	return 0
+}
+
+# suite_finish RC LINE prints the caller's report ($work/report.txt),
+# pgrouter's counters after the proxied run, how long each run took and
+# LINE, and exits with RC, the report's exit status: 0, 1 for regressions,
+# and above that the report failed.
+suite_finish() {
+	local name
+	cat "$work/report.txt"
+	if [ -s "$work/pgrouter-counters.txt" ]; then
+		echo
+		echo "pgrouter counters after the proxied run:"
+		sed 's/^/  /' "$work/pgrouter-counters.txt"
+	fi
+	for name in direct proxy; do
+		[ -f "$work/$name-seconds.txt" ] && echo "run $name: $(cat "$work/$name-seconds.txt")s"
+	done
+	echo "$2"
+	[ "$1" -le 1 ] || die "report failed"
+	exit "$1"
 }
