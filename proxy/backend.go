@@ -36,9 +36,12 @@ const (
 // startServer sends the client's startup message to the server and passes
 // the authentication exchange through until the server is ready. The
 // server's BackendKeyData reaches the client with a key of the proxy's.
-func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []param) error {
-	if _, err := sc.Write(encodeStartup(version, params)); err != nil {
-		return serverLost(sc, err)
+// It returns the server the session got: sc, or one it connected to again
+// without TLS (see plainForBinding), sc closed then.
+func (sess *session) startServer(ctx context.Context, cfg *Config, sc *pool.ServerConn, version uint32, params []param) (*pool.ServerConn, error) {
+	startup := encodeStartup(version, params)
+	if _, err := sc.Write(startup); err != nil {
+		return sc, serverLost(sc, err)
 	}
 	// The server sends its whole greeting (AuthenticationOk, a dozen
 	// ParameterStatus, BackendKeyData, ReadyForQuery) in one packet: read it
@@ -61,36 +64,50 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 	for {
 		typ, body, err := readMessage(br, maxStartupMessage)
 		if err != nil {
-			return serverLost(sc, err)
+			return sc, serverLost(sc, err)
 		}
 		switch typ {
 		case 'R':
 			if len(body) < 4 {
-				return serverLost(sc, fmt.Errorf("short authentication message"))
+				return sc, serverLost(sc, fmt.Errorf("short authentication message"))
 			}
 			code := getUint32(body)
+			offersBinding := false
 			if code == authSASL {
-				body = withoutChannelBinding(body)
+				body, offersBinding = withoutChannelBinding(body)
 			}
 			out = appendMessage(out, 'R', body)
 			switch code {
 			case authCleartextPassword, authMD5Password, authGSS, authGSSContinue, authSSPI, authSASL, authSASLContinue:
 				if err := flush(); err != nil {
-					return err
+					return sc, err
 				}
-				if err := passClientMessage(sess.client, sc); err != nil {
-					return err
+				msg, err := clientAuthMessage(sess.client)
+				if err != nil {
+					return sc, err
+				}
+				if offersBinding && gs2Flag(msg) == 'y' {
+					plain, err := sess.plainForBinding(ctx, cfg, sc, startup)
+					if plain == nil {
+						return sc, err
+					}
+					sc.Close()
+					sc = plain
+					br.Reset(sc)
+				}
+				if _, err := sc.Write(msg); err != nil {
+					return sc, serverLost(sc, err)
 				}
 			}
 		case 'K':
 			if len(body) < 8 {
-				return serverLost(sc, fmt.Errorf("short BackendKeyData"))
+				return sc, serverLost(sc, fmt.Errorf("short BackendKeyData"))
 			}
 			sc.PID = getUint32(body)
 			sc.Key = append([]byte(nil), body[4:]...)
 			key, err := sess.srv.cancels.register(cancelTarget{addr: sc.Addr, pid: sc.PID, realKey: sc.Key})
 			if err != nil {
-				return err
+				return sc, err
 			}
 			sess.clientPK = key
 			k := make([]byte, 4, 4+len(key))
@@ -101,7 +118,7 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 			// client sees the server's own error, then the close.
 			out = appendMessage(out, 'E', body)
 			_ = flush()
-			return nil
+			return sc, nil
 		case 'Z':
 			out = appendMessage(out, 'Z', body)
 			// Anything the server sent after ReadyForQuery (nothing, as a
@@ -110,7 +127,7 @@ func (sess *session) startServer(sc *pool.ServerConn, version uint32, params []p
 				rest, _ := br.Peek(n)
 				out = append(out, rest...)
 			}
-			return flush()
+			return sc, flush()
 		default: // ParameterStatus, NoticeResponse, NegotiateProtocolVersion
 			out = appendMessage(out, typ, body)
 		}
@@ -124,18 +141,88 @@ func serverLost(sc *pool.ServerConn, err error) error {
 		Message: "pgrouter lost the connection to " + sc.Member + " during startup", Detail: err.Error()}
 }
 
-// passClientMessage relays one client message (an authentication answer)
-// to the server.
-func passClientMessage(client, server net.Conn) error {
+// clientAuthMessage reads one client message, an authentication answer,
+// framed for the server.
+func clientAuthMessage(client net.Conn) ([]byte, error) {
 	typ, body, err := readMessage(client, maxStartupMessage)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if typ != 'p' {
-		return fatalf(codeProtocolViolation, "expected an authentication response, got message type %q", typ)
+		return nil, fatalf(codeProtocolViolation, "expected an authentication response, got message type %q", typ)
 	}
-	_, err = server.Write(appendMessage(nil, typ, body))
-	return err
+	return appendMessage(nil, typ, body), nil
+}
+
+// gs2Flag returns the channel binding flag of a SASLInitialResponse
+// message (mechanism, length, then the SCRAM client-first-message): 'n'
+// (the client does not support channel binding), 'y' (it does, and thinks
+// the server does not) or 'p' (it binds); 0 for another message.
+func gs2Flag(msg []byte) byte {
+	body := msg[5:]
+	i := indexZero(body)
+	if i < 0 || len(body) < i+1+4+1 {
+		return 0
+	}
+	return body[i+1+4]
+}
+
+// plainForBinding connects to sc's server again without TLS and starts
+// the login there up to its SASL request, for a client that supports
+// SCRAM channel binding: over TLS the server offers it, pgrouter cannot
+// pass it on (it terminates the client's TLS), and the server refuses
+// plain SCRAM from a client that could bind, as a downgrade. Without TLS
+// the server offers no binding and accepts the client's answer. Only with
+// --server-sslmode prefer, which accepts a plaintext link; otherwise the
+// client gets the reason and what to change.
+func (sess *session) plainForBinding(ctx context.Context, cfg *Config, sc *pool.ServerConn, startup []byte) (*pool.ServerConn, error) {
+	if mode := cfg.Server.SSLMode; mode != "" && mode != pool.SSLPrefer {
+		return nil, &clientError{Severity: "FATAL", Code: codeProtocolViolation,
+			Message: "SCRAM channel binding cannot cross pgrouter",
+			Detail: "The client supports channel binding, which pgrouter cannot offer since it terminates the client's TLS; " +
+				"the server refuses plain SCRAM from such a client over TLS, and --server-sslmode " + string(mode) + " forbids a link without it.",
+			Hint: "Connect with channel_binding=disable, or run pgrouter with --server-sslmode prefer."}
+	}
+	dial := cfg.Server
+	dial.SSLMode = pool.SSLDisable
+	plain, err := pool.Dial(ctx, sc.Member, sc.Addr, dial)
+	if err != nil {
+		return nil, serverLost(sc, err)
+	}
+	deadline, _ := ctx.Deadline()
+	if d := time.Now().Add(cfg.StartupTimeout); deadline.IsZero() || d.Before(deadline) {
+		deadline = d
+	}
+	_ = plain.SetDeadline(deadline)
+	if _, err := plain.Write(startup); err != nil {
+		plain.Close()
+		return nil, serverLost(sc, err)
+	}
+	for {
+		typ, body, err := readMessage(plain, maxStartupMessage)
+		if err != nil {
+			plain.Close()
+			return nil, serverLost(sc, err)
+		}
+		switch {
+		case typ == 'R' && len(body) >= 4 && getUint32(body) == authSASL:
+			sess.srv.metrics.plainFallbacks.Inc()
+			if l := sess.debugLog(); l != nil {
+				l.Debug("server link made again without TLS for a client that supports channel binding", zap.String("member", sc.Member))
+			}
+			return plain, nil
+		case typ == 'E':
+			plain.Close()
+			return nil, &clientError{Severity: "FATAL", Code: codeProtocolViolation,
+				Message: "SCRAM channel binding cannot cross pgrouter",
+				Detail: "The client supports channel binding, which pgrouter cannot offer since it terminates the client's TLS; " +
+					"the server refuses plain SCRAM from such a client over TLS, and refused the link without TLS: " + errorField(body, 'M'),
+				Hint: "Connect with channel_binding=disable."}
+		case typ != 'N' && typ != 'S':
+			plain.Close()
+			return nil, serverLost(sc, fmt.Errorf("the server answered a login without TLS with message type %q", typ))
+		}
+	}
 }
 
 // readMessage reads one whole message, refusing bodies longer than max.
@@ -164,11 +251,13 @@ func appendMessage(dst []byte, typ byte, body []byte) []byte {
 }
 
 // withoutChannelBinding removes SCRAM-SHA-256-PLUS from an
-// AuthenticationSASL body. The proxy terminates the client's TLS, so a
-// binding to the server's certificate could never match what the client
-// sees: clients with channel_binding=prefer fall back to plain SCRAM, and
-// those with require fail with their driver's clear error.
-func withoutChannelBinding(body []byte) []byte {
+// AuthenticationSASL body and reports whether it was offered. The proxy
+// terminates the client's TLS, so a binding to the server's certificate
+// could never match what the client sees: clients with
+// channel_binding=require fail with their driver's clear error, and those
+// with prefer answer with plain SCRAM, flagged as able to bind, which a
+// server that offered binding refuses (plainForBinding).
+func withoutChannelBinding(body []byte) (_ []byte, offered bool) {
 	out := make([]byte, 4, len(body))
 	copy(out, body[:4])
 	rest := body[4:]
@@ -180,12 +269,13 @@ func withoutChannelBinding(body []byte) []byte {
 		mech := rest[:i]
 		rest = rest[i+1:]
 		if string(mech) == "SCRAM-SHA-256-PLUS" {
+			offered = true
 			continue
 		}
 		out = append(out, mech...)
 		out = append(out, 0)
 	}
-	return append(out, 0)
+	return append(out, 0), offered
 }
 
 // forwardCancel sends a cancel request to the backend its key names, with

@@ -26,6 +26,9 @@ type clientError struct {
 	Message  string
 	Detail   string
 	Hint     string
+	// Quiet: the client gets no message, only the close, as from
+	// PostgreSQL, which logs such an error without answering.
+	Quiet bool
 }
 
 func (e *clientError) Error() string { return fmt.Sprintf("%s %s: %s", e.Severity, e.Code, e.Message) }

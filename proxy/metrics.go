@@ -18,6 +18,7 @@ type Metrics struct {
 	pins             *prometheus.CounterVec
 	splitRoutes      *prometheus.CounterVec
 	deferredPrepares prometheus.Counter
+	plainFallbacks   prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them on reg (nil: none).
@@ -63,10 +64,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		deferredPrepares: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgrouter_pool_deferred_prepares_total", Help: "Statements a transaction-pooled client prepared between transactions, answered by the proxy and prepared on a server at first use.",
 		}),
+		plainFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pgrouter_scram_plaintext_fallbacks_total", Help: "Passthrough logins whose server link was made again without TLS (--server-sslmode prefer), because the client supports SCRAM channel binding, which cannot cross pgrouter, and the server refuses plain SCRAM from such a client over TLS.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.relays, m.routes,
-			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes, m.deferredPrepares)
+			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes, m.deferredPrepares, m.plainFallbacks)
 	}
 	return m
 }

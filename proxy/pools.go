@@ -184,7 +184,9 @@ func (s *Server) serverConnector(member, addr string, key pool.Key) func(*poolEn
 var errServerRefused = errors.New("server refused the login")
 
 func loginServer(sc *pool.ServerConn, key pool.Key, creds auth.Credentials) error {
-	params := []param{{"user", key.User}, {"database", key.Database}, {"application_name", "pgrouter"}}
+	// No application_name: a client that sends none must find none, as
+	// on a direct connection, without a SET on every server it is lent.
+	params := []param{{"user", key.User}, {"database", key.Database}}
 	if _, err := sc.Write(encodeStartup(3<<16, params)); err != nil {
 		return err
 	}

@@ -162,7 +162,7 @@ func (sess *session) close() {
 func (sess *session) ended(err error) {
 	if ce, ok := asClientError(err); ok {
 		sess.srv.metrics.refused.WithLabelValues(sess.ln.cfg.Name, ce.Code).Inc()
-		if sess.client != nil { // else the loop thread told the client
+		if sess.client != nil && !ce.Quiet { // else the loop thread told the client
 			_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
 			writeClientError(sess.client, ce)
 		}
@@ -234,7 +234,16 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 			sess.srv.cancels.remove(sc.PID, sess.clientPK)
 		}
 	}
-	if err := sess.startServer(sc, p.version, params); err != nil {
+	started, err := sess.startServer(ctx, cfg, sc, p.version, params)
+	if started != sc {
+		// A link made again without TLS: sc was closed.
+		sc = started
+		sess.mu.Lock()
+		sess.server = sc
+		sess.mu.Unlock()
+		_ = sc.SetDeadline(time.Now().Add(cfg.StartupTimeout))
+	}
+	if err != nil {
 		end()
 		return err
 	}

@@ -58,7 +58,9 @@ func readStartupPacket(r io.Reader, maxLen int) (startupPacket, error) {
 	}
 	n := int(getUint32(hdr[:]))
 	if n < 8 || n > maxLen {
-		return startupPacket{}, fatalf(codeProtocolViolation, "invalid length of startup packet")
+		e := fatalf(codeProtocolViolation, "invalid length of startup packet")
+		e.Quiet = true
+		return startupPacket{}, e
 	}
 	body := make([]byte, n-4)
 	if _, err := io.ReadFull(r, body); err != nil {

@@ -121,10 +121,30 @@ func TestPrepareStartup(t *testing.T) {
 func TestWithoutChannelBinding(t *testing.T) {
 	body := []byte{0, 0, 0, 10}
 	body = append(body, "SCRAM-SHA-256-PLUS\x00SCRAM-SHA-256\x00\x00"...)
-	got := withoutChannelBinding(body)
+	got, offered := withoutChannelBinding(body)
 	want := append([]byte{0, 0, 0, 10}, "SCRAM-SHA-256\x00\x00"...)
-	if !bytes.Equal(got, want) {
-		t.Fatalf("got %q, want %q", got, want)
+	if !bytes.Equal(got, want) || !offered {
+		t.Fatalf("got %q (offered %v), want %q", got, offered, want)
+	}
+	if _, offered := withoutChannelBinding(want); offered {
+		t.Fatal("binding reported offered by a list without it")
+	}
+}
+
+func TestGS2Flag(t *testing.T) {
+	initial := func(data string) []byte {
+		body := append([]byte("SCRAM-SHA-256\x00"), 0, 0, 0, byte(len(data)))
+		return appendMessage(nil, 'p', append(body, data...))
+	}
+	for data, want := range map[string]byte{
+		"y,,n=,r=abc": 'y', "n,,n=,r=abc": 'n', "p=tls-server-end-point,,n=,r=abc": 'p', "": 0,
+	} {
+		if got := gs2Flag(initial(data)); got != want {
+			t.Errorf("%q: %q, want %q", data, got, want)
+		}
+	}
+	if got := gs2Flag(appendMessage(nil, 'p', []byte("md5abc\x00"))); got != 0 {
+		t.Errorf("a password message: %q", got)
 	}
 }
 

@@ -579,6 +579,9 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	}
 	out, released, err := ps.take(&h.a, sc, b, h.out[:0])
 	if err != nil {
+		if _, ok := err.(*serverFatal); ok && len(out) > 0 {
+			s.WriteClient(out)
+		}
 		s.Detach()
 		h.lost(sc, err)
 		return

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"strings"
 	"time"
@@ -562,8 +561,10 @@ func (ps *pooled) pumpOne(sc *pool.ServerConn) bool {
 	if err == nil {
 		return true
 	}
-	var ne interface{ Timeout() bool }
-	if ps.closing.Load() && errors.As(err, &ne) && ne.Timeout() {
+	if ps.closing.Load() {
+		// The client has left (its loop stopped this read, or closed a
+		// server it left busy): nobody to tell; run gives the server
+		// back or closes it.
 		return false
 	}
 	ps.serverLost(sc, err)
@@ -581,6 +582,9 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 		var err error
 		out, released, err = ps.take(&a, sc, buf[:n], out[:0])
 		if err != nil {
+			if _, ok := err.(*serverFatal); ok && len(out) > 0 {
+				_ = ps.writeClient(out)
+			}
 			return err
 		}
 		if len(out) > 0 && !a.retry {
@@ -644,6 +648,13 @@ func (ps *pooled) take(a *answer, sc *pool.ServerConn, chunk, out []byte) ([]byt
 		}
 		b = b[k:]
 		if done {
+			if a.scan.typ() == 'E' && isFatal(a.scan.msg()) {
+				// The server ends the connection: the client, which
+				// goes on with other servers, gets the lost-connection
+				// error of forget instead of a FATAL that would tell its
+				// driver the session is over.
+				return out[:a.msgStart], false, &serverFatal{errorField(a.scan.msg(), 'M')}
+			}
 			if a.scan.typ() == 'E' && ps.retryOnPrimary(a.scan.msg(), a.flushed) {
 				// A standby refused a statement the classifier let
 				// through: the client sees none of this answer; it
@@ -659,6 +670,22 @@ func (ps *pooled) take(a *answer, sc *pool.ServerConn, chunk, out []byte) ([]byt
 		}
 	}
 	return out, released, nil
+}
+
+// serverFatal is a lent server's FATAL (or PANIC) ErrorResponse, after
+// which it closes the connection. take returns it with the answer up to
+// that message, which the client must still get.
+type serverFatal struct{ message string }
+
+func (e *serverFatal) Error() string { return "the server ended the connection: " + e.message }
+
+// isFatal reports whether an ErrorResponse body ends the connection.
+func isFatal(body []byte) bool {
+	sev := errorField(body, 'V') // not localized, since PostgreSQL 9.6
+	if sev == "" {
+		sev = errorField(body, 'S')
+	}
+	return sev == "FATAL" || sev == "PANIC"
 }
 
 func (ps *pooled) headIs(k fifoKind) bool {
@@ -811,9 +838,13 @@ func (ps *pooled) forget(sc *pool.ServerConn, err error) (resp []byte, fatal *cl
 	if syncs == 0 {
 		syncs = 1
 	}
-	resp = appendErrorResponse(nil, &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+	lost := &clientError{Severity: "ERROR", Code: codeConnectionFailure,
 		Message: "the server connection was lost during the transaction; it did not commit",
-		Hint:    "Retry the transaction: the session is still usable."})
+		Hint:    "Retry the transaction: the session is still usable."}
+	if sf, ok := err.(*serverFatal); ok {
+		lost.Detail = "The server ended the connection: " + sf.message
+	}
+	resp = appendErrorResponse(nil, lost)
 	for range syncs {
 		resp = appendMessage(resp, 'Z', []byte{'I'})
 	}

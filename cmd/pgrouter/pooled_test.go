@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgrouter/pgrouter/internal/pgtest"
@@ -653,6 +656,19 @@ func TestStartupSettingsReachTheServer(t *testing.T) {
 			if app != "startup_app" || path != "startup_schema" || ro != "on" {
 				t.Fatalf("first statement saw application_name %q, search_path %q, transaction_read_only %q; want startup_app, startup_schema, on", app, path, ro)
 			}
+			// A client that names no application has none, as directly,
+			// whatever name pgrouter logged in to the server with.
+			anon, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer anon.Close(context.Background())
+			if err := anon.QueryRow(ctx, "SELECT current_setting('application_name')").Scan(&app); err != nil || app != "" {
+				t.Fatalf("application_name %q (%v), want none", app, err)
+			}
+			if got := anon.PgConn().ParameterStatus("application_name"); got != "" {
+				t.Fatalf("greeted with application_name %q, want none", got)
+			}
 		})
 	}
 }
@@ -825,4 +841,58 @@ func TestSessionPoolingRelay(t *testing.T) {
 			}
 		})
 	}
+}
+
+// In transaction mode a server that ends its connection with a FATAL
+// (pg_terminate_backend) costs its client the transaction, not the
+// session: the client gets the lost-connection error (08006) in place of
+// the FATAL, which would tell its driver the session is over, and goes on.
+// A client that leaves while its server still works on its query is told
+// nothing more.
+func TestTransactionPoolingServerFatalAndEarlyTerminate(t *testing.T) {
+	c := sharedCluster(t)
+	ctx := context.Background()
+	for _, relay := range relays {
+		t.Run(relay.name, func(t *testing.T) {
+			p := startPooled(t, c, "transaction", append([]string{"--pool-size", "2"}, relay.args...)...)
+			a := appConn(t, c, p.RW)
+			_, err := a.Exec(ctx, "SELECT pg_terminate_backend(pg_backend_pid())")
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "08006" || pgErr.Severity != "ERROR" {
+				t.Fatalf("terminated server: %v, want ERROR 08006", err)
+			}
+			if !strings.Contains(pgErr.Detail, "terminating connection") {
+				t.Errorf("detail %q does not say what the server said", pgErr.Detail)
+			}
+			var one int
+			if err := a.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+				t.Fatalf("the session did not go on: %v", err)
+			}
+
+			b := appConn(t, c, p.RW)
+			nc := b.PgConn().Conn()
+			msgs := appendTestMessage(nil, 'Q', []byte("SELECT pg_sleep(0.3)\x00"))
+			msgs = appendTestMessage(msgs, 'X', nil)
+			if _, err := nc.Write(msgs); err != nil {
+				t.Fatal(err)
+			}
+			_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			fe := pgproto3.NewFrontend(nc, nc)
+			for {
+				msg, err := fe.Receive()
+				if err != nil {
+					break // closed, as PostgreSQL closes after a Terminate
+				}
+				if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+					t.Fatalf("a client that sent Terminate got %s %s: %s", e.Severity, e.Code, e.Message)
+				}
+			}
+		})
+	}
+}
+
+func appendTestMessage(dst []byte, typ byte, body []byte) []byte {
+	dst = append(dst, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(dst[len(dst)-4:], uint32(4+len(body)))
+	return append(dst, body...)
 }

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,15 +225,27 @@ func testMalformedInput(t *testing.T, c *pgtest.Cluster, p *proxyProc) {
 		in   []byte
 		code string
 	}{
-		{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "08P01"},
-		{"length beyond the cap", huge, "08P01"},
-		{"length below minimum", []byte{0, 0, 0, 2, 0, 0, 0, 0}, "08P01"},
+		// A length out of range is closed without an answer, as
+		// PostgreSQL does ("invalid length of startup packet" goes to its
+		// log only): a driver that sends Terminate before its startup
+		// (node-postgres, connecting and ending at once) must not get an
+		// error it does not expect.
+		{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ""},
+		{"length beyond the cap", huge, ""},
+		{"length below minimum", []byte{0, 0, 0, 2, 0, 0, 0, 0}, ""},
+		{"terminate before the startup", []byte{'X', 0, 0, 0, 4}, ""},
 		{"protocol 2.0", version(2<<16, 'u', 's', 'e', 'r', 0, 'x', 0, 0), "0A000"},
 		{"no user", version(3<<16, 0), "28000"},
 		{"unterminated parameters", version(3<<16, 'u', 's', 'e', 'r', 0, 'x'), "08P01"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			msg, err := rawStartup(t, p.RW, tc.in)
+			if tc.code == "" {
+				if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("got %#v, %v; want the connection closed without an answer", msg, err)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("no answer: %v", err)
 			}
@@ -495,5 +508,92 @@ func TestStartupInPiecesAndPipelined(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// A server with TLS offers SCRAM channel binding, which cannot cross a
+// proxy that terminates the client's TLS; a client that could bind
+// (libpq's default, channel_binding=prefer over TLS) answers with plain
+// SCRAM flagged as able to bind, which such a server refuses as a
+// downgrade. With --server-sslmode prefer pgrouter makes that client's
+// server link again without TLS, where the server accepts it; with
+// require the client is told why it cannot log in, and what to change.
+func TestChannelBindingCapableClientsBehindTLSServer(t *testing.T) {
+	c := pgtest.StartT(t, pgtest.Options{})
+	ctx := context.Background()
+	primary := c.Nodes[0]
+	// The server's certificate, in its data directory, owned by its user.
+	cert, key := writeSelfSigned(t, t.TempDir())
+	var st syscall.Stat_t
+	if err := syscall.Stat(primary.DataDir, &st); err != nil {
+		t.Fatal(err)
+	}
+	for src, dst := range map[string]string{cert: "server.crt", key: "server.key"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(primary.DataDir, dst)
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, int(st.Uid), int(st.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	super, err := pgx.Connect(ctx, c.ConnString(primary, c.SuperUser, c.SuperPassword, "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer super.Close(ctx)
+	for _, q := range []string{"ALTER SYSTEM SET ssl = on", "SELECT pg_reload_conf()"} {
+		if _, err := super.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var on string
+		if err := super.QueryRow(ctx, "SHOW ssl").Scan(&on); err != nil {
+			t.Fatal(err)
+		}
+		if on == "on" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ssl not on after reload")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	pcert, pkey := writeSelfSigned(t, t.TempDir())
+	psql := func(p *proxyProc, extra string) (string, error) {
+		host, port, _ := net.SplitHostPort(p.RW)
+		cmd := exec.Command("psql", "-X", "-At", "-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+			"host="+host+" port="+port+" user=app dbname=app sslmode=require "+extra)
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+c.AppPassword, "PGCONNECT_TIMEOUT=10")
+		out, err := cmd.CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+
+	prefer := startProxy(t, c, "--tls-cert", pcert, "--tls-key", pkey, "--server-sslmode", "prefer")
+	if out, err := psql(prefer, ""); err != nil || out != "f" {
+		t.Fatalf("psql with channel_binding=prefer: %v: %q, want a session over a link without TLS (f)", err, out)
+	}
+	if n := metricValue(t, prefer.Admin, "pgrouter_scram_plaintext_fallbacks_total"); n != 1 {
+		t.Fatalf("pgrouter_scram_plaintext_fallbacks_total = %v, want 1", n)
+	}
+	// A client that cannot bind keeps the TLS link.
+	if out, err := psql(prefer, "channel_binding=disable"); err != nil || out != "t" {
+		t.Fatalf("psql with channel_binding=disable: %v: %q, want TLS to the server (t)", err, out)
+	}
+
+	require := startProxy(t, c, "--tls-cert", pcert, "--tls-key", pkey, "--server-sslmode", "require")
+	out, err := psql(require, "")
+	if err == nil || !strings.Contains(out, "SCRAM channel binding cannot cross pgrouter") || !strings.Contains(out, "channel_binding=disable") {
+		t.Fatalf("psql with channel_binding=prefer and --server-sslmode require: want pgrouter's reason, got %v: %s", err, out)
+	}
+	if out, err := psql(require, "channel_binding=disable"); err != nil || out != "t" {
+		t.Fatalf("psql with channel_binding=disable and --server-sslmode require: %v: %q", err, out)
 	}
 }
