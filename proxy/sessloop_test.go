@@ -105,3 +105,20 @@ func TestSessionServerIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestDowngradeFatal: a server's FATAL becomes an ERROR in place, fields
+// and length unchanged otherwise; a body without one is left alone.
+func TestDowngradeFatal(t *testing.T) {
+	body := []byte("SFATAL\x00VFATAL\x00C57P01\x00Mterminating connection due to administrator command\x00\x00")
+	want := []byte("SERROR\x00VERROR\x00C57P01\x00Mterminating connection due to administrator command\x00\x00")
+	if !downgradeFatal(body) || !bytes.Equal(body, want) {
+		t.Fatalf("got %q", body)
+	}
+	if !isFatal(appendErrorResponse(nil, &clientError{Severity: "PANIC", Code: "XX000", Message: "x"})[5:]) {
+		t.Fatal("PANIC not seen as ending the connection")
+	}
+	plain := []byte("SERROR\x00VERROR\x00C42601\x00Msyntax error\x00\x00")
+	if downgradeFatal(plain) || isFatal(plain) {
+		t.Fatal("an ERROR was taken for a FATAL")
+	}
+}

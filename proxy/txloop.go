@@ -286,7 +286,7 @@ func (h *txLoop) flush(out []byte) {
 
 // fail ends the session with err, telling the client why.
 func (h *txLoop) fail(err error) {
-	if ce, ok := asClientError(err); ok {
+	if ce, ok := asClientError(err); ok && !ce.Quiet {
 		h.s.WriteClient(appendErrorResponse(nil, ce))
 	}
 	h.s.End(err)

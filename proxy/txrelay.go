@@ -649,11 +649,16 @@ func (ps *pooled) take(a *answer, sc *pool.ServerConn, chunk, out []byte) ([]byt
 		b = b[k:]
 		if done {
 			if a.scan.typ() == 'E' && isFatal(a.scan.msg()) {
-				// The server ends the connection: the client, which
-				// goes on with other servers, gets the lost-connection
-				// error of forget instead of a FATAL that would tell its
-				// driver the session is over.
-				return out[:a.msgStart], false, &serverFatal{errorField(a.scan.msg(), 'M')}
+				// The server ends the connection. A client that goes on
+				// with other servers gets the server's error as an
+				// ERROR, not a FATAL that would tell its driver the
+				// session is over; one that depended on this server
+				// gets it as it is, and its session ends.
+				sf := &serverFatal{message: errorField(a.scan.msg(), 'M')}
+				if msg := out[min(a.msgStart, len(out)):]; ps.movable() && len(msg) == 5+len(a.scan.msg()) {
+					sf.asError = downgradeFatal(msg[5:])
+				}
+				return out, false, sf
 			}
 			if a.scan.typ() == 'E' && ps.retryOnPrimary(a.scan.msg(), a.flushed) {
 				// A standby refused a statement the classifier let
@@ -674,8 +679,33 @@ func (ps *pooled) take(a *answer, sc *pool.ServerConn, chunk, out []byte) ([]byt
 
 // serverFatal is a lent server's FATAL (or PANIC) ErrorResponse, after
 // which it closes the connection. take returns it with the answer up to
-// that message, which the client must still get.
-type serverFatal struct{ message string }
+// and including that message, which the client must still get: as an
+// ERROR (asError) when the session goes on without that server.
+type serverFatal struct {
+	message string
+	asError bool
+}
+
+// downgradeFatal rewrites, in place, the severity fields of an
+// ErrorResponse body from FATAL or PANIC to ERROR (the same length) and
+// reports whether it found them.
+func downgradeFatal(body []byte) bool {
+	found := false
+	for len(body) > 1 {
+		t := body[0]
+		end := indexZero(body[1:])
+		if end < 0 {
+			return false
+		}
+		v := body[1 : 1+end]
+		if (t == 'S' || t == 'V') && (string(v) == "FATAL" || string(v) == "PANIC") {
+			copy(v, "ERROR")
+			found = true
+		}
+		body = body[2+end:]
+	}
+	return found
+}
 
 func (e *serverFatal) Error() string { return "the server ended the connection: " + e.message }
 
@@ -829,8 +859,9 @@ func (ps *pooled) forget(sc *pool.ServerConn, err error) (resp []byte, fatal *cl
 	ps.mu.Unlock()
 	ps.release(sc, false)
 	if !keep {
+		_, told := err.(*serverFatal) // the client has the server's own FATAL
 		return nil, &clientError{Severity: "FATAL", Code: codeConnectionFailure,
-			Message: "the server connection of this session was lost", Detail: err.Error()}
+			Message: "the server connection of this session was lost", Detail: err.Error(), Quiet: told}
 	}
 	if !inFlight {
 		return nil, nil
@@ -838,13 +869,12 @@ func (ps *pooled) forget(sc *pool.ServerConn, err error) (resp []byte, fatal *cl
 	if syncs == 0 {
 		syncs = 1
 	}
-	lost := &clientError{Severity: "ERROR", Code: codeConnectionFailure,
-		Message: "the server connection was lost during the transaction; it did not commit",
-		Hint:    "Retry the transaction: the session is still usable."}
-	if sf, ok := err.(*serverFatal); ok {
-		lost.Detail = "The server ended the connection: " + sf.message
-	}
-	resp = appendErrorResponse(nil, lost)
+	sf, _ := err.(*serverFatal)
+	if sf == nil || !sf.asError {
+		resp = appendErrorResponse(nil, &clientError{Severity: "ERROR", Code: codeConnectionFailure,
+			Message: "the server connection was lost during the transaction; it did not commit",
+			Hint:    "Retry the transaction: the session is still usable."})
+	} // else the client has the server's own error
 	for range syncs {
 		resp = appendMessage(resp, 'Z', []byte{'I'})
 	}
