@@ -653,7 +653,7 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q.String()), 0))); err != nil {
 		return err
 	}
-	if _, err := readUntilReady(sc); err != nil {
+	if _, err := readUntilReadyBuffered(sc); err != nil {
 		return err
 	}
 	for name, want := range ps.desired {
@@ -696,7 +696,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
 		return false
 	}
-	if _, err := readUntilReady(sc); err != nil {
+	if _, err := readUntilReadyBuffered(sc); err != nil {
 		return false
 	}
 	clear(sc.Prepared)

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -196,7 +198,7 @@ func loginServer(sc *pool.ServerConn, key pool.Key, creds auth.Credentials) erro
 	sc.Params = make(map[string]string)
 	sc.Prepared = make(map[string]struct{})
 	sc.Applied = make(map[string]string)
-	if _, err := readUntilReady(sc); err != nil {
+	if _, err := readUntilReadyBuffered(sc); err != nil {
 		var se *serverError
 		if errors.As(err, &se) {
 			return fmt.Errorf("%w: %s", errServerRefused, se.msg)
@@ -248,10 +250,34 @@ func (e *serverError) Error() string { return e.msg }
 // ErrorResponse as a *serverError (also when the server closes after it,
 // as it does with a FATAL one).
 func readUntilReady(sc *pool.ServerConn) (string, error) {
+	return readAnswers(sc, sc)
+}
+
+// readUntilReadyBuffered is readUntilReady reading in chunks, not with two
+// system calls per message, for answers after which the server sends
+// nothing until asked (a login's greeting, a reset, settings applied):
+// bytes after the ReadyForQuery, which the buffer would keep from the
+// relay, make it fail, and the caller gives the server up.
+func readUntilReadyBuffered(sc *pool.ServerConn) (string, error) {
+	br := startupReaders.Get().(*bufio.Reader)
+	br.Reset(sc)
+	defer func() {
+		br.Reset(nil)
+		startupReaders.Put(br)
+	}()
+	value, err := readAnswers(sc, br)
+	if err == nil && br.Buffered() > 0 {
+		err = errors.New("the server sent more after its ReadyForQuery")
+	}
+	return value, err
+}
+
+// readAnswers is readUntilReady reading from r, sc or a buffer over it.
+func readAnswers(sc *pool.ServerConn, r io.Reader) (string, error) {
 	var firstErr error
 	var value string
 	for {
-		typ, body, err := readMessage(sc, maxStartupMessage)
+		typ, body, err := readMessage(r, maxStartupMessage)
 		if err != nil {
 			if firstErr != nil {
 				return "", firstErr
