@@ -77,16 +77,13 @@ func receiveName(t *testing.T, fe *pgproto3.Frontend) string {
 // TestTransactionPoolingSharesServers runs on both relays: an epoll loop
 // thread (the default) and goroutines (--relay-threads 0).
 func TestTransactionPoolingSharesServers(t *testing.T) {
-	for _, relay := range relays {
-		t.Run(relay.name, func(t *testing.T) {
-			p := startPooled(t, sharedCluster(t), "transaction", append([]string{"--pool-size", "2"}, relay.args...)...)
-			testTransactionPooling(t, p, "pooled_"+relay.name)
-			want := `pgrouter_relayed_sessions_total{listener="rw",relay="` + relay.name + `"}`
-			if n := metricValue(t, p.Admin, want); n < 10 {
-				t.Fatalf("%s = %v, want every session (at least 10)", want, n)
-			}
-		})
-	}
+	onEachRelay(t, "transaction", "2", func(t *testing.T, _ *pgtest.Cluster, p *proxyProc, relay string) {
+		testTransactionPooling(t, p, "pooled_"+relay)
+		want := `pgrouter_relayed_sessions_total{listener="rw",relay="` + relay + `"}`
+		if n := metricValue(t, p.Admin, want); n < 10 {
+			t.Fatalf("%s = %v, want every session (at least 10)", want, n)
+		}
+	})
 }
 
 func testTransactionPooling(t *testing.T, p *proxyProc, table string) {
@@ -519,43 +516,39 @@ func TestDeferredPrepare(t *testing.T) {
 // client used the only server in between and left an unnamed statement
 // of its own there. On both relays.
 func TestUnnamedStatementAcrossTransactions(t *testing.T) {
-	for _, relay := range relays {
-		t.Run(relay.name, func(t *testing.T) {
-			c := sharedCluster(t)
-			p := startPooled(t, c, "transaction", append([]string{"--pool-size", "1"}, relay.args...)...)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			a, b := appConn(t, c, p.RW).PgConn(), appConn(t, c, p.RW).PgConn()
-			if _, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil); err != nil {
-				t.Fatal(err)
+	onEachRelay(t, "transaction", "1", func(t *testing.T, c *pgtest.Cluster, p *proxyProc, _ string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		a, b := appConn(t, c, p.RW).PgConn(), appConn(t, c, p.RW).PgConn()
+		if _, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil); err != nil {
+			t.Fatal(err)
+		}
+		// b takes the server and leaves its own unnamed statement.
+		if _, err := b.Prepare(ctx, "", "SELECT $1::text || 'b'", nil); err != nil {
+			t.Fatal(err)
+		}
+		if res := b.ExecPrepared(ctx, "", [][]byte{[]byte("x")}, nil, nil).Read(); res.Err != nil || string(res.Rows[0][0]) != "xb" {
+			t.Fatalf("b: %q, %v", res.Rows, res.Err)
+		}
+		for i := range 3 {
+			res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read()
+			if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
+				t.Fatalf("a's unnamed statement, execution %d: rows %q, err %v; want 42", i, res.Rows, res.Err)
 			}
-			// b takes the server and leaves its own unnamed statement.
-			if _, err := b.Prepare(ctx, "", "SELECT $1::text || 'b'", nil); err != nil {
-				t.Fatal(err)
+			desc, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil)
+			if err != nil || len(desc.Fields) != 1 {
+				t.Fatalf("a prepares again: %v, %v", desc, err)
 			}
-			if res := b.ExecPrepared(ctx, "", [][]byte{[]byte("x")}, nil, nil).Read(); res.Err != nil || string(res.Rows[0][0]) != "xb" {
-				t.Fatalf("b: %q, %v", res.Rows, res.Err)
-			}
-			for i := range 3 {
-				res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read()
-				if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != "42" {
-					t.Fatalf("a's unnamed statement, execution %d: rows %q, err %v; want 42", i, res.Rows, res.Err)
-				}
-				desc, err := a.Prepare(ctx, "", "SELECT $1::int + 1", nil)
-				if err != nil || len(desc.Fields) != 1 {
-					t.Fatalf("a prepares again: %v, %v", desc, err)
-				}
-			}
-			// After a simple query the unnamed statement is gone, as on a
-			// server: nothing is replayed.
-			if err := a.Exec(ctx, "SELECT 1").Close(); err != nil {
-				t.Fatal(err)
-			}
-			if res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read(); sqlState(res.Err) != "26000" {
-				t.Fatalf("bind of the unnamed statement after a simple query: %v, want 26000", res.Err)
-			}
-		})
-	}
+		}
+		// After a simple query the unnamed statement is gone, as on a
+		// server: nothing is replayed.
+		if err := a.Exec(ctx, "SELECT 1").Close(); err != nil {
+			t.Fatal(err)
+		}
+		if res := a.ExecPrepared(ctx, "", [][]byte{[]byte("41")}, nil, nil).Read(); sqlState(res.Err) != "26000" {
+			t.Fatalf("bind of the unnamed statement after a simple query: %v, want 26000", res.Err)
+		}
+	})
 }
 
 // TestDuplicateStatementName: a second Parse of a name in use fails with
@@ -735,110 +728,106 @@ func TestClientsHoldNoGoroutine(t *testing.T) {
 // extended-protocol batch has it closed; cancel reaches it; a server
 // that goes away ends its session and the next client gets a new one.
 func TestSessionPoolingRelay(t *testing.T) {
-	c := sharedCluster(t)
 	ctx := context.Background()
-	for _, relay := range relays {
-		t.Run(relay.name, func(t *testing.T) {
-			p := startPooled(t, c, "session", append([]string{"--pool-size", "1"}, relay.args...)...)
-			backendPID := func(conn *pgx.Conn) int {
-				t.Helper()
-				var pid int
-				if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-					t.Fatal(err)
-				}
-				return pid
-			}
-			dial := func() *pgx.Conn {
-				t.Helper()
-				conn, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { conn.Close(context.Background()) })
-				return conn
-			}
-
-			a := dial()
-			pid := backendPID(a)
-			if got := a.PgConn().PID(); got != uint32(pid) {
-				t.Fatalf("BackendKeyData gave process id %d, the server's is %d", got, pid)
-			}
-			if _, err := a.Exec(ctx, "SET work_mem = '7MB'"); err != nil {
+	onEachRelay(t, "session", "1", func(t *testing.T, c *pgtest.Cluster, p *proxyProc, relay string) {
+		backendPID := func(conn *pgx.Conn) int {
+			t.Helper()
+			var pid int
+			if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := a.Prepare(ctx, "mine", "SELECT $1::int + 1"); err != nil {
-				t.Fatal(err)
-			}
-			var names []string
-			rows, _ := a.Query(ctx, "SELECT name FROM pg_prepared_statements ORDER BY name")
-			names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			return pid
+		}
+		dial := func() *pgx.Conn {
+			t.Helper()
+			conn, err := connectDB(t, p.RW, c.AppUser, c.AppPassword, c.AppDB, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !slices.Contains(names, "mine") {
-				t.Fatalf("prepared statements on the server %q, want the client's own name", names)
-			}
-			if err := sleepAndCancel(t, a); sqlState(err) != "57014" {
-				t.Fatalf("cancel: %v, want 57014", err)
-			}
-			a.Close(ctx) // Terminate: the server stays open and idle
+			t.Cleanup(func() { conn.Close(context.Background()) })
+			return conn
+		}
 
-			b := dial()
-			if got := backendPID(b); got != pid {
-				t.Fatalf("the next client got server %d, want the idle one, %d", got, pid)
-			}
-			var wm string
-			var n int
-			if err := b.QueryRow(ctx, "SELECT current_setting('work_mem'), (SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1')").Scan(&wm, &n); err != nil {
-				t.Fatal(err)
-			}
-			if wm == "7MB" || n != 0 {
-				t.Fatalf("the server was not reset: work_mem %s, the last client's statement there %d times", wm, n)
-			}
-			// Gone in a transaction: that server is closed.
-			if _, err := b.Exec(ctx, "BEGIN"); err != nil {
-				t.Fatal(err)
-			}
-			b.PgConn().Conn().Close()
+		a := dial()
+		pid := backendPID(a)
+		if got := a.PgConn().PID(); got != uint32(pid) {
+			t.Fatalf("BackendKeyData gave process id %d, the server's is %d", got, pid)
+		}
+		if _, err := a.Exec(ctx, "SET work_mem = '7MB'"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Prepare(ctx, "mine", "SELECT $1::int + 1"); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		rows, _ := a.Query(ctx, "SELECT name FROM pg_prepared_statements ORDER BY name")
+		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(names, "mine") {
+			t.Fatalf("prepared statements on the server %q, want the client's own name", names)
+		}
+		if err := sleepAndCancel(t, a); sqlState(err) != "57014" {
+			t.Fatalf("cancel: %v, want 57014", err)
+		}
+		a.Close(ctx) // Terminate: the server stays open and idle
 
-			d := dial()
-			next := backendPID(d)
-			if next == pid {
-				t.Fatalf("a server left in a transaction was lent again (%d)", pid)
-			}
-			// Gone after a Parse without its Sync: closed too.
-			if _, err := d.PgConn().Conn().Write([]byte{'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E', 'C', 'T', 0, 0, 0}); err != nil {
-				t.Fatal(err)
-			}
-			d.PgConn().Conn().Close()
+		b := dial()
+		if got := backendPID(b); got != pid {
+			t.Fatalf("the next client got server %d, want the idle one, %d", got, pid)
+		}
+		var wm string
+		var n int
+		if err := b.QueryRow(ctx, "SELECT current_setting('work_mem'), (SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1')").Scan(&wm, &n); err != nil {
+			t.Fatal(err)
+		}
+		if wm == "7MB" || n != 0 {
+			t.Fatalf("the server was not reset: work_mem %s, the last client's statement there %d times", wm, n)
+		}
+		// Gone in a transaction: that server is closed.
+		if _, err := b.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		b.PgConn().Conn().Close()
 
-			e := dial()
-			pid = backendPID(e)
-			if pid == next {
-				t.Fatalf("a server left in an extended-protocol batch was lent again (%d)", pid)
-			}
-			// The server goes away under its client.
-			admin, err := connectDB(t, c.Nodes[0].Addr, c.AppUser, c.AppPassword, c.AppDB, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { admin.Close(context.Background()) })
-			if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := e.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" && !e.IsClosed() {
-				t.Fatalf("after its server was terminated: %v", err)
-			}
-			e.Close(ctx)
-			f := dial()
-			if got := backendPID(f); got == pid {
-				t.Fatalf("a terminated server was lent again (%d)", got)
-			}
-			if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="`+relay.name+`"}`); got < 5 {
-				t.Fatalf("%v sessions relayed by %s, want 5", got, relay.name)
-			}
-		})
-	}
+		d := dial()
+		next := backendPID(d)
+		if next == pid {
+			t.Fatalf("a server left in a transaction was lent again (%d)", pid)
+		}
+		// Gone after a Parse without its Sync: closed too.
+		if _, err := d.PgConn().Conn().Write([]byte{'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E', 'C', 'T', 0, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+		d.PgConn().Conn().Close()
+
+		e := dial()
+		pid = backendPID(e)
+		if pid == next {
+			t.Fatalf("a server left in an extended-protocol batch was lent again (%d)", pid)
+		}
+		// The server goes away under its client.
+		admin, err := connectDB(t, c.Nodes[0].Addr, c.AppUser, c.AppPassword, c.AppDB, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.Close(context.Background()) })
+		if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" && !e.IsClosed() {
+			t.Fatalf("after its server was terminated: %v", err)
+		}
+		e.Close(ctx)
+		f := dial()
+		if got := backendPID(f); got == pid {
+			t.Fatalf("a terminated server was lent again (%d)", got)
+		}
+		if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="`+relay+`"}`); got < 5 {
+			t.Fatalf("%v sessions relayed by %s, want 5", got, relay)
+		}
+	})
 }
 
 // In transaction mode a server that ends its connection with a FATAL
@@ -847,59 +836,66 @@ func TestSessionPoolingRelay(t *testing.T) {
 // tell its driver the session is over), once, and goes on. A client that
 // leaves while its server still works on its query is told nothing more.
 func TestTransactionPoolingServerFatalAndEarlyTerminate(t *testing.T) {
-	c := sharedCluster(t)
 	ctx := context.Background()
+	onEachRelay(t, "transaction", "2", func(t *testing.T, c *pgtest.Cluster, p *proxyProc, _ string) {
+		a := appConn(t, c, p.RW)
+		// The simple protocol, to see every message of the answer.
+		anc := a.PgConn().Conn()
+		if _, err := anc.Write(appendTestMessage(nil, 'Q', []byte("SELECT pg_terminate_backend(pg_backend_pid())\x00"))); err != nil {
+			t.Fatal(err)
+		}
+		_ = anc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		afe := pgproto3.NewFrontend(anc, anc)
+		var errs []string
+		for {
+			msg, err := afe.Receive()
+			if err != nil {
+				t.Fatalf("after %v: %v", errs, err)
+			}
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				errs = append(errs, e.Severity+" "+e.Code+" "+e.Message)
+			}
+			if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		_ = anc.SetReadDeadline(time.Time{})
+		if len(errs) != 1 || !strings.HasPrefix(errs[0], "ERROR 57P01 terminating connection") {
+			t.Fatalf("terminated server: errors %q, want the server's 57P01 once, as an ERROR", errs)
+		}
+		var one int
+		if err := a.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+			t.Fatalf("the session did not go on: %v", err)
+		}
+
+		b := appConn(t, c, p.RW)
+		nc := b.PgConn().Conn()
+		msgs := appendTestMessage(nil, 'Q', []byte("SELECT pg_sleep(0.3)\x00"))
+		msgs = appendTestMessage(msgs, 'X', nil)
+		if _, err := nc.Write(msgs); err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		fe := pgproto3.NewFrontend(nc, nc)
+		for {
+			msg, err := fe.Receive()
+			if err != nil {
+				break // closed, as PostgreSQL closes after a Terminate
+			}
+			if e, ok := msg.(*pgproto3.ErrorResponse); ok {
+				t.Fatalf("a client that sent Terminate got %s %s: %s", e.Severity, e.Code, e.Message)
+			}
+		}
+	})
+}
+
+// onEachRelay runs test once per relay (relays) against a proxy pooling
+// in mode with a pool of size servers per member.
+func onEachRelay(t *testing.T, mode, size string, test func(t *testing.T, c *pgtest.Cluster, p *proxyProc, relay string)) {
+	c := sharedCluster(t)
 	for _, relay := range relays {
 		t.Run(relay.name, func(t *testing.T) {
-			p := startPooled(t, c, "transaction", append([]string{"--pool-size", "2"}, relay.args...)...)
-			a := appConn(t, c, p.RW)
-			// The simple protocol, to see every message of the answer.
-			anc := a.PgConn().Conn()
-			if _, err := anc.Write(appendTestMessage(nil, 'Q', []byte("SELECT pg_terminate_backend(pg_backend_pid())\x00"))); err != nil {
-				t.Fatal(err)
-			}
-			_ = anc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			afe := pgproto3.NewFrontend(anc, anc)
-			var errs []string
-			for {
-				msg, err := afe.Receive()
-				if err != nil {
-					t.Fatalf("after %v: %v", errs, err)
-				}
-				if e, ok := msg.(*pgproto3.ErrorResponse); ok {
-					errs = append(errs, e.Severity+" "+e.Code+" "+e.Message)
-				}
-				if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
-					break
-				}
-			}
-			_ = anc.SetReadDeadline(time.Time{})
-			if len(errs) != 1 || !strings.HasPrefix(errs[0], "ERROR 57P01 terminating connection") {
-				t.Fatalf("terminated server: errors %q, want the server's 57P01 once, as an ERROR", errs)
-			}
-			var one int
-			if err := a.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
-				t.Fatalf("the session did not go on: %v", err)
-			}
-
-			b := appConn(t, c, p.RW)
-			nc := b.PgConn().Conn()
-			msgs := appendTestMessage(nil, 'Q', []byte("SELECT pg_sleep(0.3)\x00"))
-			msgs = appendTestMessage(msgs, 'X', nil)
-			if _, err := nc.Write(msgs); err != nil {
-				t.Fatal(err)
-			}
-			_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
-			fe := pgproto3.NewFrontend(nc, nc)
-			for {
-				msg, err := fe.Receive()
-				if err != nil {
-					break // closed, as PostgreSQL closes after a Terminate
-				}
-				if e, ok := msg.(*pgproto3.ErrorResponse); ok {
-					t.Fatalf("a client that sent Terminate got %s %s: %s", e.Severity, e.Code, e.Message)
-				}
-			}
+			test(t, c, startPooled(t, c, mode, append([]string{"--pool-size", size}, relay.args...)...), relay.name)
 		})
 	}
 }
