@@ -177,11 +177,8 @@ func gs2Flag(msg []byte) byte {
 // client gets the reason and what to change.
 func (sess *session) plainForBinding(ctx context.Context, cfg *Config, sc *pool.ServerConn, startup []byte) (*pool.ServerConn, error) {
 	if mode := cfg.Server.SSLMode; mode != "" && mode != pool.SSLPrefer {
-		return nil, &clientError{Severity: "FATAL", Code: codeProtocolViolation,
-			Message: "SCRAM channel binding cannot cross pgrouter",
-			Detail: "The client supports channel binding, which pgrouter cannot offer since it terminates the client's TLS; " +
-				"the server refuses plain SCRAM from such a client over TLS, and --server-sslmode " + string(mode) + " forbids a link without it.",
-			Hint: "Connect with channel_binding=disable, or run pgrouter with --server-sslmode prefer."}
+		return nil, bindingRefused("--server-sslmode "+string(mode)+" forbids a link without it.",
+			"Connect with channel_binding=disable, or run pgrouter with --server-sslmode prefer.")
 	}
 	dial := cfg.Server
 	dial.SSLMode = pool.SSLDisable
@@ -189,11 +186,7 @@ func (sess *session) plainForBinding(ctx context.Context, cfg *Config, sc *pool.
 	if err != nil {
 		return nil, serverLost(sc, err)
 	}
-	deadline, _ := ctx.Deadline()
-	if d := time.Now().Add(cfg.StartupTimeout); deadline.IsZero() || d.Before(deadline) {
-		deadline = d
-	}
-	_ = plain.SetDeadline(deadline)
+	_ = plain.SetDeadline(time.Now().Add(cfg.StartupTimeout)) // as the first link's
 	if _, err := plain.Write(startup); err != nil {
 		plain.Close()
 		return nil, serverLost(sc, err)
@@ -213,11 +206,7 @@ func (sess *session) plainForBinding(ctx context.Context, cfg *Config, sc *pool.
 			return plain, nil
 		case typ == 'E':
 			plain.Close()
-			return nil, &clientError{Severity: "FATAL", Code: codeProtocolViolation,
-				Message: "SCRAM channel binding cannot cross pgrouter",
-				Detail: "The client supports channel binding, which pgrouter cannot offer since it terminates the client's TLS; " +
-					"the server refuses plain SCRAM from such a client over TLS, and refused the link without TLS: " + errorField(body, 'M'),
-				Hint: "Connect with channel_binding=disable."}
+			return nil, bindingRefused("it refused the link without TLS: "+errorField(body, 'M'), "Connect with channel_binding=disable.")
 		case typ != 'N' && typ != 'S':
 			plain.Close()
 			return nil, serverLost(sc, fmt.Errorf("the server answered a login without TLS with message type %q", typ))
@@ -248,6 +237,16 @@ func appendMessage(dst []byte, typ byte, body []byte) []byte {
 	putUint32(hdr[1:], uint32(len(body)+4))
 	dst = append(dst, hdr[:]...)
 	return append(dst, body...)
+}
+
+// bindingRefused is the error of a client that could bind a channel when
+// pgrouter cannot give it a server that accepts plain SCRAM from it.
+func bindingRefused(why, hint string) *clientError {
+	return &clientError{Severity: "FATAL", Code: codeProtocolViolation,
+		Message: "SCRAM channel binding cannot cross pgrouter",
+		Detail: "The client supports channel binding, which pgrouter cannot offer since it terminates the client's TLS; " +
+			"the server refuses plain SCRAM from such a client over TLS, and " + why,
+		Hint: hint}
 }
 
 // withoutChannelBinding removes SCRAM-SHA-256-PLUS from an

@@ -364,6 +364,16 @@ func (ps *pooled) begun() {
 	}
 }
 
+// takeServer takes the held server out of the session, for the caller to
+// give back or close.
+func (ps *pooled) takeServer() *pool.ServerConn {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	sc := ps.server
+	ps.server = nil
+	return sc
+}
+
 // relaysBytes says whether the session is relayed as bytes (sessLoop,
 // relaySession): session mode, unless the statement split moves its
 // transactions between members.
@@ -378,11 +388,7 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 	if ps.loopPool != nil || (ps.relaysBytes() && ps.sess.srv.loop != nil) {
 		if handled, err := ps.runOnLoop(ctx, cfg, in); handled {
 			if err != errDetached {
-				ps.mu.Lock()
-				held := ps.server
-				ps.server = nil
-				ps.mu.Unlock()
-				if held != nil {
+				if held := ps.takeServer(); held != nil {
 					ps.release(held, false) // session mode's, never relayed
 				}
 			}
@@ -409,11 +415,7 @@ func (ps *pooled) run(ctx context.Context, cfg *Config, in sessionIntent) error 
 		}
 	}
 	ps.pumps.Wait()
-	ps.mu.Lock()
-	held = ps.server
-	ps.server = nil
-	ps.mu.Unlock()
-	if held != nil {
+	if held = ps.takeServer(); held != nil {
 		_ = held.SetReadDeadline(time.Time{})
 		ps.release(held, idle && ps.reset(held, cfg))
 	}

@@ -62,7 +62,7 @@ func BenchmarkRelayRoundTrip(b *testing.B) {
 	go func() {
 		var scan frameScanner
 		scan.watch = serverWatch
-		_ = copyToClient(proxyClientSide, proxyServerSide, &scan, counter)
+		_ = copyToClient(proxyClientSide, proxyServerSide, scan.feed, counter)
 	}()
 	defer proxyClientSide.Close()
 	defer proxyServerSide.Close()

@@ -241,7 +241,6 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 		sess.mu.Lock()
 		sess.server = sc
 		sess.mu.Unlock()
-		_ = sc.SetDeadline(time.Now().Add(cfg.StartupTimeout))
 	}
 	if err != nil {
 		end()
@@ -433,9 +432,8 @@ func (sess *session) relay(end func()) error {
 		sc.Close()
 		errc <- err
 	}()
-	var scan frameScanner
-	scan.watch = serverWatch
-	err := copyToClient(sess.client, sc, &scan, toClient)
+	scan := frameScanner{watch: serverWatch}
+	err := copyToClient(sess.client, sc, scan.feed, toClient)
 	if e := sess.killed.Load(); e != nil && scan.atBoundary() {
 		_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
 		writeClientError(sess.client, e)
@@ -505,16 +503,17 @@ func copyToServer(dst net.Conn, src net.Conn, bytes prometheus.Counter) error {
 	}
 }
 
-// copyToClient forwards server output in whole chunks, following message
-// boundaries so the session knows where it may inject a message.
-func copyToClient(dst net.Conn, src net.Conn, scan *frameScanner, bytes prometheus.Counter) error {
+// copyToClient forwards server output in whole chunks, each first given
+// to follow, which tracks message boundaries (so the session knows where
+// it may inject a message) and what else the relay needs.
+func copyToClient(dst net.Conn, src net.Conn, follow func([]byte) error, bytes prometheus.Counter) error {
 	bp := serverBufPool.Get().(*[]byte)
 	defer serverBufPool.Put(bp)
 	buf := *bp
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
-			if serr := scan.feed(buf[:n]); serr != nil {
+			if serr := follow(buf[:n]); serr != nil {
 				return serr
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {

@@ -231,24 +231,20 @@ func (h *sessLoop) Farewell(*loop.Session) []byte {
 // reset, which runs on a goroutine; otherwise the server is closed.
 func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean bool) {
 	ps := h.ps
-	ps.mu.Lock()
-	held := ps.server
-	ps.server = nil
-	ps.mu.Unlock()
-	reusable := held != nil && server != nil && clean && err == nil && h.streams.idle() && ps.sess.killed.Load() == nil
-	if !reusable {
+	held := ps.takeServer()
+	idle := held != nil && server != nil && clean && err == nil && h.streams.idle() && ps.sess.killed.Load() == nil
+	end := func() {
 		if held != nil {
-			ps.release(held, false)
+			ps.release(held, idle && ps.reset(held, h.cfg))
 		}
 		ps.leave()
 		ps.sess.finish(err)
-		return
 	}
-	go func() {
-		ps.release(held, ps.reset(held, h.cfg))
-		ps.leave()
-		ps.sess.finish(err)
-	}()
+	if idle {
+		go end() // the reset waits for the server
+	} else {
+		end()
+	}
 }
 
 // relaySession is sessLoop's relay on goroutines, for a session with TLS
@@ -292,26 +288,7 @@ func (ps *pooled) relaySession(cfg *Config) error {
 			}
 		}
 	}()
-	bp := serverBufPool.Get().(*[]byte)
-	buf := *bp
-	var serr error
-	for {
-		n, err := sc.Read(buf)
-		if n > 0 {
-			if ferr := st.follow(buf[:n]); ferr != nil {
-				err = ferr
-			} else if _, werr := sess.client.Write(buf[:n]); werr != nil {
-				err = werr
-			} else {
-				toClient.Add(float64(n))
-			}
-		}
-		if err != nil {
-			serr = err
-			break
-		}
-	}
-	serverBufPool.Put(bp)
+	serr := copyToClient(sess.client, sc, st.follow, toClient)
 	var cerr error
 	select {
 	case cerr = <-clientLeft:
@@ -332,16 +309,10 @@ func (ps *pooled) relaySession(cfg *Config) error {
 	if errors.Is(cerr, io.EOF) || errors.Is(cerr, net.ErrClosed) {
 		cerr = nil
 	}
-	ps.mu.Lock()
-	ps.server = nil
-	ps.mu.Unlock()
+	ps.takeServer()
 	var ne net.Error
 	stopped := errors.As(serr, &ne) && ne.Timeout() // by the deadline, not a failure
-	if stopped && cerr == nil && st.idle() && sess.killed.Load() == nil {
-		_ = sc.SetReadDeadline(time.Time{})
-		ps.release(sc, ps.reset(sc, cfg))
-	} else {
-		ps.release(sc, false)
-	}
+	_ = sc.SetReadDeadline(time.Time{})
+	ps.release(sc, stopped && cerr == nil && st.idle() && sess.killed.Load() == nil && ps.reset(sc, cfg))
 	return cerr
 }

@@ -198,11 +198,9 @@ func (h *txLoop) finish(err error, clean bool) {
 	}
 	ps := h.ps
 	ps.mu.Lock()
-	held := ps.server
-	ps.server = nil
-	idle := held != nil && !ps.inFlightLocked()
+	idle := !ps.inFlightLocked()
 	ps.mu.Unlock()
-	if held != nil {
+	if held := ps.takeServer(); held != nil {
 		ps.release(held, clean && idle && ps.reset(held, h.cfg))
 	}
 	ps.leave()

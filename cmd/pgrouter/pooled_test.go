@@ -476,12 +476,8 @@ func TestSessionPoolingResetAndTLS(t *testing.T) {
 // statement runs, a bad one fails when it is first executed, and the
 // session goes on either way.
 func TestDeferredPrepare(t *testing.T) {
-	c := sharedCluster(t)
-	p := startPooled(t, c, "transaction", "--pool-size", "1")
-	conn := appConn(t, c, p.RW)
+	conn, ctx := txPooledConn(t, "1", 20*time.Second)
 	pc := conn.PgConn()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	fe := pc.Frontend()
 	fe.Send(&pgproto3.Parse{Name: "good", Query: "SELECT $1::int + 1"})
 	fe.Send(&pgproto3.Parse{Name: "bad", Query: "SELEC 1"})
@@ -580,12 +576,8 @@ func TestDuplicateStatementName(t *testing.T) {
 // statement_timeout). Those statements do not exist afterwards, and the
 // session's later prepares and executions get their own answers.
 func TestParsesSkippedAfterAnError(t *testing.T) {
-	c := sharedCluster(t)
-	p := startPooled(t, c, "transaction", "--pool-size", "2")
-	conn := appConn(t, c, p.RW)
+	conn, ctx := txPooledConn(t, "2", 30*time.Second)
 	pc := conn.PgConn()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	// An unreported setting pins the session: the server stays held
 	// between the two halves of the pipeline below.
 	if err := pc.Exec(ctx, "SET statement_timeout = '10s'").Close(); err != nil {
@@ -887,6 +879,17 @@ func TestTransactionPoolingServerFatalAndEarlyTerminate(t *testing.T) {
 			}
 		}
 	})
+}
+
+// txPooledConn connects a client through a transaction-pooling proxy with
+// a pool of size servers, and gives a context that ends after timeout.
+func txPooledConn(t *testing.T, size string, timeout time.Duration) (*pgx.Conn, context.Context) {
+	t.Helper()
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", size)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return appConn(t, c, p.RW), ctx
 }
 
 // onEachRelay runs test once per relay (relays) against a proxy pooling
