@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -44,7 +45,31 @@ type splitState struct {
 
 // retryWrites remembers statements that a standby refused as writes
 // (25006) although the classifier said read: never sent to a standby again.
-var retryWrites sync.Map // query text -> struct{}
+var retryWrites textSet
+
+// textSet is a set of statement texts, safe for concurrent use. Unlike a
+// sync.Map, looking a text up neither boxes nor keeps it, so the text may
+// be a view of a read buffer.
+type textSet struct {
+	mu sync.RWMutex
+	m  map[string]struct{}
+}
+
+func (t *textSet) has(q string) bool {
+	t.mu.RLock()
+	_, ok := t.m[q]
+	t.mu.RUnlock()
+	return ok
+}
+
+func (t *textSet) add(q string) {
+	t.mu.Lock()
+	if t.m == nil {
+		t.m = make(map[string]struct{})
+	}
+	t.m[strings.Clone(q)] = struct{}{}
+	t.mu.Unlock()
+}
 
 // splitRoute decides where the transaction that the messages at the head
 // of msgs start must run. It reads only complete messages up to the first
@@ -64,10 +89,10 @@ func (ps *pooled) splitRoute(msgs []byte, cfg *Config) (classify.Route, string) 
 		msgs = msgs[1+l:]
 		switch typ {
 		case 'Q':
-			q := cstring(body)
+			q := cview(body)
 			r := cl.Classify(q)
 			ps.noteSessionSettings(q, r)
-			if _, known := retryWrites.Load(q); known {
+			if retryWrites.has(q) {
 				write("refused_by_standby")
 			}
 			applyResult(r, write)
@@ -77,8 +102,8 @@ func (ps *pooled) splitRoute(msgs []byte, cfg *Config) (classify.Route, string) 
 			if i < 0 {
 				break
 			}
-			name := string(body[:i])
-			q := cstring(body[i+1:])
+			name := unsafe.String(unsafe.SliceData(body), i)
+			q := cview(body[i+1:])
 			r := cl.ClassifyParse(q)
 			if name != "" {
 				parsed = append(parsed, namedQuery{name, q})
@@ -89,7 +114,7 @@ func (ps *pooled) splitRoute(msgs []byte, cfg *Config) (classify.Route, string) 
 			if i < 0 {
 				break
 			}
-			stmt := cstring(body[i+1:])
+			stmt := cview(body[i+1:])
 			if stmt == "" {
 				break
 			}
@@ -208,6 +233,14 @@ func setStatement(q string) (name, value string, ok bool) {
 }
 
 func cstring(b []byte) string { return string(cbytes(b)) }
+
+// cview is b up to its first NUL as a string that shares b's bytes: valid
+// only while b is, for lookups and for callers that copy what they keep
+// (the classifier does on a miss).
+func cview(b []byte) string {
+	b = cbytes(b)
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
 
 // cbytes is b up to its first NUL, in place.
 func cbytes(b []byte) []byte {
@@ -428,7 +461,7 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, []byte, error) {
 	ps.split.retryQ, ps.split.retrying = nil, false
 	ps.mu.Unlock()
 	if len(q) > 5 && q[0] == 'Q' {
-		retryWrites.Store(cstring(q[5:]), struct{}{})
+		retryWrites.add(cview(q[5:]))
 	}
 	ps.sess.srv.metrics.splitRoutes.WithLabelValues("primary", "refused_by_standby").Inc()
 	sc, err := ps.acquire(context.Background(), ps.cfg, splitIntent(ps.in, classify.Write))
@@ -453,7 +486,7 @@ func (ps *pooled) rerunOnPrimary() (*pool.ServerConn, []byte, error) {
 		if m[0] == 'P' {
 			if i := indexZero(m[5 : 1+l]); i > 0 {
 				if qi := indexZero(m[6+i : 1+l]); qi >= 0 {
-					retryWrites.Store(string(m[6+i:6+i+qi]), struct{}{})
+					retryWrites.add(cview(m[6+i : 6+i+qi]))
 				}
 			}
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
+	"github.com/pgrouter/pgrouter/router/classify"
 	"github.com/pgrouter/pgrouter/topology"
 )
 
@@ -115,15 +117,21 @@ func BenchmarkPooledTransaction(b *testing.B) {
 		threads int
 	}{{"loop", 1}, {"goroutines", 0}} {
 		for _, proto := range []string{"simple", "extended"} {
-			b.Run("relay="+relay.name+"/protocol="+proto, func(b *testing.B) {
-				roundTrip, _ := pooledRoundTrip(b, relay.threads, proto == "extended")
-				b.ReportAllocs()
-				b.ResetTimer()
-				for range b.N {
-					roundTrip()
+			for _, split := range []bool{false, true} {
+				name := "relay=" + relay.name + "/protocol=" + proto
+				if split {
+					name += "/split"
 				}
-				b.StopTimer()
-			})
+				b.Run(name, func(b *testing.B) {
+					roundTrip, _ := pooledRoundTrip(b, roundTripOptions{threads: relay.threads, extended: proto == "extended", split: split})
+					b.ReportAllocs()
+					b.ResetTimer()
+					for range b.N {
+						roundTrip()
+					}
+					b.StopTimer()
+				})
+			}
 		}
 	}
 }
@@ -131,29 +139,46 @@ func BenchmarkPooledTransaction(b *testing.B) {
 // TestPooledTransactionAllocatesNothing keeps the loop's transaction path
 // free of allocations: one per transaction (a closure that escapes, a
 // boxed value) is easy to add and invisible anywhere but here.
+// The statement split's classification of a statement it has seen is
+// held to the same.
 func TestPooledTransactionAllocatesNothing(t *testing.T) {
-	for _, extended := range []bool{false, true} {
-		roundTrip, _ := pooledRoundTrip(t, 1, extended)
-		const n = 2000
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		for range n {
-			roundTrip()
-		}
-		runtime.ReadMemStats(&after)
-		// Timers and the runtime may allocate now and then beside the
-		// relay; one allocation per transaction would be n.
-		if got := after.Mallocs - before.Mallocs; got > n/20 {
-			t.Fatalf("%d allocations over %d pooled transactions on the loop (extended protocol %v), want none per transaction", got, n, extended)
-		}
+	for _, o := range []roundTripOptions{
+		{threads: 1}, {threads: 1, extended: true},
+		{threads: 1, split: true}, {threads: 1, extended: true, split: true},
+	} {
+		// One proxy at a time: a loop thread with sessions keeps its P
+		// while it waits (loop.New), so two proxies' loops in one test
+		// process would leave the clients no P.
+		t.Run(fmt.Sprintf("%+v", o), func(t *testing.T) {
+			roundTrip, _ := pooledRoundTrip(t, o)
+			const n = 2000
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for range n {
+				roundTrip()
+			}
+			runtime.ReadMemStats(&after)
+			// Timers and the runtime may allocate now and then beside the
+			// relay; one allocation per transaction would be n.
+			if got := after.Mallocs - before.Mallocs; got > n/20 {
+				t.Fatalf("%d allocations over %d pooled transactions on the loop, want none per transaction", got, n)
+			}
+		})
 	}
+}
+
+// roundTripOptions: relay threads (0: goroutines), the extended protocol
+// instead of the simple one, and the statement split on the listener.
+type roundTripOptions struct {
+	threads         int
+	extended, split bool
 }
 
 // pooledRoundTrip starts a proxy with one transaction-mode listener in
 // front of a fake server, logs a client in, warms the pool, and returns a
-// function that runs one transaction (in the extended protocol if
-// extended), and the listener's address. Everything stops on cleanup.
-func pooledRoundTrip(tb testing.TB, threads int, extended bool) (func(), *net.TCPAddr) {
+// function that runs one transaction, and the listener's address.
+// Everything stops on cleanup.
+func pooledRoundTrip(tb testing.TB, o roundTripOptions) (func(), *net.TCPAddr) {
 	srvAddr := fakeServer(tb)
 	hba, err := auth.ParseHBA([]string{"host all all 127.0.0.1/32 trust"})
 	if err != nil {
@@ -165,12 +190,19 @@ func pooledRoundTrip(tb testing.TB, threads int, extended bool) (func(), *net.TC
 		Health: topology.Health{Up: true, AcceptsConnections: true, Role: topology.RolePrimary},
 		Role:   topology.RolePrimary,
 	}}})
+	var split *SplitConfig
+	if o.split {
+		// Reads with no standby go to the primary; read-your-writes
+		// as by default.
+		split = &SplitConfig{Classifier: classify.New(classify.Config{}), ReadYourWrites: true}
+	}
 	s, err := New(Config{
-		Listeners:    []ListenerConfig{{Name: "rw", Addr: "127.0.0.1:0", Kind: router.ListenerReadWrite, PoolMode: PoolTransaction}},
+		Listeners:    []ListenerConfig{{Name: "rw", Addr: "127.0.0.1:0", Kind: router.ListenerReadWrite, PoolMode: PoolTransaction, Split: o.split}},
 		Server:       pool.DialConfig{SSLMode: pool.SSLDisable},
 		Pool:         pool.Config{Size: 2},
 		Auth:         &AuthConfig{HBA: hba},
-		RelayThreads: threads,
+		RelayThreads: o.threads,
+		Split:        split,
 	}, feed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		tb.Fatal(err)
@@ -201,7 +233,7 @@ func pooledRoundTrip(tb testing.TB, threads int, extended bool) (func(), *net.TC
 	buf := make([]byte, 64<<10)
 	readUntilZ(tb, c, buf)
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
-	if extended {
+	if o.extended {
 		query = appendMessage(nil, 'P', []byte("\x00SELECT 1\x00\x00\x00"))
 		query = appendMessage(query, 'B', []byte("\x00\x00\x00\x00\x00\x00\x00\x00"))
 		query = appendMessage(query, 'D', []byte("P\x00"))
@@ -257,7 +289,7 @@ func readUntilZ(tb testing.TB, c net.Conn, buf []byte) {
 // transaction-mode listener whose loop threads accept and greet it. The
 // client uses raw system calls, so allocs/op is the proxy's alone.
 func BenchmarkPooledConnect(b *testing.B) {
-	_, addr := pooledRoundTrip(b, 1, false) // starts the proxy and warms the pool
+	_, addr := pooledRoundTrip(b, roundTripOptions{threads: 1}) // starts the proxy and warms the pool
 	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
 	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
@@ -319,7 +351,7 @@ func rawUntilZ(b *testing.B, fd int, buf []byte) {
 // comes in pieces, and with a query sent in the same write as the
 // startup's last bytes handed on to the relay.
 func TestLoopStartupReadsInPieces(t *testing.T) {
-	_, addr := pooledRoundTrip(t, 1, false)
+	_, addr := pooledRoundTrip(t, roundTripOptions{threads: 1})
 	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pieces"}})
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
 	sslRequest := []byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}

@@ -250,8 +250,13 @@ func cutNUL(q string) string {
 	return q
 }
 
-// classify parses the text and classifies it, with no cache.
+// classify parses the text and classifies it, with no cache. The text is
+// copied first: callers may pass a view of a buffer they reuse (the
+// proxy's split classifies statements where they lie in its read buffer),
+// and what a miss computes (a SET's value, for one) outlives the call in
+// the cache. A hit reads the text only during the call.
 func (c *Classifier) classify(query string) (Result, deps) {
+	query = strings.Clone(query)
 	var d deps
 	tree, err := pg_query.Parse(query)
 	if err != nil {

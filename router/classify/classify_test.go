@@ -1,6 +1,8 @@
 package classify
 
 import (
+	"unsafe"
+
 	"fmt"
 	"strings"
 	"sync"
@@ -496,6 +498,22 @@ func TestClassifySharedCacheMatchesFresh(t *testing.T) {
 			if got, want := shared.Classify(q), fresh.Classify(q); got != want {
 				t.Errorf("Classify(%q) from the cache\n got %+v\nwant %+v", q, got, want)
 			}
+		}
+	}
+}
+
+// TestClassifyKeepsNoViewOfTheText: the proxy passes texts that are views
+// of a read buffer it reuses; what a miss caches must not change with it.
+func TestClassifyKeepsNoViewOfTheText(t *testing.T) {
+	c := New(Config{})
+	for _, text := range []string{"SET pgrouter.route = primary", "SET pgrouter.route = 'standby'"} {
+		buf := []byte(text)
+		first := c.Classify(unsafe.String(&buf[0], len(buf)))
+		for i := range buf {
+			buf[i] = 'x'
+		}
+		if again := c.Classify(text); again != first || again.SetRoute == "" || again.SetRoute[0] == 'x' {
+			t.Errorf("%q: cached %+v after its buffer was reused, first %+v", text, again, first)
 		}
 	}
 }
