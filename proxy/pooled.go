@@ -693,7 +693,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	if q == "" {
 		return true
 	}
-	_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = sc.SetDeadline(time.Now().Add(resetTimeout))
 	defer sc.SetDeadline(time.Time{})
 	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
 		return false
@@ -701,10 +701,19 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	if _, err := readUntilReadyBuffered(sc); err != nil {
 		return false
 	}
+	forgetSessionState(sc)
+	return true
+}
+
+// resetTimeout bounds the wait for a server's answer to the reset query.
+const resetTimeout = 5 * time.Second
+
+// forgetSessionState records that a reset left sc with no prepared
+// statement and no setting of a client's.
+func forgetSessionState(sc *pool.ServerConn) {
 	clear(sc.Prepared)
 	clear(sc.Applied)
 	sc.SettingsFP = 0
-	return true
 }
 
 // release gives a server back to the pool it came from (not necessarily

@@ -37,6 +37,12 @@ type sessLoop struct {
 
 	streams sessionStreams
 
+	// reset follows the reset query that runs on the thread once the
+	// client said Terminate with its server idle; the session ends at its
+	// ReadyForQuery, resetTimer ends it if the server takes too long.
+	reset      *ownQuery
+	resetTimer *time.Timer
+
 	toClient, toServer prometheus.Counter
 }
 
@@ -73,10 +79,35 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 	switch {
 	case err != nil:
 		h.fail(s, err)
-	case quit:
+	case quit && !h.startReset(s):
 		s.End(nil)
 	}
 }
+
+// startReset runs the reset query on the thread when the client said
+// Terminate and left its server idle, rather than on a goroutine once the
+// client is gone: a goroutine waiting for the server costs more thread
+// switches than the rest of a short session. The client is no longer
+// read; the session ends at the reset's ReadyForQuery (FromServer).
+func (h *sessLoop) startReset(s *loop.Session) bool {
+	q := h.cfg.ServerResetQuery
+	if q == "" || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
+		return false
+	}
+	s.Hold(true)
+	h.reset = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
+	s.WriteServer(appendMessage(nil, 'Q', append([]byte(q), 0)))
+	h.resetTimer = time.AfterFunc(resetTimeout, func() {
+		s.Post(func(alive bool) {
+			if alive {
+				s.End(errResetTimeout)
+			}
+		})
+	})
+	return true
+}
+
+var errResetTimeout = errors.New("the server did not answer the reset query in time")
 
 // sessionStreams follows both streams of a session-mode session, for
 // either relay: the client's side only ever by the reader of the client,
@@ -191,6 +222,21 @@ func (h *sessLoop) emitServer(b []byte) {
 // FromServer forwards the server's bytes, following its ReadyForQuery
 // messages.
 func (h *sessLoop) FromServer(s *loop.Session, b []byte) {
+	if h.reset != nil {
+		n, done, err := h.reset.feed(h.sc, b)
+		if err == nil && done && n < len(b) {
+			err = errors.New("the server sent more after its ReadyForQuery")
+		}
+		if err != nil && h.reset.failed == nil {
+			h.reset.failed = err
+		}
+		if done || err != nil {
+			h.resetTimer.Stop()
+			h.reset.done = done
+			s.End(nil)
+		}
+		return
+	}
 	if err := h.streams.follow(b); err != nil {
 		h.fail(s, err)
 		return
@@ -232,6 +278,19 @@ func (h *sessLoop) Farewell(*loop.Session) []byte {
 func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean bool) {
 	ps := h.ps
 	held := ps.takeServer()
+	if h.reset != nil {
+		// Reset on the thread (startReset), or it failed.
+		if held != nil {
+			reused := h.reset.ok() && server != nil && clean && err == nil && ps.sess.killed.Load() == nil
+			if reused {
+				forgetSessionState(held)
+			}
+			ps.release(held, reused)
+		}
+		ps.leave()
+		ps.sess.finish(err)
+		return
+	}
 	idle := held != nil && server != nil && clean && err == nil && h.streams.idle() && ps.sess.killed.Load() == nil
 	end := func() {
 		if held != nil {
@@ -316,3 +375,50 @@ func (ps *pooled) relaySession(cfg *Config) error {
 	ps.release(sc, stopped && cerr == nil && st.idle() && sess.killed.Load() == nil && ps.reset(sc, cfg))
 	return cerr
 }
+
+// ownQuery follows a server's answer to a query of the proxy's own sent on
+// a loop thread: ParameterStatus messages update what is known of the
+// server, an ErrorResponse fails the query, and its ReadyForQuery ends it.
+type ownQuery struct {
+	scan   frameScanner
+	failed error
+	done   bool
+}
+
+// feed reads the answer from b. It reports how many bytes it used and
+// whether the answer ended there.
+func (q *ownQuery) feed(sc *pool.ServerConn, b []byte) (n int, done bool, err error) {
+	for n < len(b) {
+		k, complete, err := q.scan.next(b[n:])
+		if err != nil {
+			return n, false, err
+		}
+		n += k
+		if q.scan.hdrN == 5 && q.scan.typ() == 'E' && q.failed == nil {
+			// Known from the header: a long error is not captured.
+			q.failed = &serverError{msg: "the server refused the query"}
+		}
+		if !complete {
+			continue
+		}
+		switch q.scan.typ() {
+		case 'S':
+			if name, v, ok := parseParameterStatus(q.scan.msg()); ok {
+				sc.Params[name] = v
+			}
+		case 'E':
+			if msg := errorField(q.scan.msg(), 'M'); msg != "" {
+				q.failed = &serverError{msg: msg}
+			}
+		case 'Z':
+			if m := q.scan.msg(); (len(m) != 1 || m[0] != 'I') && q.failed == nil {
+				q.failed = errors.New("the server is in a transaction after the proxy's query")
+			}
+			return n, true, nil
+		}
+	}
+	return n, false, nil
+}
+
+// ok reports whether the query ran to its ReadyForQuery without an error.
+func (q *ownQuery) ok() bool { return q.done && q.failed == nil }

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"testing"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
 )
 
 // TestClientMessagesKeepTerminateFromServer cuts a client stream at every
@@ -120,5 +122,56 @@ func TestDowngradeFatal(t *testing.T) {
 	plain := []byte("SERROR\x00VERROR\x00C42601\x00Msyntax error\x00\x00")
 	if downgradeFatal(plain) || isFatal(plain) {
 		t.Fatal("an ERROR was taken for a FATAL")
+	}
+}
+
+// TestOwnQueryFollowsTheAnswer: the answer to the proxy's own query on a
+// loop thread (the reset at a session's end), cut at every place. It ends
+// at its ReadyForQuery, records reported settings, and fails on an error
+// (short or too long to capture), on a server left in a transaction, or
+// when the server sends more after it.
+func TestOwnQueryFollowsTheAnswer(t *testing.T) {
+	ready := appendMessage(nil, 'Z', []byte{'I'})
+	discard := appendMessage(nil, 'C', []byte("DISCARD ALL\x00"))
+	discard = appendParameterStatus(discard, "application_name", "")
+	discard = append(discard, ready...)
+	failed := appendMessage(nil, 'E', []byte("SERROR\x00C42601\x00Msyntax error\x00\x00"))
+	failed = append(failed, ready...)
+	long := appendMessage(nil, 'E', append(append([]byte("SERROR\x00M"), bytes.Repeat([]byte("x"), 2*maxCapture)...), 0, 0))
+	long = append(long, ready...)
+	inTx := appendMessage(appendMessage(nil, 'C', []byte("BEGIN\x00")), 'Z', []byte{'T'})
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+		ok     bool
+	}{{"reset", discard, true}, {"error", failed, false}, {"long error", long, false}, {"in a transaction", inTx, false}} {
+		for cut := 0; cut <= len(tc.answer); cut++ {
+			sc := &pool.ServerConn{Params: map[string]string{"application_name": "psql"}}
+			q := ownQuery{scan: frameScanner{watch: serverWatchPooled}}
+			used := 0
+			for _, chunk := range [][]byte{tc.answer[:cut], tc.answer[cut:]} {
+				if q.done {
+					break
+				}
+				n, done, err := q.feed(sc, chunk)
+				if err != nil {
+					t.Fatalf("%s, cut at %d: %v", tc.name, cut, err)
+				}
+				used += n
+				q.done = done
+			}
+			if !q.done || used != len(tc.answer) || q.ok() != tc.ok {
+				t.Fatalf("%s, cut at %d: done %v, used %d of %d, ok %v (%v), want ok %v", tc.name, cut, q.done, used, len(tc.answer), q.ok(), q.failed, tc.ok)
+			}
+			if tc.ok && sc.Params["application_name"] != "" {
+				t.Fatalf("%s, cut at %d: application_name %q after the reset reported it empty", tc.name, cut, sc.Params["application_name"])
+			}
+		}
+	}
+	// More after the ReadyForQuery: the caller sees bytes left over.
+	q := ownQuery{scan: frameScanner{watch: serverWatchPooled}}
+	both := append(bytes.Clone(discard), ready...)
+	if n, done, _ := q.feed(&pool.ServerConn{Params: map[string]string{}}, both); !done || n != len(discard) {
+		t.Fatalf("answer and more: used %d of %d (answer %d), done %v", n, len(both), len(discard), done)
 	}
 }
