@@ -12,18 +12,21 @@ import (
 
 	"github.com/pgrouter/pgrouter/proxy/auth"
 	"github.com/pgrouter/pgrouter/proxy/loop"
+	"github.com/pgrouter/pgrouter/router"
 )
 
 // acceptOnLoop has the loop threads accept l's clients when l is a TCP
-// transaction-mode listener without TLS whose rules let some client in by
-// trust, the one case where a whole session can run on a thread. It
-// reports whether they do; otherwise acceptLoop serves l. Without a trust
-// rule every client would be handed to a goroutine for its password
-// exchange, which costs more than being accepted by one (8 % of the
-// connection rate with SCRAM, measured).
+// pooled listener without TLS whose rules let some client in by trust:
+// transaction mode, or session mode without the statement split, the
+// cases where a whole session can run on a thread. It reports whether
+// they do; otherwise acceptLoop serves l. Without a trust rule every
+// client would be handed to a goroutine for its password exchange, which
+// costs more than being accepted by one (8 % of the connection rate with
+// SCRAM, measured).
 func (s *Server) acceptOnLoop(ctx context.Context, l *listener) bool {
 	cfg := s.cfg.Load()
-	if s.loop == nil || l.cfg.PoolMode != PoolTransaction || cfg.ClientTLS != nil ||
+	pooled := l.cfg.PoolMode == PoolTransaction || l.cfg.PoolMode == PoolSession && !l.cfg.Split
+	if s.loop == nil || !pooled || cfg.ClientTLS != nil ||
 		cfg.Auth == nil || !cfg.Auth.HBA.Allows(auth.MethodTrust) || l.ln.Addr().Network() != "tcp" {
 		return false
 	}
@@ -145,6 +148,14 @@ func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n i
 	}
 	ps := sess.newPooled(cfg, mode, in, params, creds)
 	e := ps.poolAt(cfg, dec)
+	if mode == PoolSession {
+		if !st.greetSession(s, cfg, ps, e, dec, n) {
+			ps.leave()
+			sess.pooled = nil
+			return false
+		}
+		return true
+	}
 	initial := e.initial.Load()
 	var out []byte
 	if initial != nil && ps.onLoop(e) {
@@ -164,10 +175,66 @@ func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n i
 	ps.loopPool = e.pool
 	h := newTxLoop(st.ctx, ps, cfg, in)
 	sess.ln.relayedOnLoop.Inc()
+	sess.ln.startedOnLoop.Inc()
 	st.timer.Stop()
 	st.over = true
 	s.SetHandler(h)
 	if rest := st.buf[n:]; len(rest) > 0 {
+		h.FromClient(s, rest)
+	}
+	return true
+}
+
+// greetSession serves a session-mode startup on the thread when the
+// client's pool has an idle server to lend it: the server is the
+// session's from now on, and a sessLoop relays it. When the server's
+// settings differ from those the client asked for (after a reset, its
+// application_name), a SET fixes them, answered on the thread too; the
+// greeting waits for it unless it cannot fail. It reports false, having given the server
+// back, when the pool has none idle (a login, or a wait, is a goroutine's
+// work) or the server cannot be relayed by the thread.
+func (st *loopStartup) greetSession(s *loop.Session, cfg *Config, ps *pooled, e *poolEntry, dec router.Decision, n int) bool {
+	if !ps.onLoop(e) || ps.sess.srv.Paused() {
+		return false
+	}
+	sc, _, err := e.pool.Lend(nil)
+	if err != nil || sc == nil {
+		return false
+	}
+	sock, err := socketOf(sc)
+	if err != nil {
+		ps.release(sc, true)
+		return false
+	}
+	set, stale, safe := ps.settingsQuery(sc) // before the greeting completes the settings
+	greeting, err := ps.greeting(nil, sc.Initial, sc)
+	if err != nil || !s.Attach(sock) {
+		ps.release(sc, err != nil)
+		return false
+	}
+	ps.mu.Lock()
+	ps.server, ps.routedState = sc, dec.Member
+	ps.mu.Unlock()
+	h := newSessLoop(ps, cfg, sc, sock)
+	h.attached = true
+	st.timer.Stop()
+	st.over = true
+	s.SetHandler(h)
+	ps.sess.ln.relayedOnLoop.Inc()
+	ps.sess.ln.startedOnLoop.Inc()
+	rest := st.buf[n:]
+	if set != nil && !safe {
+		h.settle(s, set, stale, greeting, bytes.Clone(rest))
+		return true
+	}
+	if set != nil {
+		// A SET that cannot fail is answered as the client's first
+		// query follows it, as PgBouncer does: no round trip before
+		// the greeting.
+		h.settle(s, set, stale, nil, nil)
+	}
+	h.greet(s, greeting)
+	if len(rest) > 0 {
 		h.FromClient(s, rest)
 	}
 	return true

@@ -10,6 +10,7 @@ type Metrics struct {
 	serverConns      *prometheus.GaugeVec
 	bytes            *prometheus.CounterVec
 	relays           *prometheus.CounterVec
+	loopStartups     *prometheus.CounterVec
 	routes           *prometheus.CounterVec
 	refused          *prometheus.CounterVec
 	terminated       *prometheus.CounterVec
@@ -39,6 +40,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		relays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_relayed_sessions_total", Help: "Passthrough sessions relayed after startup, by listener and relay (loop: an epoll loop thread; goroutines: TLS on a side, or --relay-threads 0).",
 		}, []string{"listener", "relay"}),
+		loopStartups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgrouter_loop_startups_total", Help: "Pooled clients accepted, greeted and relayed by a loop thread, without a goroutine, by listener (trust clients whose pool had a server to lend).",
+		}, []string{"listener"}),
 		routes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_routing_decisions_total", Help: "Sessions routed, by listener, member and the role routed to.",
 		}, []string{"listener", "member", "role"}),
@@ -69,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.relays, m.routes,
+		reg.MustRegister(m.clientConns, m.clientConnsTotal, m.serverConns, m.bytes, m.relays, m.loopStartups, m.routes,
 			m.refused, m.terminated, m.cancels, m.primaryWait, m.pins, m.splitRoutes, m.deferredPrepares, m.plainFallbacks)
 	}
 	return m

@@ -620,9 +620,29 @@ func (ps *pooled) attachLocked(p *pool.Pool) {
 // applySettings makes the server's settings match what the client wants,
 // in one round trip, before the client's first message reaches it.
 func (ps *pooled) applySettings(sc *pool.ServerConn) error {
-	if sc.SettingsFP == ps.desiredFP {
-		return nil // it matches what an earlier borrower wanted, the same as ours
+	q, stale, _ := ps.settingsQuery(sc)
+	if q == nil {
+		return nil
 	}
+	if _, err := sc.Write(q); err != nil {
+		return err
+	}
+	if _, err := readUntilReadyBuffered(sc); err != nil {
+		return err
+	}
+	ps.settingsApplied(sc, stale)
+	return nil
+}
+
+// settingsQuery returns the Query message that makes sc's settings the
+// client's, nil when they are already, the settings it resets, which
+// settingsApplied forgets once the query ran, and whether it cannot fail:
+// it sets nothing but application_name, which takes any text.
+func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string, safe bool) {
+	if sc.SettingsFP == ps.desiredFP {
+		return nil, nil, true // it matches what an earlier borrower wanted, the same as ours
+	}
+	safe = true
 	var q strings.Builder
 	for name, want := range ps.desired {
 		var cur string
@@ -636,9 +656,9 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 			continue
 		}
 		fmt.Fprintf(&q, "SET %s = %s;", quoteIdent(name), quoteLiteral(want))
+		safe = safe && name == "application_name"
 	}
 	// Settings a previous borrower asked for that this client did not.
-	var stale []string
 	for name := range sc.Applied {
 		if _, ok := ps.desired[name]; !ok {
 			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
@@ -647,16 +667,15 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 	}
 	if q.Len() == 0 {
 		sc.SettingsFP = ps.desiredFP
-		return nil
+		return nil, nil, true
 	}
+	return appendMessage(nil, 'Q', append([]byte(q.String()), 0)), stale, safe
+}
+
+// settingsApplied records that settingsQuery's query ran on sc.
+func (ps *pooled) settingsApplied(sc *pool.ServerConn, stale []string) {
 	for _, name := range stale {
 		delete(sc.Applied, name)
-	}
-	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q.String()), 0))); err != nil {
-		return err
-	}
-	if _, err := readUntilReadyBuffered(sc); err != nil {
-		return err
 	}
 	for name, want := range ps.desired {
 		if !reportedParams[name] {
@@ -664,7 +683,6 @@ func (ps *pooled) applySettings(sc *pool.ServerConn) error {
 		}
 	}
 	sc.SettingsFP = ps.desiredFP
-	return nil
 }
 
 func lookupFold(m map[string]string, name string) (string, bool) {

@@ -149,6 +149,7 @@ type listener struct {
 	toServer, toClient prometheus.Counter
 	relayedOnLoop      prometheus.Counter
 	relayedGoroutines  prometheus.Counter
+	startedOnLoop      prometheus.Counter
 }
 
 func (s *Server) newListener(lc ListenerConfig, ln net.Listener) *listener {
@@ -160,6 +161,7 @@ func (s *Server) newListener(lc ListenerConfig, ln net.Listener) *listener {
 		toClient:          m.bytes.WithLabelValues(lc.Name, "to_client"),
 		relayedOnLoop:     m.relays.WithLabelValues(lc.Name, "loop"),
 		relayedGoroutines: m.relays.WithLabelValues(lc.Name, "goroutines"),
+		startedOnLoop:     m.loopStartups.WithLabelValues(lc.Name),
 	}
 }
 

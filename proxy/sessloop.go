@@ -37,11 +37,22 @@ type sessLoop struct {
 
 	streams sessionStreams
 
-	// reset follows the reset query that runs on the thread once the
-	// client said Terminate with its server idle; the session ends at its
-	// ReadyForQuery, resetTimer ends it if the server takes too long.
-	reset      *ownQuery
-	resetTimer *time.Timer
+	// own follows the answer to a query of the proxy's own on the server:
+	// the client's startup settings (settling), or the reset once the
+	// client said Terminate with its server idle (resetting), after which
+	// the session ends. ownTimer ends the session if the server takes too
+	// long.
+	own       *ownQuery
+	ownTimer  *time.Timer
+	resetting bool
+	// settling: own is the SET of the client's startup settings, which
+	// reset: stale. greetAfter is the greeting held back until it is
+	// answered (nil when the client was greeted at once, the SET being
+	// one that cannot fail, and the client's first query follows it to
+	// the server), early what the client sent after its startup meanwhile.
+	settling          bool
+	stale             []string
+	greetAfter, early []byte
 
 	toClient, toServer prometheus.Counter
 }
@@ -88,26 +99,93 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 // Terminate and left its server idle, rather than on a goroutine once the
 // client is gone: a goroutine waiting for the server costs more thread
 // switches than the rest of a short session. The client is no longer
-// read; the session ends at the reset's ReadyForQuery (FromServer).
+// read; the session ends at the reset's ReadyForQuery (ownAnswer).
 func (h *sessLoop) startReset(s *loop.Session) bool {
 	q := h.cfg.ServerResetQuery
-	if q == "" || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
+	if q == "" || h.own != nil || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
 		return false
 	}
+	h.resetting = true
 	s.Hold(true)
-	h.reset = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
-	s.WriteServer(appendMessage(nil, 'Q', append([]byte(q), 0)))
-	h.resetTimer = time.AfterFunc(resetTimeout, func() {
-		s.Post(func(alive bool) {
-			if alive {
-				s.End(errResetTimeout)
-			}
-		})
-	})
+	h.ask(s, appendMessage(nil, 'Q', append([]byte(q), 0)))
 	return true
 }
 
-var errResetTimeout = errors.New("the server did not answer the reset query in time")
+// settle applies the client's startup settings with set, which resets
+// stale. Unless greeting is nil (the client was greeted already), the
+// client is held and greeted once the server has answered.
+func (h *sessLoop) settle(s *loop.Session, set []byte, stale []string, greeting, early []byte) {
+	h.settling, h.stale, h.greetAfter, h.early = true, stale, greeting, early
+	if greeting != nil {
+		s.Hold(true)
+	}
+	h.ask(s, set)
+}
+
+// ask sends the server a query of the proxy's own, whose answer ownAnswer
+// takes out of the server's stream.
+func (h *sessLoop) ask(s *loop.Session, msg []byte) {
+	h.own = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
+	s.WriteServer(msg)
+	h.ownTimer = time.AfterFunc(resetTimeout, func() {
+		s.Post(func(alive bool) {
+			if alive && h.own != nil {
+				h.lost(s, errOwnQueryTimeout)
+			}
+		})
+	})
+}
+
+// ownAnswer follows the answer to ask's query; what the server sends
+// after it (the answer to a client's query that followed the SET) is
+// relayed.
+func (h *sessLoop) ownAnswer(s *loop.Session, b []byte) {
+	q := h.own
+	n, done, err := q.feed(h.sc, b)
+	if err == nil && done && n < len(b) && h.resetting {
+		err = errors.New("the server sent more after its ReadyForQuery")
+	}
+	if err != nil && q.failed == nil {
+		q.failed = err
+	}
+	if !done && err == nil {
+		return
+	}
+	h.ownTimer.Stop()
+	q.done = done
+	if h.resetting {
+		s.End(nil) // Ended gives the server back if the reset went well
+		return
+	}
+	h.own = nil
+	if q.failed != nil {
+		h.lost(s, q.failed)
+		return
+	}
+	h.settling = false
+	h.ps.settingsApplied(h.sc, h.stale)
+	h.stale = nil
+	if h.greetAfter != nil {
+		h.greet(s, h.greetAfter)
+		if early := h.early; len(early) > 0 {
+			h.early = nil
+			h.FromClient(s, early)
+		}
+	}
+	if n < len(b) {
+		h.FromServer(s, b[n:])
+	}
+}
+
+// greet sends the client the end of its startup and starts the relay.
+func (h *sessLoop) greet(s *loop.Session, greeting []byte) {
+	s.WriteClient(greeting)
+	h.greetAfter = nil
+	h.ps.begun()
+	s.Hold(false)
+}
+
+var errOwnQueryTimeout = errors.New("the server did not answer the proxy's query in time")
 
 // sessionStreams follows both streams of a session-mode session, for
 // either relay: the client's side only ever by the reader of the client,
@@ -222,19 +300,8 @@ func (h *sessLoop) emitServer(b []byte) {
 // FromServer forwards the server's bytes, following its ReadyForQuery
 // messages.
 func (h *sessLoop) FromServer(s *loop.Session, b []byte) {
-	if h.reset != nil {
-		n, done, err := h.reset.feed(h.sc, b)
-		if err == nil && done && n < len(b) {
-			err = errors.New("the server sent more after its ReadyForQuery")
-		}
-		if err != nil && h.reset.failed == nil {
-			h.reset.failed = err
-		}
-		if done || err != nil {
-			h.resetTimer.Stop()
-			h.reset.done = done
-			s.End(nil)
-		}
+	if h.own != nil {
+		h.ownAnswer(s, b)
 		return
 	}
 	if err := h.streams.follow(b); err != nil {
@@ -252,6 +319,12 @@ func (h *sessLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 }
 
 func (h *sessLoop) lost(s *loop.Session, err error) {
+	if h.settling {
+		// The client hears why its session ends: in its startup, or
+		// before any answer to its first query.
+		s.WriteClient(appendErrorResponse(nil, &clientError{Severity: "FATAL", Code: codeConnectionFailure,
+			Message: "pgrouter could not apply the session's settings on " + h.sc.Member, Detail: err.Error()}))
+	}
 	h.ps.forget(h.sc, err)
 	s.End(err)
 }
@@ -278,10 +351,10 @@ func (h *sessLoop) Farewell(*loop.Session) []byte {
 func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean bool) {
 	ps := h.ps
 	held := ps.takeServer()
-	if h.reset != nil {
+	if h.resetting {
 		// Reset on the thread (startReset), or it failed.
 		if held != nil {
-			reused := h.reset.ok() && server != nil && clean && err == nil && ps.sess.killed.Load() == nil
+			reused := h.own.ok() && server != nil && clean && err == nil && ps.sess.killed.Load() == nil
 			if reused {
 				forgetSessionState(held)
 			}
@@ -291,7 +364,7 @@ func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean 
 		ps.sess.finish(err)
 		return
 	}
-	idle := held != nil && server != nil && clean && err == nil && h.streams.idle() && ps.sess.killed.Load() == nil
+	idle := held != nil && server != nil && clean && err == nil && h.own == nil && h.streams.idle() && ps.sess.killed.Load() == nil
 	end := func() {
 		if held != nil {
 			ps.release(held, idle && ps.reset(held, h.cfg))

@@ -102,12 +102,11 @@ func (h *txLoop) remember(member string, p *pool.Pool) {
 	h.next = (h.next + 1) % len(h.pools)
 }
 
-// onLoop says whether the session can be relayed by a loop thread: the
-// loop exists, the session is in transaction mode, and its pool's links to
-// servers are plain TCP. The client's own link is checked by Serve.
+// onLoop says whether the session's servers from pool e can be relayed by
+// a loop thread: the loop exists and the pool's links to servers are plain
+// TCP. The client's own link is checked by Serve.
 func (ps *pooled) onLoop(e *poolEntry) bool {
-	return ps.sess.srv.loop != nil && ps.mode == PoolTransaction &&
-		e != nil && e.links.Load() == linksPlain
+	return ps.sess.srv.loop != nil && e != nil && e.links.Load() == linksPlain
 }
 
 // runOnLoop hands the session to a loop thread, which relays it until it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -820,6 +821,97 @@ func TestSessionPoolingRelay(t *testing.T) {
 			t.Fatalf("%v sessions relayed by %s, want 5", got, relay)
 		}
 	})
+}
+
+// In session mode a trust client whose pool has an idle server is
+// accepted, greeted and relayed by a loop thread alone. The server it is
+// lent gets the client's startup settings: application_name by a SET that
+// follows the greeting to the server ahead of the client's first query,
+// anything else by a SET answered before the greeting. A setting the
+// server refuses fails the startup with a FATAL and costs that server.
+func TestSessionPoolingStartsOnTheLoop(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "session", "--pool-size", "1")
+	ctx := context.Background()
+	type seen struct {
+		pid       int
+		app, path string
+	}
+	session := func(params map[string]string) (seen, error) {
+		t.Helper()
+		conn, err := connect(t, p.RW, c.TrustUser, "", params)
+		if err != nil {
+			return seen{}, err
+		}
+		defer conn.Close(ctx)
+		var s seen
+		if err := conn.QueryRow(ctx, "SELECT pg_backend_pid(), current_setting('application_name'), current_setting('search_path')").
+			Scan(&s.pid, &s.app, &s.path); err != nil {
+			t.Fatal(err)
+		}
+		if got := conn.PgConn().ParameterStatus("application_name"); got != s.app {
+			t.Fatalf("greeted with application_name %q, the server has %q", got, s.app)
+		}
+		return s, nil
+	}
+	// The server is back in the pool, reset, once the client has left.
+	idleSeries := `pgrouter_pool_servers{database="postgres",member="` + c.Nodes[0].Addr + `",state="idle",user="` + c.TrustUser + `"} 1`
+	waitIdle := func() {
+		t.Helper()
+		eventually(t, 10*time.Second, "the server idle in its pool", func() error {
+			resp, err := http.Get("http://" + p.Admin + "/metrics")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(body), idleSeries) {
+				return errors.New("no idle server")
+			}
+			return nil
+		})
+	}
+	startups := `pgrouter_loop_startups_total{listener="rw"}`
+	first, err := session(map[string]string{"application_name": "first"}) // the pool's login: a goroutine's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaultPath := first.path
+	waitIdle()
+	base := metricValue(t, p.Admin, startups)
+	for _, tc := range []struct {
+		params    map[string]string
+		app, path string
+	}{
+		{map[string]string{"application_name": "second"}, "second", defaultPath},
+		{map[string]string{"search_path": "loop_schema"}, "", "loop_schema"},
+		{map[string]string{"application_name": "fourth"}, "fourth", defaultPath},
+		{nil, "", defaultPath},
+	} {
+		got, err := session(tc.params)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.params, err)
+		}
+		if got != (seen{first.pid, tc.app, tc.path}) {
+			t.Fatalf("%v: server %d with application_name %q, search_path %q; want server %d with %q, %q",
+				tc.params, got.pid, got.app, got.path, first.pid, tc.app, tc.path)
+		}
+		waitIdle()
+	}
+	if got := metricValue(t, p.Admin, startups); got != base+4 {
+		t.Fatalf("%v sessions started on the loop, want %v", got, base+4)
+	}
+	if _, err := session(map[string]string{"options": "-c work_mem=nonsense"}); sqlState(err) != "08006" ||
+		!strings.Contains(err.Error(), "could not apply the session's settings") {
+		t.Fatalf("a setting the server refuses: %v, want FATAL 08006", err)
+	}
+	next, err := session(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.pid == first.pid {
+		t.Fatalf("the server that refused a setting was lent again (%d)", next.pid)
+	}
 }
 
 // In transaction mode a server that ends its connection with a FATAL
