@@ -47,6 +47,11 @@ type txLoop struct {
 	buf []byte // client bytes not consumed yet: a partial message, or messages waiting for a server
 	out []byte
 	a   answer
+	// settings follows the answer to the SET that gave the held server the
+	// client's application_name ahead of its transaction (attach); stale
+	// is what that SET reset.
+	settings *ownQuery
+	stale    []string
 
 	// The pools of the last lends by member (one without the split, one
 	// per member with it), for the next lend without the pool map.
@@ -197,7 +202,7 @@ func (h *txLoop) finish(err error, clean bool) {
 	}
 	ps := h.ps
 	ps.mu.Lock()
-	idle := !ps.inFlightLocked()
+	idle := !ps.inFlightLocked() && h.settings == nil // no answer left unread
 	ps.mu.Unlock()
 	if held := ps.takeServer(); held != nil {
 		ps.release(held, clean && idle && ps.reset(held, h.cfg))
@@ -376,14 +381,27 @@ type routeCount struct {
 // attach makes sc, lent by the pool, the session's server when it has
 // the session's settings; false leaves sc to lendSlowly.
 func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision, wrote bool, msgs []byte) bool {
+	var set []byte
+	var stale []string
 	if sc.SettingsFP != h.ps.desiredFP {
-		return false
+		// A SET that cannot fail (application_name: clients of one pool
+		// that name themselves differently) goes ahead of the
+		// transaction, as PgBouncer does, its answer taken out of the
+		// server's stream; any other waits for its answer on a goroutine.
+		var safe bool
+		if set, stale, safe = h.ps.settingsQuery(sc); set != nil && !safe {
+			return false
+		}
 	}
 	sock, err := socketOf(sc)
 	if err != nil || !h.s.Attach(sock) {
 		return false
 	}
 	h.held(sc, dec.Role, dec.Member)
+	if set != nil {
+		h.settings, h.stale = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}, stale
+		h.s.WriteServer(set)
+	}
 	if h.ps.splitCfg != nil {
 		h.ps.splitLent(wrote, dec.Role, msgs)
 	}
@@ -456,6 +474,7 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 	ps.attachLocked(sc.Pool())
 	ps.mu.Unlock()
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
+	h.settings, h.stale = nil, nil
 }
 
 // lendSlowly lends on a goroutine (applying the session's settings to sc
@@ -574,6 +593,11 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	if sc == nil {
 		return
 	}
+	if h.settings != nil {
+		if b = h.settled(sc, b); len(b) == 0 {
+			return
+		}
+	}
 	out, released, err := ps.take(&h.a, sc, b, h.out[:0])
 	if err != nil {
 		if _, ok := err.(*serverFatal); ok && len(out) > 0 {
@@ -615,6 +639,26 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	if len(h.buf) > 0 {
 		h.resume()
 	}
+}
+
+// settled takes the answer to attach's SET out of the server's bytes and
+// returns what follows it: the answer to the client's transaction.
+func (h *txLoop) settled(sc *pool.ServerConn, b []byte) []byte {
+	q := h.settings
+	n, done, err := q.feed(sc, b)
+	if err == nil && done && q.failed != nil {
+		err = q.failed
+	}
+	if err != nil {
+		h.s.Detach()
+		h.lost(sc, err)
+		return nil
+	}
+	if done {
+		h.ps.settingsApplied(sc, h.stale)
+		h.settings, h.stale = nil, nil
+	}
+	return b[n:]
 }
 
 // afterRelease runs step, which may block, on a goroutine while the client
@@ -675,6 +719,7 @@ func (h *txLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 func (h *txLoop) lost(sc *pool.ServerConn, err error) {
 	resp, fatal := h.ps.forget(sc, err)
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
+	h.settings, h.stale = nil, nil
 	if fatal != nil {
 		h.fail(fatal)
 		return

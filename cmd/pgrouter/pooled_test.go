@@ -914,6 +914,61 @@ func TestSessionPoolingStartsOnTheLoop(t *testing.T) {
 	}
 }
 
+// Transaction-mode clients that share one server but name themselves
+// differently each see their own application_name in every transaction
+// (the proxy SETs it ahead of the transaction, its answer taken out of the
+// stream), and a client with a setting that could fail still gets it,
+// applied before its transaction.
+func TestTransactionPoolingKeepsEachClientsSettings(t *testing.T) {
+	onEachRelay(t, "transaction", "1", func(t *testing.T, c *pgtest.Cluster, p *proxyProc, _ string) {
+		// A server answer left in the stream would hang the clients.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		type client struct {
+			conn      *pgx.Conn
+			app, path string
+		}
+		var clients []client
+		for _, params := range []map[string]string{
+			{"application_name": "alpha"},
+			{"application_name": "beta"},
+			{"application_name": "gamma", "search_path": "gamma_schema"},
+			nil,
+		} {
+			conn, err := connect(t, p.RW, c.TrustUser, "", params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close(context.Background()) })
+			var path string
+			if err := conn.QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&path); err != nil {
+				t.Fatal(err)
+			}
+			clients = append(clients, client{conn, params["application_name"], path})
+		}
+		if clients[2].path != "gamma_schema" {
+			t.Fatalf("search_path %q, want gamma_schema", clients[2].path)
+		}
+		for round := range 20 {
+			for _, cl := range clients {
+				var app, path string
+				var one int
+				// Both protocols: a Query, and pgx's extended protocol.
+				if _, err := cl.conn.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+					t.Fatal(err)
+				}
+				if err := cl.conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('search_path'), $1::int", 1).
+					Scan(&app, &path, &one); err != nil {
+					t.Fatalf("round %d, %q: %v", round, cl.app, err)
+				}
+				if app != cl.app || path != cl.path || one != 1 {
+					t.Fatalf("round %d: client %q saw application_name %q, search_path %q", round, cl.app, app, path)
+				}
+			}
+		}
+	})
+}
+
 // In transaction mode a server that ends its connection with a FATAL
 // (pg_terminate_backend) costs its client the transaction, not the
 // session: the client gets the server's error as an ERROR (a FATAL would
