@@ -227,12 +227,10 @@ func (st *loopStartup) greetSession(s *loop.Session, cfg *Config, ps *pooled, e 
 		h.settle(s, set, stale, greeting, bytes.Clone(rest))
 		return true
 	}
-	if set != nil {
-		// A SET that cannot fail is answered as the client's first
-		// query follows it, as PgBouncer does: no round trip before
-		// the greeting.
-		h.settle(s, set, stale, nil, nil)
-	}
+	// A SET that cannot fail goes with the client's first message, its
+	// answer taken out of the server's stream ahead of the message's:
+	// no round trip before the greeting, as with PgBouncer.
+	h.setFirst, h.stale = set, stale
 	h.greet(s, greeting)
 	if len(rest) > 0 {
 		h.FromClient(s, rest)

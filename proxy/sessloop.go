@@ -46,13 +46,16 @@ type sessLoop struct {
 	ownTimer  *time.Timer
 	resetting bool
 	// settling: own is the SET of the client's startup settings, which
-	// reset: stale. greetAfter is the greeting held back until it is
+	// resets stale. greetAfter is the greeting held back until it is
 	// answered (nil when the client was greeted at once, the SET being
-	// one that cannot fail, and the client's first query follows it to
-	// the server), early what the client sent after its startup meanwhile.
+	// one that cannot fail, sent with the client's first message), early
+	// what the client sent after its startup meanwhile.
 	settling          bool
 	stale             []string
 	greetAfter, early []byte
+	// setFirst is a SET that cannot fail, for the client's settings, to
+	// write ahead of the client's first message.
+	setFirst []byte
 
 	toClient, toServer prometheus.Counter
 }
@@ -105,6 +108,7 @@ func (h *sessLoop) startReset(s *loop.Session) bool {
 	if q == "" || h.own != nil || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
 		return false
 	}
+	h.setFirst = nil // never sent: the reset makes it moot
 	h.resetting = true
 	s.Hold(true)
 	h.ask(s, appendMessage(nil, 'Q', append([]byte(q), 0)))
@@ -293,8 +297,15 @@ func (u *clientMessages) feed(b []byte, emit func([]byte)) (quit bool, err error
 }
 
 func (h *sessLoop) emitServer(b []byte) {
-	h.s.WriteServer(b)
 	h.toServer.Add(float64(len(b)))
+	if set := h.setFirst; set != nil {
+		// The settings go with the client's first bytes, in one write,
+		// so the server reads both when it wakes up once.
+		h.setFirst = nil
+		h.settle(h.s, append(set, b...), h.stale, nil, nil)
+		return
+	}
+	h.s.WriteServer(b)
 }
 
 // FromServer forwards the server's bytes, following its ReadyForQuery

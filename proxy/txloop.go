@@ -49,9 +49,10 @@ type txLoop struct {
 	a   answer
 	// settings follows the answer to the SET that gave the held server the
 	// client's application_name ahead of its transaction (attach); stale
-	// is what that SET reset.
+	// is what that SET reset; setFirst is the SET until flush writes it.
 	settings *ownQuery
 	stale    []string
+	setFirst []byte
 
 	// The pools of the last lends by member (one without the split, one
 	// per member with it), for the next lend without the pool map.
@@ -276,7 +277,13 @@ func (h *txLoop) feed(data []byte) []byte {
 }
 
 func (h *txLoop) flush(out []byte) {
-	if len(out) > 0 {
+	if set := h.setFirst; set != nil && len(out) > 0 {
+		// attach's SET goes with the transaction, in one write, so
+		// the server reads both when it wakes up once.
+		h.setFirst = nil
+		h.s.WriteServer(append(set, out...))
+		h.toServer.Add(float64(len(out)))
+	} else if len(out) > 0 {
 		h.s.WriteServer(out)
 		h.toServer.Add(float64(len(out)))
 	}
@@ -399,8 +406,7 @@ func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision, wrote bool, ms
 	}
 	h.held(sc, dec.Role, dec.Member)
 	if set != nil {
-		h.settings, h.stale = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}, stale
-		h.s.WriteServer(set)
+		h.settings, h.stale, h.setFirst = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}, stale, set
 	}
 	if h.ps.splitCfg != nil {
 		h.ps.splitLent(wrote, dec.Role, msgs)
@@ -474,7 +480,7 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 	ps.attachLocked(sc.Pool())
 	ps.mu.Unlock()
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
-	h.settings, h.stale = nil, nil
+	h.settings, h.stale, h.setFirst = nil, nil, nil
 }
 
 // lendSlowly lends on a goroutine (applying the session's settings to sc
@@ -719,7 +725,7 @@ func (h *txLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 func (h *txLoop) lost(sc *pool.ServerConn, err error) {
 	resp, fatal := h.ps.forget(sc, err)
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
-	h.settings, h.stale = nil, nil
+	h.settings, h.stale, h.setFirst = nil, nil, nil
 	if fatal != nil {
 		h.fail(fatal)
 		return
