@@ -73,10 +73,6 @@
 #                      authenticates the clients itself (a userlist made from
 #                      pg_authid, scram-sha-256 as on the server) and logs in
 #                      as them
-#   NODE_PG_SUITE_TRUST 1: pooled, pgrouter lets TCP clients in by trust (a rule
-#                      ahead of the scram-sha-256 ones), so that with
-#                      NODE_PG_SUITE_TLS=0 the loop threads accept and greet
-#                      them; the tests that expect a password exchange fail
 #   NODE_PG_SUITE_OUT  directory to copy the per-file logs, results and report into
 #   NODE_PG_SUITE_KEEP 1: leave the work directory behind (servers stopped)
 #   NODE_PG_SUITE_REV  build pgrouter from this commit (git archive, e.g. HEAD)
@@ -187,9 +183,7 @@ suite_standby "$primary" "$primary_port" "$standby" standby_port
 suite_build_pgrouter
 tlsflags=()
 [ "$tls" = 1 ] && tlsflags=(--tls-cert "$work/certs/test-server.crt" --tls-key "$work/certs/test-server.key")
-trust_rule=()
-[ "${NODE_PG_SUITE_TRUST:-0}" != 1 ] || trust_rule=("host all all 127.0.0.1/32 trust")
-suite_pool_flags "$primary" "$primary_port" "local all all scram-sha-256" "${trust_rule[@]}" "host all all 127.0.0.1/32 scram-sha-256"
+suite_pool_flags "$primary" "$primary_port" "local all all scram-sha-256" "host all all 127.0.0.1/32 scram-sha-256"
 suite_start_pgrouter "$password" "127.0.0.1:$primary_port,127.0.0.1:$standby_port" "${tlsflags[@]}" "${poolflags[@]}"
 
 # --- the test files, and the preload that records per-test outcomes.
