@@ -174,11 +174,7 @@ func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n i
 	ps.begun()
 	ps.loopPool = e.pool
 	h := newTxLoop(st.ctx, ps, cfg, in)
-	sess.ln.relayedOnLoop.Inc()
-	sess.ln.startedOnLoop.Inc()
-	st.timer.Stop()
-	st.over = true
-	s.SetHandler(h)
+	st.handOver(s, h)
 	if rest := st.buf[n:]; len(rest) > 0 {
 		h.FromClient(s, rest)
 	}
@@ -217,25 +213,31 @@ func (st *loopStartup) greetSession(s *loop.Session, cfg *Config, ps *pooled, e 
 	ps.mu.Unlock()
 	h := newSessLoop(ps, cfg, sc, sock)
 	h.attached = true
-	st.timer.Stop()
-	st.over = true
-	s.SetHandler(h)
-	ps.sess.ln.relayedOnLoop.Inc()
-	ps.sess.ln.startedOnLoop.Inc()
+	st.handOver(s, h)
 	rest := st.buf[n:]
-	if set != nil && !safe {
-		h.settle(s, set, stale, greeting, bytes.Clone(rest))
+	switch {
+	case set != nil && !safe:
+		h.settle(s, newPendingSettings(set, stale), greeting, bytes.Clone(rest))
 		return true
+	case set != nil:
+		// A SET that cannot fail goes with the client's first message:
+		// no round trip before the greeting, as with PgBouncer.
+		h.settings = newPendingSettings(set, stale)
 	}
-	// A SET that cannot fail goes with the client's first message, its
-	// answer taken out of the server's stream ahead of the message's:
-	// no round trip before the greeting, as with PgBouncer.
-	h.setFirst, h.stale = set, stale
 	h.greet(s, greeting)
 	if len(rest) > 0 {
 		h.FromClient(s, rest)
 	}
 	return true
+}
+
+// handOver makes h the handler of a session greeted on the thread.
+func (st *loopStartup) handOver(s *loop.Session, h loop.Handler) {
+	st.timer.Stop()
+	st.over = true
+	s.SetHandler(h)
+	st.sess.ln.relayedOnLoop.Inc()
+	st.sess.ln.startedOnLoop.Inc()
 }
 
 // greetings recycles the buffers the startup's answer is built in on a

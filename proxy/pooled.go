@@ -669,7 +669,12 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 		sc.SettingsFP = ps.desiredFP
 		return nil, nil, true
 	}
-	return appendMessage(nil, 'Q', append([]byte(q.String()), 0)), stale, safe
+	return queryMessage(q.String()), stale, safe
+}
+
+// queryMessage is a Query message of the proxy's own.
+func queryMessage(q string) []byte {
+	return appendMessage(make([]byte, 0, 6+len(q)), 'Q', append([]byte(q), 0))
 }
 
 // settingsApplied records that settingsQuery's query ran on sc.
@@ -713,7 +718,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	}
 	_ = sc.SetDeadline(time.Now().Add(resetTimeout))
 	defer sc.SetDeadline(time.Time{})
-	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
+	if _, err := sc.Write(queryMessage(q)); err != nil {
 		return false
 	}
 	if _, err := readUntilReadyBuffered(sc); err != nil {

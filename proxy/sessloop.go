@@ -37,25 +37,18 @@ type sessLoop struct {
 
 	streams sessionStreams
 
-	// own follows the answer to a query of the proxy's own on the server:
-	// the client's startup settings (settling), or the reset once the
-	// client said Terminate with its server idle (resetting), after which
-	// the session ends. ownTimer ends the session if the server takes too
-	// long.
-	own       *ownQuery
-	ownTimer  *time.Timer
-	resetting bool
-	// settling: own is the SET of the client's startup settings, which
-	// resets stale. greetAfter is the greeting held back until it is
-	// answered (nil when the client was greeted at once, the SET being
-	// one that cannot fail, sent with the client's first message), early
-	// what the client sent after its startup meanwhile.
-	settling          bool
-	stale             []string
+	// settings is the SET that makes the server's settings the client's,
+	// until answered; greetAfter is the greeting held back until then (nil
+	// when the client was greeted at once: the SET cannot fail and goes
+	// with the client's first message), early what the client sent after
+	// its startup meanwhile. reset follows the reset query run once the
+	// client said Terminate with its server idle, after which the session
+	// ends. ownTimer ends the session if the server takes too long to
+	// answer either.
+	settings          *pendingSettings
 	greetAfter, early []byte
-	// setFirst is a SET that cannot fail, for the client's settings, to
-	// write ahead of the client's first message.
-	setFirst []byte
+	reset             *ownQuery
+	ownTimer          *time.Timer
 
 	toClient, toServer prometheus.Counter
 }
@@ -102,73 +95,76 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 // Terminate and left its server idle, rather than on a goroutine once the
 // client is gone: a goroutine waiting for the server costs more thread
 // switches than the rest of a short session. The client is no longer
-// read; the session ends at the reset's ReadyForQuery (ownAnswer).
+// read; the session ends at the reset's ReadyForQuery (resetAnswer).
 func (h *sessLoop) startReset(s *loop.Session) bool {
 	q := h.cfg.ServerResetQuery
-	if q == "" || h.own != nil || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
+	if q == "" || h.settingsSent() || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
 		return false
 	}
-	h.setFirst = nil // never sent: the reset makes it moot
-	h.resetting = true
+	h.settings = nil // never sent: the reset makes it moot
+	h.reset = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
 	s.Hold(true)
-	h.ask(s, appendMessage(nil, 'Q', append([]byte(q), 0)))
+	h.send(s, queryMessage(q))
 	return true
 }
 
-// settle applies the client's startup settings with set, which resets
-// stale. Unless greeting is nil (the client was greeted already), the
-// client is held and greeted once the server has answered.
-func (h *sessLoop) settle(s *loop.Session, set []byte, stale []string, greeting, early []byte) {
-	h.settling, h.stale, h.greetAfter, h.early = true, stale, greeting, early
-	if greeting != nil {
-		s.Hold(true)
-	}
-	h.ask(s, set)
+// settle applies the client's settings before greeting it: the client is
+// held until the server has answered the SET.
+func (h *sessLoop) settle(s *loop.Session, settings *pendingSettings, greeting, early []byte) {
+	h.settings, h.greetAfter, h.early = settings, greeting, early
+	s.Hold(true)
+	h.send(s, settings.with(nil))
 }
 
-// ask sends the server a query of the proxy's own, whose answer ownAnswer
-// takes out of the server's stream.
-func (h *sessLoop) ask(s *loop.Session, msg []byte) {
-	h.own = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
+// settingsSent reports whether a SET went to the server and is not yet
+// answered.
+func (h *sessLoop) settingsSent() bool { return h.settings != nil && h.settings.sent() }
+
+// send writes a query of the proxy's own, whose answer the session waits
+// for no longer than resetTimeout.
+func (h *sessLoop) send(s *loop.Session, msg []byte) {
 	s.WriteServer(msg)
 	h.ownTimer = time.AfterFunc(resetTimeout, func() {
 		s.Post(func(alive bool) {
-			if alive && h.own != nil {
+			if alive && (h.reset != nil || h.settingsSent()) {
 				h.lost(s, errOwnQueryTimeout)
 			}
 		})
 	})
 }
 
-// ownAnswer follows the answer to ask's query; what the server sends
-// after it (the answer to a client's query that followed the SET) is
-// relayed.
-func (h *sessLoop) ownAnswer(s *loop.Session, b []byte) {
-	q := h.own
+// resetAnswer follows the answer to the reset query; the session ends at
+// its end, and Ended gives the server back if it went well.
+func (h *sessLoop) resetAnswer(s *loop.Session, b []byte) {
+	q := h.reset
 	n, done, err := q.feed(h.sc, b)
-	if err == nil && done && n < len(b) && h.resetting {
+	if err == nil && done && n < len(b) {
 		err = errors.New("the server sent more after its ReadyForQuery")
 	}
 	if err != nil && q.failed == nil {
 		q.failed = err
 	}
-	if !done && err == nil {
+	if done || err != nil {
+		h.ownTimer.Stop()
+		q.done = done
+		s.End(nil)
+	}
+}
+
+// settingsAnswer takes the answer to the SET out of the server's bytes,
+// greets a client that waited for it, and relays what follows (the answer
+// to a client's message that went with the SET).
+func (h *sessLoop) settingsAnswer(s *loop.Session, b []byte) {
+	rest, done, err := h.settings.take(h.ps, h.sc, b)
+	if err != nil {
+		h.lost(s, err)
+		return
+	}
+	if !done {
 		return
 	}
 	h.ownTimer.Stop()
-	q.done = done
-	if h.resetting {
-		s.End(nil) // Ended gives the server back if the reset went well
-		return
-	}
-	h.own = nil
-	if q.failed != nil {
-		h.lost(s, q.failed)
-		return
-	}
-	h.settling = false
-	h.ps.settingsApplied(h.sc, h.stale)
-	h.stale = nil
+	h.settings = nil
 	if h.greetAfter != nil {
 		h.greet(s, h.greetAfter)
 		if early := h.early; len(early) > 0 {
@@ -176,8 +172,8 @@ func (h *sessLoop) ownAnswer(s *loop.Session, b []byte) {
 			h.FromClient(s, early)
 		}
 	}
-	if n < len(b) {
-		h.FromServer(s, b[n:])
+	if len(rest) > 0 {
+		h.FromServer(s, rest)
 	}
 }
 
@@ -298,11 +294,8 @@ func (u *clientMessages) feed(b []byte, emit func([]byte)) (quit bool, err error
 
 func (h *sessLoop) emitServer(b []byte) {
 	h.toServer.Add(float64(len(b)))
-	if set := h.setFirst; set != nil {
-		// The settings go with the client's first bytes, in one write,
-		// so the server reads both when it wakes up once.
-		h.setFirst = nil
-		h.settle(h.s, append(set, b...), h.stale, nil, nil)
+	if h.settings != nil && !h.settings.sent() {
+		h.send(h.s, h.settings.with(b))
 		return
 	}
 	h.s.WriteServer(b)
@@ -311,8 +304,12 @@ func (h *sessLoop) emitServer(b []byte) {
 // FromServer forwards the server's bytes, following its ReadyForQuery
 // messages.
 func (h *sessLoop) FromServer(s *loop.Session, b []byte) {
-	if h.own != nil {
-		h.ownAnswer(s, b)
+	switch {
+	case h.reset != nil:
+		h.resetAnswer(s, b)
+		return
+	case h.settingsSent():
+		h.settingsAnswer(s, b)
 		return
 	}
 	if err := h.streams.follow(b); err != nil {
@@ -330,9 +327,9 @@ func (h *sessLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 }
 
 func (h *sessLoop) lost(s *loop.Session, err error) {
-	if h.settling {
-		// The client hears why its session ends: in its startup, or
-		// before any answer to its first query.
+	if h.settingsSent() {
+		// Its settings failed: the client hears why its session ends,
+		// in its startup or before any answer to its first query.
 		s.WriteClient(appendErrorResponse(nil, &clientError{Severity: "FATAL", Code: codeConnectionFailure,
 			Message: "pgrouter could not apply the session's settings on " + h.sc.Member, Detail: err.Error()}))
 	}
@@ -362,10 +359,10 @@ func (h *sessLoop) Farewell(*loop.Session) []byte {
 func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean bool) {
 	ps := h.ps
 	held := ps.takeServer()
-	if h.resetting {
+	if h.reset != nil {
 		// Reset on the thread (startReset), or it failed.
 		if held != nil {
-			reused := h.own.ok() && server != nil && clean && err == nil && ps.sess.killed.Load() == nil
+			reused := h.reset.ok() && server != nil && clean && err == nil && ps.sess.killed.Load() == nil
 			if reused {
 				forgetSessionState(held)
 			}
@@ -375,7 +372,7 @@ func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean 
 		ps.sess.finish(err)
 		return
 	}
-	idle := held != nil && server != nil && clean && err == nil && h.own == nil && h.streams.idle() && ps.sess.killed.Load() == nil
+	idle := held != nil && server != nil && clean && err == nil && !h.settingsSent() && h.streams.idle() && ps.sess.killed.Load() == nil
 	end := func() {
 		if held != nil {
 			ps.release(held, idle && ps.reset(held, h.cfg))
@@ -506,3 +503,46 @@ func (q *ownQuery) feed(sc *pool.ServerConn, b []byte) (n int, done bool, err er
 
 // ok reports whether the query ran to its ReadyForQuery without an error.
 func (q *ownQuery) ok() bool { return q.done && q.failed == nil }
+
+// pendingSettings is a SET of a client's settings that a loop thread sends
+// a server ahead of the client's traffic: in one write with the client's
+// first bytes, so that the server reads both when it wakes up once, its
+// answer taken out of the server's stream, the settings recorded on the
+// server once it is answered.
+type pendingSettings struct {
+	msg    []byte   // the SET, until written
+	stale  []string // the settings it resets
+	answer ownQuery
+}
+
+func newPendingSettings(msg []byte, stale []string) *pendingSettings {
+	return &pendingSettings{msg: msg, stale: stale, answer: ownQuery{scan: frameScanner{watch: serverWatchPooled}}}
+}
+
+// with returns b after the SET the first time, b alone after that.
+func (p *pendingSettings) with(b []byte) []byte {
+	if p.msg == nil {
+		return b
+	}
+	out := append(p.msg, b...)
+	p.msg = nil
+	return out
+}
+
+// sent reports whether the SET was written.
+func (p *pendingSettings) sent() bool { return p.msg == nil }
+
+// take reads the SET's answer from the head of the server's bytes b. Once
+// the answer ends (done) the settings are ps's on sc, and rest is what
+// follows it. An error means the SET failed or the stream broke.
+func (p *pendingSettings) take(ps *pooled, sc *pool.ServerConn, b []byte) (rest []byte, done bool, err error) {
+	n, done, err := p.answer.feed(sc, b)
+	if err == nil && done {
+		err = p.answer.failed
+	}
+	if err != nil || !done {
+		return b[n:], false, err
+	}
+	ps.settingsApplied(sc, p.stale)
+	return b[n:], true, nil
+}

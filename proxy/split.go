@@ -283,7 +283,7 @@ func (ps *pooled) readSees(sc *pool.ServerConn, member topology.MemberState, lsn
 func queryLSN(sc *pool.ServerConn, q string) (uint64, error) {
 	_ = sc.SetDeadline(time.Now().Add(5 * time.Second))
 	defer sc.SetDeadline(time.Time{})
-	if _, err := sc.Write(appendMessage(nil, 'Q', append([]byte(q), 0))); err != nil {
+	if _, err := sc.Write(queryMessage(q)); err != nil {
 		return 0, err
 	}
 	val, err := readUntilReady(sc)

@@ -47,12 +47,9 @@ type txLoop struct {
 	buf []byte // client bytes not consumed yet: a partial message, or messages waiting for a server
 	out []byte
 	a   answer
-	// settings follows the answer to the SET that gave the held server the
-	// client's application_name ahead of its transaction (attach); stale
-	// is what that SET reset; setFirst is the SET until flush writes it.
-	settings *ownQuery
-	stale    []string
-	setFirst []byte
+	// settings is the SET that gives the held server the client's
+	// application_name ahead of its transaction (attach), until answered.
+	settings *pendingSettings
 
 	// The pools of the last lends by member (one without the split, one
 	// per member with it), for the next lend without the pool map.
@@ -277,14 +274,12 @@ func (h *txLoop) feed(data []byte) []byte {
 }
 
 func (h *txLoop) flush(out []byte) {
-	if set := h.setFirst; set != nil && len(out) > 0 {
-		// attach's SET goes with the transaction, in one write, so
-		// the server reads both when it wakes up once.
-		h.setFirst = nil
-		h.s.WriteServer(append(set, out...))
-		h.toServer.Add(float64(len(out)))
-	} else if len(out) > 0 {
-		h.s.WriteServer(out)
+	if len(out) > 0 {
+		msg := out
+		if h.settings != nil {
+			msg = h.settings.with(out) // attach's SET goes with the transaction
+		}
+		h.s.WriteServer(msg)
 		h.toServer.Add(float64(len(out)))
 	}
 	if cap(out) > 4*clientReadBuf {
@@ -406,7 +401,7 @@ func (h *txLoop) attach(sc *pool.ServerConn, dec router.Decision, wrote bool, ms
 	}
 	h.held(sc, dec.Role, dec.Member)
 	if set != nil {
-		h.settings, h.stale, h.setFirst = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}, stale, set
+		h.settings = newPendingSettings(set, stale)
 	}
 	if h.ps.splitCfg != nil {
 		h.ps.splitLent(wrote, dec.Role, msgs)
@@ -480,7 +475,7 @@ func (h *txLoop) held(sc *pool.ServerConn, role topology.Role, m topology.Member
 	ps.attachLocked(sc.Pool())
 	ps.mu.Unlock()
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
-	h.settings, h.stale, h.setFirst = nil, nil, nil
+	h.settings = nil
 }
 
 // lendSlowly lends on a goroutine (applying the session's settings to sc
@@ -599,7 +594,7 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	if sc == nil {
 		return
 	}
-	if h.settings != nil {
+	if h.settings != nil && h.settings.sent() {
 		if b = h.settled(sc, b); len(b) == 0 {
 			return
 		}
@@ -650,21 +645,16 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 // settled takes the answer to attach's SET out of the server's bytes and
 // returns what follows it: the answer to the client's transaction.
 func (h *txLoop) settled(sc *pool.ServerConn, b []byte) []byte {
-	q := h.settings
-	n, done, err := q.feed(sc, b)
-	if err == nil && done && q.failed != nil {
-		err = q.failed
-	}
+	rest, done, err := h.settings.take(h.ps, sc, b)
 	if err != nil {
 		h.s.Detach()
 		h.lost(sc, err)
 		return nil
 	}
 	if done {
-		h.ps.settingsApplied(sc, h.stale)
-		h.settings, h.stale = nil, nil
+		h.settings = nil
 	}
-	return b[n:]
+	return rest
 }
 
 // afterRelease runs step, which may block, on a goroutine while the client
@@ -725,7 +715,7 @@ func (h *txLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 func (h *txLoop) lost(sc *pool.ServerConn, err error) {
 	resp, fatal := h.ps.forget(sc, err)
 	h.a = answer{scan: frameScanner{watch: serverWatchPooled}}
-	h.settings, h.stale, h.setFirst = nil, nil, nil
+	h.settings = nil
 	if fatal != nil {
 		h.fail(fatal)
 		return
