@@ -168,10 +168,11 @@ func TestPooledTransactionAllocatesNothing(t *testing.T) {
 }
 
 // roundTripOptions: relay threads (0: goroutines), the extended protocol
-// instead of the simple one, and the statement split on the listener.
+// instead of the simple one, the statement split on the listener, and
+// session pooling instead of transaction pooling.
 type roundTripOptions struct {
-	threads         int
-	extended, split bool
+	threads                  int
+	extended, split, session bool
 }
 
 // pooledRoundTrip starts a proxy with one transaction-mode listener in
@@ -196,10 +197,14 @@ func pooledRoundTrip(tb testing.TB, o roundTripOptions) (func(), *net.TCPAddr) {
 		// as by default.
 		split = &SplitConfig{Classifier: classify.New(classify.Config{}), ReadYourWrites: true}
 	}
+	mode := PoolTransaction
+	if o.session {
+		mode = PoolSession
+	}
 	s, err := New(Config{
-		Listeners:    []ListenerConfig{{Name: "rw", Addr: "127.0.0.1:0", Kind: router.ListenerReadWrite, PoolMode: PoolTransaction, Split: o.split}},
+		Listeners:    []ListenerConfig{{Name: "rw", Addr: "127.0.0.1:0", Kind: router.ListenerReadWrite, PoolMode: mode, Split: o.split}},
 		Server:       pool.DialConfig{SSLMode: pool.SSLDisable},
-		Pool:         pool.Config{Size: 2},
+		Pool:         pool.Config{Size: 4},
 		Auth:         &AuthConfig{HBA: hba},
 		RelayThreads: o.threads,
 		Split:        split,
@@ -285,11 +290,19 @@ func readUntilZ(tb testing.TB, c net.Conn, buf []byte) {
 }
 
 // BenchmarkPooledConnect measures what pgbench -C costs the proxy: one
-// client connection (startup, one Query, Terminate) through a
-// transaction-mode listener whose loop threads accept and greet it. The
-// client uses raw system calls, so allocs/op is the proxy's alone.
+// client connection (startup, one Query, Terminate) through a pooled
+// listener whose loop threads accept and greet it, in transaction mode
+// and in session mode (where the server is reset after the client
+// leaves). The client uses raw system calls, so allocs/op is the proxy's
+// alone.
 func BenchmarkPooledConnect(b *testing.B) {
-	_, addr := pooledRoundTrip(b, roundTripOptions{threads: 1}) // starts the proxy and warms the pool
+	for _, mode := range []string{"transaction", "session"} {
+		b.Run("mode="+mode, func(b *testing.B) { benchmarkPooledConnect(b, mode == "session") })
+	}
+}
+
+func benchmarkPooledConnect(b *testing.B, session bool) {
+	_, addr := pooledRoundTrip(b, roundTripOptions{threads: 1, session: session}) // starts the proxy and warms the pool
 	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
 	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
