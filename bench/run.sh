@@ -13,7 +13,7 @@
 #   PGR_BENCH_CASES       extended regex; keeps cases whose name or flags match,
 #                         e.g. 'S-simple' or 'c8$' (default: all)
 #   PGR_BENCH_TARGETS     extended regex on target names (default: all); targets:
-#                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer haproxy plainrelay
+#                         pgrouter-rw pgrouter-ro pgrouter-gr pgbouncer pgbouncer-fresh haproxy plainrelay
 #                         pgrouter-session pgrouter-tx pgrouter-txgr pgbouncer-tx pgbouncer124-tx (direct is
 #                         always kept), e.g.
 #                         '-tx$' for the pooled comparison alone
@@ -392,6 +392,13 @@ EOC
 }
 # PgBouncer: session mode, trust, in front of the primary.
 want pgbouncer && start_pgbouncer pgbouncer session 100 1000
+# The same, but closing a server connection idle for a second: its backends
+# do not outlive a run, so each run starts on new ones, as it does through
+# direct, HAProxy and pgrouter's passthrough. PgBouncer keeps the backends of
+# one pgbench run for the next; a new backend here warms up for seconds (a
+# page fault costs about 11 us in this kind of guest, see RESULTS.md), which
+# the kept ones skip. The two PgBouncer rows tell the relay from the reuse.
+want pgbouncer-fresh && start_pgbouncer pgbouncer-fresh session 100 1000 "$PGBOUNCER" "server_idle_timeout = 1"
 # PgBouncer in transaction mode, the pool size of pgrouter-tx. PgBouncer 1.18 has
 # no max_prepared_statements (1.21+): protocol-level named statements are not
 # carried across servers.
@@ -858,7 +865,8 @@ MD=$OUT/results-$STAMP.md
 	echo "  (round by round, case by case, target order rotated each round); \`-P 0\` is rejected by pgbench 15, so no -P"
 	echo "- targets: direct = the primary; pgrouter-rw/-ro = \`pgrouter proxy\` rw/ro ports (ro ratio is still to the"
 	echo "  primary; run with --server-sslmode disable --health-sslmode disable, as the servers have ssl off and"
-	echo "  PgBouncer's server_tls_sslmode defaults to disable); pgbouncer = session mode, pool 100, trust, log_connections=0; haproxy = TCP mode, all 3 servers"
+	echo "  PgBouncer's server_tls_sslmode defaults to disable); pgbouncer = session mode, pool 100, trust, log_connections=0;"
+	echo "  pgbouncer-fresh = the same with server_idle_timeout = 1, so each run starts on new backends; haproxy = TCP mode, all 3 servers"
 	echo "  listed, tcp-check that logs in and runs \`select pg_is_in_recovery()\` expecting a DataRow 'f' (both"
 	echo "  standbys were DOWN); plainrelay = bench/plainrelay (io.Copy both ways); pgrouter-tx = a second \`pgrouter proxy\`"
 	echo "  with --pool-mode transaction --pool-size $POOL_SIZE on its rw port, --auth-hba 'host all all 127.0.0.1/32 trust' and"

@@ -201,7 +201,9 @@ type Routing struct {
 type Discovery struct {
 	// Kind is static, etcd or kubernetes. Default static.
 	Kind string `yaml:"kind"`
-	// Backends is the static member list, host:port each.
+	// Backends is the static member list, host:port each; a host that is
+	// a directory (/run/postgresql:5432) is a server's Unix socket there,
+	// as in libpq.
 	Backends []string `yaml:"backends"`
 	// EtcdEndpoints (kind etcd) are the etcd endpoints where pgrouter
 	// agents record their members and leader.

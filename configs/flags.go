@@ -50,7 +50,7 @@ func BindProxyFlags(fs *pflag.FlagSet) *Flags {
 	f.apply["fallback-to-primary"] = func(c *Config) { v := *fb; c.Routing.FallbackToPrimary = &v }
 
 	f.str("discovery", d.Discovery.Kind, "member discovery: static, etcd (pgrouter agents) or kubernetes (pod labels)", func(c *Config) *string { return &c.Discovery.Kind })
-	backends := fs.StringSlice("backends", nil, "static member list, host:port,host:port,...")
+	backends := fs.StringSlice("backends", nil, "static member list, host:port,host:port,... (a host that is a directory, /run/postgresql:5432, is a server's Unix socket, as in libpq)")
 	f.apply["backends"] = func(c *Config) { c.Discovery.Backends = append([]string(nil), *backends...) }
 	etcd := fs.StringSlice("etcd-endpoints", nil, "etcd discovery: endpoints, host:port,host:port,...")
 	f.apply["etcd-endpoints"] = func(c *Config) { c.Discovery.EtcdEndpoints = append([]string(nil), *etcd...) }

@@ -643,7 +643,10 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 		return nil, nil, true // it matches what an earlier borrower wanted, the same as ours
 	}
 	safe = true
-	var q strings.Builder
+	// Built in place: the Query header first, its length set at the end.
+	// The room left over takes the client's first message when the SET
+	// goes in one write with it (pendingSettings.with).
+	q := append(make([]byte, 0, 256), 'Q', 0, 0, 0, 0)
 	for name, want := range ps.desired {
 		var cur string
 		var ok bool
@@ -655,27 +658,54 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 		if ok && cur == want {
 			continue
 		}
-		fmt.Fprintf(&q, "SET %s = %s;", quoteIdent(name), quoteLiteral(want))
+		q = append(q, "SET "...)
+		q = appendQuoted(q, name, '"')
+		q = append(q, " = "...)
+		q = appendQuoted(q, want, '\'')
+		q = append(q, ';')
 		safe = safe && name == "application_name"
 	}
 	// Settings a previous borrower asked for that this client did not.
 	for name := range sc.Applied {
 		if _, ok := ps.desired[name]; !ok {
-			fmt.Fprintf(&q, "RESET %s;", quoteIdent(name))
+			q = append(q, "RESET "...)
+			q = appendQuoted(q, name, '"')
+			q = append(q, ';')
 			stale = append(stale, name)
 		}
 	}
-	if q.Len() == 0 {
+	if len(q) == 5 {
 		sc.SettingsFP = ps.desiredFP
 		return nil, nil, true
 	}
-	return queryMessage(q.String()), stale, safe
+	q = append(q, 0)
+	putUint32(q[1:], uint32(len(q)-1))
+	return q, stale, safe
 }
 
 // queryMessage is a Query message of the proxy's own.
 func queryMessage(q string) []byte {
 	return appendMessage(make([]byte, 0, 6+len(q)), 'Q', append([]byte(q), 0))
 }
+
+// resetMessage is the Query message of the reset query q, built once for
+// every session-mode client's end as long as q stays the configured one.
+// Writers copy what they cannot send at once, so one message serves all.
+func resetMessage(q string) []byte {
+	if m := builtReset.Load(); m != nil && m.text == q {
+		return m.msg
+	}
+	m := &builtQuery{text: q, msg: queryMessage(q)}
+	builtReset.Store(m)
+	return m.msg
+}
+
+type builtQuery struct {
+	text string
+	msg  []byte
+}
+
+var builtReset atomic.Pointer[builtQuery]
 
 // settingsApplied records that settingsQuery's query ran on sc.
 func (ps *pooled) settingsApplied(sc *pool.ServerConn, stale []string) {
@@ -702,9 +732,18 @@ func lookupFold(m map[string]string, name string) (string, bool) {
 	return "", false
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
-
-func quoteLiteral(s string) string { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
+// appendQuoted appends s between two quote characters, doubling any
+// inside it: an identifier with '"', a literal with '\”.
+func appendQuoted(b []byte, s string, quote byte) []byte {
+	b = append(b, quote)
+	for i := 0; i < len(s); i++ {
+		if s[i] == quote {
+			b = append(b, quote)
+		}
+		b = append(b, s[i])
+	}
+	return append(b, quote)
+}
 
 // reset prepares a server for its next client at the end of a session:
 // the configured reset query (DISCARD ALL), after which it holds no state.
@@ -718,7 +757,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	}
 	_ = sc.SetDeadline(time.Now().Add(resetTimeout))
 	defer sc.SetDeadline(time.Time{})
-	if _, err := sc.Write(queryMessage(q)); err != nil {
+	if _, err := sc.Write(resetMessage(q)); err != nil {
 		return false
 	}
 	if _, err := readUntilReadyBuffered(sc); err != nil {

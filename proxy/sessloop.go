@@ -104,7 +104,7 @@ func (h *sessLoop) startReset(s *loop.Session) bool {
 	h.settings = nil // never sent: the reset makes it moot
 	h.reset = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
 	s.Hold(true)
-	h.send(s, queryMessage(q))
+	h.send(s, resetMessage(q))
 	return true
 }
 

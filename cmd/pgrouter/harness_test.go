@@ -134,7 +134,8 @@ func backends(nodes []*pgtest.Node) string {
 }
 
 // startProxy runs pgrouter proxy in front of c with all three listeners
-// and waits until it knows a primary. Extra flags come last and win.
+// and waits until it knows a primary. Extra flags come last and win;
+// --backends among them replaces c's member list.
 func startProxy(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyProc {
 	t.Helper()
 	p := startProxyNoWait(t, c, extra...)
@@ -148,7 +149,7 @@ func startProxyNoWait(t *testing.T, c *pgtest.Cluster, extra ...string) *proxyPr
 	t.Helper()
 	p := newProxyProc(t)
 	args := []string{"proxy"}
-	if !slices.Contains(extra, "--config") {
+	if !slices.Contains(extra, "--config") && !slices.Contains(extra, "--backends") {
 		args = append(args, "--backends", backends(c.Nodes))
 	}
 	args = append(args, "--listen", p.Any, "--listen-rw", p.RW, "--listen-ro", p.RO, "--admin-listen", p.Admin,

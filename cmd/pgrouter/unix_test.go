@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,54 @@ func TestUnixSocketSharesClientCap(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// TestServersOverUnixSockets: members given as libpq gives them,
+// "socket directory:port", are reached over their Unix sockets by the
+// health checks, the passthrough and the pools alike, and cancel requests
+// follow them there. inet_server_addr() is NULL on a server's end of a
+// Unix socket, which tells the two transports apart.
+func TestServersOverUnixSockets(t *testing.T) {
+	c := sharedCluster(t)
+	var members []string
+	for _, n := range c.Nodes {
+		members = append(members, net.JoinHostPort(n.SocketDir, strconv.Itoa(n.Port)))
+	}
+	overSocket := func(t *testing.T, conn *pgx.Conn) (unixSocket, inRecovery bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := conn.QueryRow(ctx, "SELECT inet_server_addr() IS NULL, pg_is_in_recovery()").Scan(&unixSocket, &inRecovery); err != nil {
+			t.Fatal(err)
+		}
+		return unixSocket, inRecovery
+	}
+	for _, mode := range []string{"none", "transaction"} {
+		t.Run("pool-mode="+mode, func(t *testing.T) {
+			args := []string{"--backends", strings.Join(members, ",")}
+			user, password, db := c.SuperUser, c.SuperPassword, "postgres"
+			if mode != "none" {
+				args = append(args, "--pool-mode", mode, "--auth-file", writeAuthFile(t, c))
+				user, password, db = pgtest.AppUser, pgtest.AppPassword, pgtest.AppDB
+			}
+			p := startProxy(t, c, args...)
+			waitStandby(t, p, members[1])
+			for _, l := range []struct {
+				addr      string
+				onStandby bool
+			}{{p.RW, false}, {p.RO, true}} {
+				conn, err := connectDB(t, l.addr, user, password, db, nil)
+				if err != nil {
+					t.Fatalf("connect to %s: %v", l.addr, err)
+				}
+				defer conn.Close(context.Background())
+				if sock, rec := overSocket(t, conn); !sock || rec != l.onStandby {
+					t.Fatalf("through %s: server over a Unix socket %v, in recovery %v; want true, %v", l.addr, sock, rec, l.onStandby)
+				}
+				if err := sleepAndCancel(t, conn); sqlState(err) != "57014" {
+					t.Fatalf("cancel through %s: %v, want 57014", l.addr, err)
+				}
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 )
 
@@ -92,6 +93,18 @@ type DialConfig struct {
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// dialTarget is where a member's address is dialed. As in libpq, a host
+// that is an absolute path names the directory of the server's Unix
+// socket, .s.PGSQL.<port>: "/var/run/postgresql:5432". A proxy beside
+// its server (a sidecar) saves the TCP stack's work on every message
+// both ways.
+func dialTarget(addr string) (network, target string) {
+	if host, port, err := net.SplitHostPort(addr); err == nil && strings.HasPrefix(host, "/") {
+		return "unix", host + "/.s.PGSQL." + port
+	}
+	return "tcp", addr
+}
+
 // ErrServerRefusedTLS is returned when sslmode requires TLS and the server
 // does not offer it.
 var ErrServerRefusedTLS = errors.New("server does not support SSL, but SSL was required")
@@ -110,7 +123,8 @@ func Dial(ctx context.Context, member, addr string, cfg DialConfig) (*ServerConn
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial = d.DialContext
 	}
-	nc, err := dial(ctx, "tcp", addr)
+	network, target := dialTarget(addr)
+	nc, err := dial(ctx, network, target)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -119,8 +133,8 @@ func Dial(ctx context.Context, member, addr string, cfg DialConfig) (*ServerConn
 	if mode == "" {
 		mode = SSLPrefer
 	}
-	if mode == SSLDisable {
-		return sc, nil
+	if mode == SSLDisable || network == "unix" {
+		return sc, nil // as libpq, which never uses TLS over a Unix socket
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
