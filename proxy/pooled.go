@@ -733,7 +733,7 @@ func lookupFold(m map[string]string, name string) (string, bool) {
 }
 
 // appendQuoted appends s between two quote characters, doubling any
-// inside it: an identifier with '"', a literal with '\”.
+// inside it: an identifier with a double quote, a literal with a single one.
 func appendQuoted(b []byte, s string, quote byte) []byte {
 	b = append(b, quote)
 	for i := 0; i < len(s); i++ {
