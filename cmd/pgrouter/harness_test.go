@@ -324,13 +324,13 @@ func mustConnect(t *testing.T, c *pgtest.Cluster, addr string, params map[string
 	return conn
 }
 
-// where returns the port of the server a connection landed on and whether
-// it is in recovery.
+// where returns the port of the server a connection landed on (0 when it
+// reached the server on its Unix socket) and whether it is in recovery.
 func where(t *testing.T, conn *pgx.Conn) (port int, inRecovery bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := conn.QueryRow(ctx, "SELECT inet_server_port(), pg_is_in_recovery()").Scan(&port, &inRecovery); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT coalesce(inet_server_port(), 0), pg_is_in_recovery()").Scan(&port, &inRecovery); err != nil {
 		t.Fatal(err)
 	}
 	return port, inRecovery
