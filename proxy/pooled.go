@@ -688,25 +688,6 @@ func queryMessage(q string) []byte {
 	return appendMessage(make([]byte, 0, 6+len(q)), 'Q', append([]byte(q), 0))
 }
 
-// resetMessage is the Query message of the reset query q, built once for
-// every session-mode client's end as long as q stays the configured one.
-// Writers copy what they cannot send at once, so one message serves all.
-func resetMessage(q string) []byte {
-	if m := builtReset.Load(); m != nil && m.text == q {
-		return m.msg
-	}
-	m := &builtQuery{text: q, msg: queryMessage(q)}
-	builtReset.Store(m)
-	return m.msg
-}
-
-type builtQuery struct {
-	text string
-	msg  []byte
-}
-
-var builtReset atomic.Pointer[builtQuery]
-
 // settingsApplied records that settingsQuery's query ran on sc.
 func (ps *pooled) settingsApplied(sc *pool.ServerConn, stale []string) {
 	for _, name := range stale {
@@ -757,7 +738,7 @@ func (ps *pooled) reset(sc *pool.ServerConn, cfg *Config) bool {
 	}
 	_ = sc.SetDeadline(time.Now().Add(resetTimeout))
 	defer sc.SetDeadline(time.Time{})
-	if _, err := sc.Write(resetMessage(q)); err != nil {
+	if _, err := sc.Write(cfg.resetMsg); err != nil {
 		return false
 	}
 	if _, err := readUntilReadyBuffered(sc); err != nil {

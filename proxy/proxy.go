@@ -88,6 +88,11 @@ type Config struct {
 	// side are relayed by goroutines. 0 relays every session with
 	// goroutines. Read at start only.
 	RelayThreads int
+
+	// resetMsg is ServerResetQuery's Query message, built with the
+	// configuration: every session-mode client's end sends it, and writers
+	// copy what they cannot send at once, so one serves all.
+	resetMsg []byte
 }
 
 func (c *Config) setDefaults() {
@@ -106,6 +111,7 @@ func (c *Config) setDefaults() {
 	if c.ServerResetQuery == "" {
 		c.ServerResetQuery = "DISCARD ALL"
 	}
+	c.resetMsg = queryMessage(c.ServerResetQuery)
 }
 
 // Server is a running proxy: its listeners and its sessions.

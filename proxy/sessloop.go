@@ -98,13 +98,13 @@ func (h *sessLoop) FromClient(s *loop.Session, b []byte) {
 // read; the session ends at the reset's ReadyForQuery (resetAnswer).
 func (h *sessLoop) startReset(s *loop.Session) bool {
 	q := h.cfg.ServerResetQuery
-	if q == "" || h.settingsSent() || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
+	if q == "" || h.settings.sent() || !h.streams.idle() || h.ps.sess.killed.Load() != nil {
 		return false
 	}
 	h.settings = nil // never sent: the reset makes it moot
 	h.reset = &ownQuery{scan: frameScanner{watch: serverWatchPooled}}
 	s.Hold(true)
-	h.send(s, resetMessage(q))
+	h.send(s, h.cfg.resetMsg)
 	return true
 }
 
@@ -116,17 +116,13 @@ func (h *sessLoop) settle(s *loop.Session, settings *pendingSettings, greeting, 
 	h.send(s, settings.with(nil))
 }
 
-// settingsSent reports whether a SET went to the server and is not yet
-// answered.
-func (h *sessLoop) settingsSent() bool { return h.settings != nil && h.settings.sent() }
-
 // send writes a query of the proxy's own, whose answer the session waits
 // for no longer than resetTimeout.
 func (h *sessLoop) send(s *loop.Session, msg []byte) {
 	s.WriteServer(msg)
 	h.ownTimer = time.AfterFunc(resetTimeout, func() {
 		s.Post(func(alive bool) {
-			if alive && (h.reset != nil || h.settingsSent()) {
+			if alive && (h.reset != nil || h.settings.sent()) {
 				h.lost(s, errOwnQueryTimeout)
 			}
 		})
@@ -308,7 +304,7 @@ func (h *sessLoop) FromServer(s *loop.Session, b []byte) {
 	case h.reset != nil:
 		h.resetAnswer(s, b)
 		return
-	case h.settingsSent():
+	case h.settings.sent():
 		h.settingsAnswer(s, b)
 		return
 	}
@@ -327,7 +323,7 @@ func (h *sessLoop) ServerFailed(s *loop.Session, _ *loop.Socket, err error) {
 }
 
 func (h *sessLoop) lost(s *loop.Session, err error) {
-	if h.settingsSent() {
+	if h.settings.sent() {
 		// Its settings failed: the client hears why its session ends,
 		// in its startup or before any answer to its first query.
 		s.WriteClient(appendErrorResponse(nil, &clientError{Severity: "FATAL", Code: codeConnectionFailure,
@@ -372,7 +368,7 @@ func (h *sessLoop) Ended(_ *loop.Session, err error, server *loop.Socket, clean 
 		ps.sess.finish(err)
 		return
 	}
-	idle := held != nil && server != nil && clean && err == nil && !h.settingsSent() && h.streams.idle() && ps.sess.killed.Load() == nil
+	idle := held != nil && server != nil && clean && err == nil && !h.settings.sent() && h.streams.idle() && ps.sess.killed.Load() == nil
 	end := func() {
 		if held != nil {
 			ps.release(held, idle && ps.reset(held, h.cfg))
@@ -519,9 +515,10 @@ func newPendingSettings(msg []byte, stale []string) *pendingSettings {
 	return &pendingSettings{msg: msg, stale: stale, answer: ownQuery{scan: frameScanner{watch: serverWatchPooled}}}
 }
 
-// with returns b after the SET the first time, b alone after that.
+// with returns b after the SET the first time, b alone after that or
+// when there is no SET (p nil).
 func (p *pendingSettings) with(b []byte) []byte {
-	if p.msg == nil {
+	if p == nil || p.msg == nil {
 		return b
 	}
 	out := append(p.msg, b...)
@@ -529,8 +526,9 @@ func (p *pendingSettings) with(b []byte) []byte {
 	return out
 }
 
-// sent reports whether the SET was written.
-func (p *pendingSettings) sent() bool { return p.msg == nil }
+// sent reports whether there is a SET (p not nil) and it was written: its
+// answer is awaited until the holder drops p.
+func (p *pendingSettings) sent() bool { return p != nil && p.msg == nil }
 
 // take reads the SET's answer from the head of the server's bytes b. Once
 // the answer ends (done) the settings are ps's on sc, and rest is what

@@ -275,11 +275,7 @@ func (h *txLoop) feed(data []byte) []byte {
 
 func (h *txLoop) flush(out []byte) {
 	if len(out) > 0 {
-		msg := out
-		if h.settings != nil {
-			msg = h.settings.with(out) // attach's SET goes with the transaction
-		}
-		h.s.WriteServer(msg)
+		h.s.WriteServer(h.settings.with(out)) // attach's SET, if any, goes with the transaction
 		h.toServer.Add(float64(len(out)))
 	}
 	if cap(out) > 4*clientReadBuf {
@@ -594,7 +590,7 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	if sc == nil {
 		return
 	}
-	if h.settings != nil && h.settings.sent() {
+	if h.settings.sent() {
 		if b = h.settled(sc, b); len(b) == 0 {
 			return
 		}
