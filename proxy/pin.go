@@ -76,8 +76,13 @@ func pinReason(q string) string {
 				i = skipDollar(q, i)
 			case c == '-' && i+1 < len(q) && q[i+1] == '-', c == '/' && i+1 < len(q) && q[i+1] == '*':
 				i = skipSpaceAndComments(q, i)
-			case (c == 'p' || c == 'P') && hasFoldPrefix(q[i:], "pg_advisory_lock"):
+			case (c == 'p' || c == 'P') && takesSessionLock(q[i:]):
 				return pinAdvisoryLock
+			case (c == 's' || c == 'S') && hasFoldPrefix(q[i:], "set_config") && (i == 0 || !isIdentByte(q[i-1])):
+				if setConfigPins(q[i+len("set_config"):]) {
+					return pinUntrackedSet
+				}
+				i += len("set_config")
 			default:
 				i++
 			}
@@ -217,6 +222,68 @@ func skipDollar(q string, i int) int {
 		return j + 1 + end + len(tag)
 	}
 	return len(q)
+}
+
+// takesSessionLock reports whether s starts with the name of a function
+// that takes a session-level advisory lock: pg_advisory_lock and
+// pg_try_advisory_lock, with their _shared forms (the _xact_ ones end with
+// the transaction). Rails and many migration tools take theirs with the
+// try form.
+func takesSessionLock(s string) bool {
+	return hasFoldPrefix(s, "pg_advisory_lock") || hasFoldPrefix(s, "pg_try_advisory_lock")
+}
+
+// setConfigPins reports whether the call of set_config whose argument
+// list starts s changes a session setting the proxy cannot carry to the
+// next server: one it does not learn from ParameterStatus, set for the
+// session (is_local not literally true). Anything it cannot read for sure
+// (a name or flag given as a parameter or an expression) pins.
+func setConfigPins(s string) bool {
+	i := skipSpaceAndComments(s, 0) // also steps over the '('
+	if i == 0 || s[i-1] != '(' {
+		return false // set_config not called here (a column or a name)
+	}
+	var args [3]string
+	n := 0
+	start, depth := i, 0
+	for i < len(s) && n < 3 {
+		switch c := s[i]; {
+		case c == '\'' || c == '"':
+			i = skipQuoted(s, i, c)
+		case c == '$':
+			i = skipDollar(s, i)
+		case c == '(':
+			depth++
+			i++
+		case c == ')' && depth > 0:
+			depth--
+			i++
+		case c == ')' || c == ',' && depth == 0:
+			args[n] = strings.TrimSpace(s[start:i])
+			n++
+			if c == ')' {
+				i = len(s)
+			} else {
+				i++
+				start = i
+			}
+		case c == ';':
+			i = len(s)
+		default:
+			i++
+		}
+	}
+	if n < 3 {
+		return true
+	}
+	if strings.EqualFold(args[2], "true") {
+		return false // ends with the transaction
+	}
+	name := args[0]
+	if len(name) < 2 || name[0] != '\'' || name[len(name)-1] != '\'' || strings.ContainsRune(name[1:len(name)-1], '\'') {
+		return true
+	}
+	return !reportedParams[strings.ToLower(name[1:len(name)-1])]
 }
 
 func hasFoldPrefix(s, prefix string) bool {

@@ -22,6 +22,21 @@ func TestPinReason(t *testing.T) {
 		{"CREATE TABLE x (a int)", pinNone},
 		{"SELECT pg_advisory_lock(1)", pinAdvisoryLock},
 		{"SELECT pg_advisory_xact_lock(1)", pinNone},
+		{"SELECT pg_try_advisory_lock(42)", pinAdvisoryLock},
+		{"select PG_TRY_ADVISORY_LOCK_SHARED(1, 2)", pinAdvisoryLock},
+		{"SELECT pg_catalog.pg_advisory_lock_shared(7)", pinAdvisoryLock},
+		{"SELECT pg_try_advisory_xact_lock(1)", pinNone},
+		{"SELECT pg_advisory_unlock(1)", pinNone},
+		{"SELECT set_config('search_path', 'app, public', false)", pinUntrackedSet},
+		{"select pg_catalog.set_config('statement_timeout', '5s', FALSE)", pinUntrackedSet},
+		{"SELECT set_config('search_path', 'app', true)", pinNone},
+		{"SELECT set_config('application_name', 'x' || $1, false)", pinNone},
+		{"SELECT set_config('TimeZone', 'UTC', false)", pinNone},
+		{"SELECT set_config($1, $2, $3)", pinUntrackedSet},
+		{"SELECT set_config('work_mem', (SELECT '64MB'), is_local)", pinUntrackedSet},
+		{"SELECT set_config('search_path', format('%s,public', 'a'), true)", pinNone},
+		{"SELECT 'set_config(''x'', ''y'', false)'", pinNone},
+		{"SELECT reset_config_count FROM t", pinNone},
 		{"SELECT 'pg_advisory_lock(1)'", pinNone},
 		{"SELECT $$ ; listen x $$, 'prepare'", pinNone},
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", pinHoldCursor},
@@ -55,4 +70,25 @@ func BenchmarkPinReason(b *testing.B) {
 			b.Fatal("pinned")
 		}
 	}
+}
+
+// FuzzPinReason: the scanner reads every client's statement text on the
+// relay's thread, so no text may make it panic or loop, and it names only
+// its own reasons.
+func FuzzPinReason(f *testing.F) {
+	for _, s := range []string{
+		"SELECT 1", "SET search_path = a", "select set_config('a', 'b', false)",
+		"SELECT set_config(", "set_config((((", "SELECT pg_try_advisory_lock(1); LISTEN x",
+		"/* unterminated", "'unterminated", "$tag$ never closed", "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+		"CREATE TEMP TABLE t (a int)", "DISCARD ALL", "SELECT $1, $$x$$",
+	} {
+		f.Add(s)
+	}
+	reasons := map[string]bool{pinNone: true, pinSQLPrepare: true, pinTempTable: true, pinListen: true,
+		pinAdvisoryLock: true, pinHoldCursor: true, pinUntrackedSet: true, pinLoad: true, pinDeallocate: true}
+	f.Fuzz(func(t *testing.T, q string) {
+		if r := pinReason(q); !reasons[r] {
+			t.Fatalf("pinReason(%q) = %q", q, r)
+		}
+	})
 }

@@ -213,6 +213,42 @@ func TestTransactionPoolingCarriesSettingsAndPins(t *testing.T) {
 	}
 }
 
+// A session advisory lock taken with pg_try_advisory_lock (how Rails and
+// many migration tools lock) pins its client as pg_advisory_lock does: on
+// a pool of one server, another client then waits instead of being lent
+// the server that holds the lock, and the holder can release it.
+func TestTransactionPoolingPinsTryAdvisoryLock(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "300ms")
+	ctx := context.Background()
+	holder := appConn(t, c, p.RW)
+	other := appConn(t, c, p.RW)
+	var took bool
+	if err := holder.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&took); err != nil || !took {
+		t.Fatalf("pg_try_advisory_lock: %v %v", took, err)
+	}
+	var got bool
+	err := other.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&got)
+	if sqlState(err) != "53300" {
+		t.Fatalf("other client: got %v, %v; want to wait for the pinned server (53300)", got, err)
+	}
+	var released bool
+	if err := holder.QueryRow(ctx, "SELECT pg_advisory_unlock(4242)").Scan(&released); err != nil || !released {
+		t.Fatalf("the holder could not release its lock: %v %v", released, err)
+	}
+	holder.Close(ctx) // the pinned server is reset, then goes back to the pool
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := other.QueryRow(ctx, "SELECT pg_try_advisory_lock(4242)").Scan(&got)
+		if err == nil && got {
+			return
+		}
+		if (err != nil && sqlState(err) != "53300") || (err == nil && !got) || time.Now().After(deadline) {
+			t.Fatalf("after the holder left: %v %v", got, err)
+		}
+	}
+}
+
 func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
 	c := sharedCluster(t)
 	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "500ms")
