@@ -63,6 +63,8 @@ func pinReason(q string) string {
 		if reason := statementPin(q, w1, next); reason != pinNone {
 			return reason
 		}
+		// SELECT ... INTO TEMP creates a temporary table too.
+		selects := strings.EqualFold(w1, "select") || strings.EqualFold(w1, "with")
 		// Advance to the end of the statement.
 		for i = next; i < len(q); {
 			c := q[i]
@@ -76,6 +78,8 @@ func pinReason(q string) string {
 				i = skipDollar(q, i)
 			case c == '-' && i+1 < len(q) && q[i+1] == '-', c == '/' && i+1 < len(q) && q[i+1] == '*':
 				i = skipSpaceAndComments(q, i)
+			case selects && (c == 'i' || c == 'I') && !isIdentByte(q[i-1]) && intoTemp(q[i:]):
+				return pinTempTable
 			case (c == 'p' || c == 'P') && takesSessionLock(q[i:]):
 				return pinAdvisoryLock
 			case (c == 's' || c == 'S') && hasFoldPrefix(q[i:], "set_config") && (i == 0 || !isIdentByte(q[i-1])):
@@ -222,6 +226,20 @@ func skipDollar(q string, i int) int {
 		return j + 1 + end + len(tag)
 	}
 	return len(q)
+}
+
+// intoTemp reports whether s starts with INTO [LOCAL|GLOBAL] TEMP or
+// TEMPORARY (SELECT INTO's temporary table).
+func intoTemp(s string) bool {
+	w, n := word(s, 0)
+	if !strings.EqualFold(w, "into") {
+		return false
+	}
+	w, n = word(s, skipSpaceAndComments(s, n))
+	if strings.EqualFold(w, "local") || strings.EqualFold(w, "global") {
+		w, _ = word(s, skipSpaceAndComments(s, n))
+	}
+	return strings.EqualFold(w, "temp") || strings.EqualFold(w, "temporary")
 }
 
 // takesSessionLock reports whether s starts with the name of a function
