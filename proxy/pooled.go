@@ -50,6 +50,9 @@ type pooled struct {
 	desired map[string]string
 	// desiredFP fingerprints desired; see settingsFingerprint.
 	desiredFP uint64
+	// started is desired as the client logged in, kept from its first
+	// change for a reset (answerReset); nil while nothing changed.
+	started map[string]string
 
 	wmu sync.Mutex // serializes writes to the client
 
@@ -453,6 +456,9 @@ func (ps *pooled) completeDesired(initial map[string]string) {
 		l := lowerName(name)
 		if _, ok := ps.desired[l]; !ok && settable[l] {
 			ps.desired[l] = value
+			if ps.started != nil {
+				ps.started[l] = value
+			}
 		}
 	}
 	ps.desiredFP = settingsFingerprint(ps.desired)

@@ -165,6 +165,13 @@ func (ps *pooled) consume(c *clientState, msgs, out []byte, reply clientWriter) 
 					continue
 				}
 			}
+			if resp, n := ps.answerReset(msgs); n > 0 {
+				if err := reply.writeClient(resp); err != nil {
+					return msgs, out, stepMore, err
+				}
+				msgs = msgs[n:]
+				continue
+			}
 			if resp, n := ps.deferPrepare(msgs); n > 0 {
 				if err := reply.writeClient(resp); err != nil {
 					return msgs, out, stepMore, err
@@ -744,6 +751,7 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 			sc.Params[name] = value
 			lname := lowerName(name)
 			if settable[lname] && ps.desired[lname] != value {
+				ps.settingChanging()
 				ps.desired[lname] = value
 				ps.desiredFP = settingsFingerprint(ps.desired)
 				// The server now has what the client wants.

@@ -249,6 +249,64 @@ func TestTransactionPoolingPinsTryAdvisoryLock(t *testing.T) {
 	}
 }
 
+// Drivers reset a connection they take back into their own pool (Npgsql
+// sends DISCARD ALL on each reuse by default). In transaction mode the
+// proxy answers it between transactions instead of pinning the client:
+// its prepared statements are gone and its settings are those it logged
+// in with, as on a server of its own, and other clients still share the
+// server.
+func TestTransactionPoolingAnswersDiscardAll(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "2s")
+	ctx := context.Background()
+	a := appConn(t, c, p.RW)
+	b := appConn(t, c, p.RW)
+	simple := pgx.QueryExecModeSimpleProtocol
+	settings := func() (name, tz string) {
+		t.Helper()
+		if err := a.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('TimeZone')", simple).Scan(&name, &tz); err != nil {
+			t.Fatal(err)
+		}
+		return name, tz
+	}
+	startName, startTZ := settings()
+	tz := "Asia/Tokyo"
+	if startTZ == tz {
+		tz = "America/Lima"
+	}
+	for _, q := range []string{"SET application_name = 'before-discard'", "SET TimeZone = '" + tz + "'"} {
+		if _, err := a.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Prepare(ctx, "mine", "SELECT 41 + 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec(ctx, "DISCARD ALL"); err != nil {
+		t.Fatalf("DISCARD ALL: %v", err)
+	}
+	// Not pinned: the pool's one server is free for b.
+	if _, err := b.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("another client after DISCARD ALL: %v (pinned?)", err)
+	}
+	if name, gotTZ := settings(); name != startName || gotTZ != startTZ {
+		t.Fatalf("after DISCARD ALL: application_name %q, TimeZone %q; want %q, %q", name, gotTZ, startName, startTZ)
+	}
+	if got := a.PgConn().ParameterStatus("application_name"); got != startName {
+		t.Fatalf("the client was told application_name = %q, want %q", got, startName)
+	}
+	if _, err := a.Exec(ctx, "mine"); sqlState(err) != "26000" {
+		t.Fatalf("statement prepared before DISCARD ALL: %v, want 26000", err)
+	}
+	if _, err := a.Prepare(ctx, "mine", "SELECT 42 + 1"); err != nil {
+		t.Fatalf("preparing the name again: %v", err)
+	}
+	var n int
+	if err := a.QueryRow(ctx, "mine").Scan(&n); err != nil || n != 43 {
+		t.Fatalf("the new statement: %d, %v", n, err)
+	}
+}
+
 func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
 	c := sharedCluster(t)
 	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "500ms")

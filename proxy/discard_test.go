@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/pgrouter/pgrouter/proxy/pool"
+)
+
+func TestSessionReset(t *testing.T) {
+	for q, want := range map[string]resetKind{
+		"DISCARD ALL":                   resetDiscardAll,
+		"discard all;":                  resetDiscardAll,
+		"/* npgsql */ DISCARD ALL ; ;":  resetDiscardAll,
+		"DEALLOCATE ALL":                resetDeallocate,
+		"deallocate prepare all":        resetDeallocate,
+		"RESET ALL":                     resetAll,
+		"DISCARD TEMP":                  resetNone,
+		"DISCARD ALL; SELECT 1":         resetNone,
+		"DEALLOCATE s1":                 resetNone,
+		"RESET search_path":             resetNone,
+		"SELECT 'DISCARD ALL'":          resetNone,
+		"DISCARD ALLx":                  resetNone,
+		"":                              resetNone,
+		"DISCARD ALL -- done\n":         resetDiscardAll,
+		"DISCARD\tALL /* unterminated ": resetDiscardAll,
+	} {
+		if got := sessionReset(q); got != want {
+			t.Errorf("sessionReset(%q) = %v, want %v", q, got, want)
+		}
+	}
+}
+
+// TestAnswerReset: between transactions the proxy answers a reset itself,
+// as the server would, and the client's state is what it logged in with;
+// holding a server, pinned, or in the middle of a pipeline, it does not.
+func TestAnswerReset(t *testing.T) {
+	newPS := func() *pooled {
+		ps := &pooled{sess: &session{id: 1}, mode: PoolTransaction, txStatus: 'I',
+			desired: map[string]string{"application_name": "app", "timezone": "UTC", "search_path": "a"}}
+		ps.fifo = ps.fifoBuf[:0]
+		return ps
+	}
+	query := func(q string) []byte { return appendMessage(nil, 'Q', append([]byte(q), 0)) }
+
+	ps := newPS()
+	startFP := settingsFingerprint(ps.desired)
+	ps.remember("s1", []byte("SELECT 1\x00\x00\x00"), "SELECT 1")
+	sc := &pool.ServerConn{Prepared: map[string]struct{}{}, Params: map[string]string{}}
+	ps.onServerMessage(sc, 'S', []byte("TimeZone\x00Europe/Paris\x00"), true)
+	ps.split.force = "primary"
+	msgs := append(query("DISCARD ALL"), query("SELECT 2")...)
+	resp, n := ps.answerReset(msgs)
+	if n != len(query("DISCARD ALL")) {
+		t.Fatalf("consumed %d bytes, want the DISCARD ALL's %d", n, len(query("DISCARD ALL")))
+	}
+	want := appendMessage(nil, 'C', []byte("DISCARD ALL\x00"))
+	want = appendParameterStatus(want, "TimeZone", "UTC")
+	want = appendMessage(want, 'Z', []byte{'I'})
+	if string(resp) != string(want) {
+		t.Fatalf("answer %q, want %q", resp, want)
+	}
+	if len(ps.stmts) != 0 || ps.desired["timezone"] != "UTC" || ps.desiredFP != startFP || ps.split.force != "" || ps.pinned != "" {
+		t.Fatalf("after DISCARD ALL: statements %v, settings %v (fingerprint %d, want %d), route %q, pinned %q",
+			ps.stmts, ps.desired, ps.desiredFP, startFP, ps.split.force, ps.pinned)
+	}
+
+	ps = newPS()
+	ps.remember("s1", []byte("SELECT 1\x00\x00\x00"), "SELECT 1")
+	ps.onServerMessage(sc, 'S', []byte("application_name\x00other\x00"), true)
+	resp, _ = ps.answerReset(query("DEALLOCATE ALL"))
+	if string(resp) != string(appendMessage(appendMessage(nil, 'C', []byte("DEALLOCATE ALL\x00")), 'Z', []byte{'I'})) ||
+		len(ps.stmts) != 0 || ps.desired["application_name"] != "other" {
+		t.Fatalf("DEALLOCATE ALL: answer %q, statements %v, settings %v", resp, ps.stmts, ps.desired)
+	}
+	resp, _ = ps.answerReset(query("RESET ALL"))
+	if ps.desired["application_name"] != "app" || string(resp[:len("C\x00\x00\x00\x0aRESET")]) != "C\x00\x00\x00\x0aRESET" {
+		t.Fatalf("RESET ALL: answer %q, settings %v", resp, ps.desired)
+	}
+
+	for name, setup := range map[string]func(*pooled){
+		"holding a server": func(ps *pooled) { ps.server = sc },
+		"pinned":           func(ps *pooled) { ps.pinned = pinTempTable },
+		"in a transaction": func(ps *pooled) { ps.txStatus = 'T' },
+		"mid-pipeline":     func(ps *pooled) { ps.dirty = true },
+		"session mode":     func(ps *pooled) { ps.mode = PoolSession },
+	} {
+		ps := newPS()
+		setup(ps)
+		if _, n := ps.answerReset(query("DISCARD ALL")); n != 0 {
+			t.Errorf("%s: answered by the proxy", name)
+		}
+	}
+	if _, n := newPS().answerReset(query("DISCARD ALL")[:8]); n != 0 {
+		t.Error("answered a message not read whole")
+	}
+}
