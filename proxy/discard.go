@@ -72,7 +72,7 @@ func sessionReset(q string) resetKind {
 var canonicalNames = map[string]string{
 	"application_name": "application_name", "client_encoding": "client_encoding",
 	"datestyle": "DateStyle", "intervalstyle": "IntervalStyle", "timezone": "TimeZone",
-	"standard_conforming_strings": "standard_conforming_strings",
+	"standard_conforming_strings":   "standard_conforming_strings",
 	"default_transaction_read_only": "default_transaction_read_only",
 }
 
@@ -91,7 +91,7 @@ func (ps *pooled) answerReset(msgs []byte) ([]byte, int) {
 	if l < 5 || len(msgs) < 1+l {
 		return nil, 0
 	}
-	k := sessionReset(transientString(msgs[5 : l])) // without the terminating NUL
+	k := sessionReset(transientString(msgs[5:l])) // without the terminating NUL
 	if k == resetNone {
 		return nil, 0
 	}
