@@ -1,31 +1,46 @@
 package proxy
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/pgrouter/pgrouter/proxy/pool"
 )
 
 func TestSessionReset(t *testing.T) {
-	for q, want := range map[string]resetKind{
-		"DISCARD ALL":                   resetDiscardAll,
-		"discard all;":                  resetDiscardAll,
-		"/* npgsql */ DISCARD ALL ; ;":  resetDiscardAll,
-		"DEALLOCATE ALL":                resetDeallocate,
-		"deallocate prepare all":        resetDeallocate,
-		"RESET ALL":                     resetAll,
-		"DISCARD TEMP":                  resetNone,
-		"DISCARD ALL; SELECT 1":         resetNone,
-		"DEALLOCATE s1":                 resetNone,
-		"RESET search_path":             resetNone,
-		"SELECT 'DISCARD ALL'":          resetNone,
-		"DISCARD ALLx":                  resetNone,
-		"":                              resetNone,
-		"DISCARD ALL -- done\n":         resetDiscardAll,
-		"DISCARD\tALL /* unterminated ": resetDiscardAll,
+	npgsql := "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;CLOSE ALL;UNLISTEN *;SELECT pg_advisory_unlock_all();DISCARD SEQUENCES;DISCARD TEMP"
+	for q, want := range map[string]string{
+		"DISCARD ALL":                        "DISCARD ALL",
+		"discard all;":                       "DISCARD ALL",
+		"/* npgsql */ DISCARD ALL ; ;":       "DISCARD ALL",
+		"DEALLOCATE ALL":                     "DEALLOCATE ALL",
+		"deallocate prepare all":             "DEALLOCATE ALL",
+		"RESET ALL":                          "RESET",
+		"DISCARD ALL -- done\n":              "DISCARD ALL",
+		"DISCARD\tALL /* unterminated ":      "DISCARD ALL",
+		npgsql:                               "SET,RESET,CLOSE CURSOR ALL,UNLISTEN,SELECT 1,DISCARD SEQUENCES,DISCARD TEMP",
+		"select PG_ADVISORY_UNLOCK_ALL ( )":  "SELECT 1",
+		"DISCARD TEMP":                       "DISCARD TEMP",
+		"DISCARD ALL; SELECT 1":              "",
+		"SELECT 1; DISCARD ALL":              "",
+		"RESET ALL; DISCARD ALL":             "", // the server refuses DISCARD ALL in a list
+		"DEALLOCATE s1":                      "",
+		"RESET search_path":                  "",
+		"SELECT 'DISCARD ALL'":               "",
+		"DISCARD ALLx":                       "",
+		"SELECT pg_advisory_unlock_all(), 1": "",
+		"SELECT pg_advisory_unlock_all":      "",
+		"UNLISTEN chan":                      "",
+		"SET SESSION AUTHORIZATION bob":      "",
+		"":                                   "",
+		";":                                  "",
 	} {
-		if got := sessionReset(q); got != want {
-			t.Errorf("sessionReset(%q) = %v, want %v", q, got, want)
+		var tags []string
+		for _, f := range sessionReset(q, nil) {
+			tags = append(tags, resetForms[f].tag)
+		}
+		if got := strings.Join(tags, ","); got != want {
+			t.Errorf("sessionReset(%q) = %q, want %q", q, got, want)
 		}
 	}
 }
@@ -72,9 +87,15 @@ func TestAnswerReset(t *testing.T) {
 		len(ps.stmts) != 0 || ps.desired["application_name"] != "other" {
 		t.Fatalf("DEALLOCATE ALL: answer %q, statements %v, settings %v", resp, ps.stmts, ps.desired)
 	}
-	resp, _ = ps.answerReset(query("RESET ALL"))
-	if ps.desired["application_name"] != "app" || string(resp[:len("C\x00\x00\x00\x0aRESET")]) != "C\x00\x00\x00\x0aRESET" {
-		t.Fatalf("RESET ALL: answer %q, settings %v", resp, ps.desired)
+	resp, _ = ps.answerReset(query("RESET ALL; SELECT pg_advisory_unlock_all()"))
+	want = appendMessage(nil, 'C', []byte("RESET\x00"))
+	want = appendMessage(want, 'T', []byte("\x00\x01pg_advisory_unlock_all\x00\x00\x00\x00\x00\x00\x00\x00\x00\x08\xe6\x00\x04\xff\xff\xff\xff\x00\x00"))
+	want = appendMessage(want, 'D', []byte{0, 1, 0, 0, 0, 0})
+	want = appendMessage(want, 'C', []byte("SELECT 1\x00"))
+	want = appendParameterStatus(want, "application_name", "app")
+	want = appendMessage(want, 'Z', []byte{'I'})
+	if string(resp) != string(want) || ps.desired["application_name"] != "app" {
+		t.Fatalf("RESET ALL: answer %q, want %q; settings %v", resp, want, ps.desired)
 	}
 
 	for name, setup := range map[string]func(*pooled){

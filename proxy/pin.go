@@ -167,9 +167,15 @@ func word(q string, i int) (string, int) {
 }
 
 func skipSpaceAndComments(q string, i int) int {
+	return skipBlanks(q, i, true)
+}
+
+// skipBlanks skips spaces and comments, and opening parentheses too when
+// parens is set.
+func skipBlanks(q string, i int, parens bool) int {
 	for i < len(q) {
 		switch c := q[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '(':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || (parens && c == '('):
 			i++
 		case c == '-' && i+1 < len(q) && q[i+1] == '-':
 			for i < len(q) && q[i] != '\n' {

@@ -305,6 +305,37 @@ func TestTransactionPoolingAnswersDiscardAll(t *testing.T) {
 	if err := a.QueryRow(ctx, "mine").Scan(&n); err != nil || n != 43 {
 		t.Fatalf("the new statement: %d, %v", n, err)
 	}
+
+	// Npgsql's reset when it holds prepared statements: the proxy's answer
+	// is the server's, statement by statement.
+	const npgsqlReset = "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;CLOSE ALL;UNLISTEN *;" +
+		"SELECT pg_advisory_unlock_all();DISCARD SEQUENCES;DISCARD TEMP"
+	direct, err := pgx.Connect(ctx, c.ConnString(c.Primary(), c.AppUser, c.AppPassword, c.AppDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	want, err := direct.PgConn().Exec(ctx, npgsqlReset).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.PgConn().Exec(ctx, npgsqlReset).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d results through the proxy, %d from the server", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].CommandTag.String() != want[i].CommandTag.String() ||
+			fmt.Sprint(got[i].FieldDescriptions, got[i].Rows) != fmt.Sprint(want[i].FieldDescriptions, want[i].Rows) {
+			t.Errorf("result %d: proxy %q %v %q, server %q %v %q", i, got[i].CommandTag, got[i].FieldDescriptions, got[i].Rows,
+				want[i].CommandTag, want[i].FieldDescriptions, want[i].Rows)
+		}
+	}
+	if _, err := b.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("another client after the reset list: %v (pinned?)", err)
+	}
 }
 
 func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
