@@ -737,6 +737,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
 			printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$cname" "$cflags" "$name" "${tps:--}" "${lat:--}" \
 				"${tx:--}" "${failed:-0}" "$cpu" "$cores" "$status" "$load1" "$other" "$p99" "$note" "$steady" >>"$RUNS_TSV"
 			log "round $r/$ROUNDS $cname $name: tps ${tps:-?} (steady $steady) lat ${lat:-?} ms p99 $p99 ms cpu ${cpu} us/tx, other ${other} cores, $status${note:+ ($note)}"
+			if [ "$status" != ok ]; then
+				# A run that hung (PgBouncer 1.24.1 on -N -M prepared with
+				# 64 clients or more) can leave its servers idle in a
+				# transaction, holding row locks and the xmin horizon
+				# through the next targets' runs: end those transactions.
+				ended=$("$PSQL" -h 127.0.0.1 -p "$P_PRIMARY" -U postgres -d postgres -Atc \
+					"select count(pg_terminate_backend(pid)) from pg_stat_activity where state like 'idle in transaction%' and xact_start < now() - interval '$DURATION seconds'" 2>/dev/null || echo '?')
+				log "  ended $ended transactions left open by that run"
+			fi
 		done
 	done
 done
