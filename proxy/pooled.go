@@ -53,6 +53,9 @@ type pooled struct {
 	// started is desired as the client logged in, kept from its first
 	// change for a reset (answerReset); nil while nothing changed.
 	started map[string]string
+	// pendingSet is a SET of an unreported setting waiting for the
+	// server's answer (settrack.go).
+	pendingSet *settingChange
 
 	wmu sync.Mutex // serializes writes to the client
 
@@ -667,7 +670,11 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 		q = append(q, "SET "...)
 		q = appendQuoted(q, name, '"')
 		q = append(q, " = "...)
-		q = appendQuoted(q, want, '\'')
+		if strings.HasPrefix(want, verbatimMark) {
+			q = append(q, want[len(verbatimMark):]...) // as the client's SET wrote it
+		} else {
+			q = appendQuoted(q, want, '\'')
+		}
 		q = append(q, ';')
 		safe = safe && name == "application_name"
 	}

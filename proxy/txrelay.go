@@ -367,7 +367,10 @@ func (ps *pooled) rewriteLocked(out []byte, sc *pool.ServerConn, typ byte, raw, 
 		return out
 	case 'Q':
 		if len(body) > 0 {
-			ps.pin(pinReason(transientString(body[:len(body)-1])))
+			q := transientString(body[:len(body)-1])
+			if reason := pinReason(q); reason != pinUntrackedSet || !ps.trackSet(q) {
+				ps.pin(reason)
+			}
 		}
 		ps.unnamedOn = nil // a simple query replaces the unnamed statement
 		ps.fifo = append(ps.fifo, fifoEntry{kind: fifoSync})
@@ -746,6 +749,9 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		// In the extended protocol the server skips to the next Sync: the
 		// Parses before it will never complete.
 		ps.skipToSync(sc)
+		if ps.pendingSet != nil {
+			ps.settleSet(sc, false) // the server refused the SET
+		}
 	case 'S':
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
@@ -759,6 +765,9 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 			}
 		}
 	case 'Z':
+		if ps.pendingSet != nil {
+			ps.settleSet(sc, len(body) > 0 && body[0] == 'I')
+		}
 		// Parses still ahead of the Sync this answers never completed:
 		// after an error the server skips to the Sync, and a client may
 		// send those Parses after the error came (pgx pipelining a

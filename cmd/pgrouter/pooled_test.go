@@ -338,6 +338,94 @@ func TestTransactionPoolingAnswersDiscardAll(t *testing.T) {
 	}
 }
 
+// A SET of a setting the server does not report (search_path,
+// statement_timeout), sent alone between transactions, is carried to
+// every server the client is lent instead of pinning it: the client
+// changes servers, sees its settings on each, and no other client
+// inherits them.
+func TestTransactionPoolingCarriesUnreportedSettings(t *testing.T) {
+	c := sharedCluster(t)
+	p := startPooled(t, c, "transaction", "--pool-size", "2")
+	ctx := context.Background()
+	a := appConn(t, c, p.RW)
+	b := appConn(t, c, p.RW)
+	simple := pgx.QueryExecModeSimpleProtocol
+	var defaultPath string
+	if err := b.QueryRow(ctx, "SHOW search_path", simple).Scan(&defaultPath); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"SET search_path = pg_catalog, \"Carried\"", "SET statement_timeout TO '1500ms'"} {
+		if _, err := a.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	pids := map[uint32]bool{}
+	for i := range 20 {
+		// b holds a server in a transaction half of the time, so a is lent
+		// one or the other.
+		var tx pgx.Tx
+		if i%2 == 0 {
+			var err error
+			if tx, err = b.Begin(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var path, timeout string
+		var pid uint32
+		if err := a.QueryRow(ctx, "SELECT current_setting('search_path'), current_setting('statement_timeout'), pg_backend_pid()", simple).Scan(&path, &timeout, &pid); err != nil {
+			t.Fatal(err)
+		}
+		if path != `pg_catalog, "Carried"` || timeout != "1500ms" {
+			t.Fatalf("on server %d: search_path %q, statement_timeout %q", pid, path, timeout)
+		}
+		pids[pid] = true
+		if tx != nil {
+			tx.Commit(ctx)
+		}
+		var bPath, bTimeout string
+		if err := b.QueryRow(ctx, "SELECT current_setting('search_path'), current_setting('statement_timeout')", simple).Scan(&bPath, &bTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if bPath != defaultPath || bTimeout != "0" {
+			t.Fatalf("another client inherited a's settings: search_path %q, statement_timeout %q", bPath, bTimeout)
+		}
+	}
+	if len(pids) < 2 {
+		t.Fatalf("a ran on servers %v: pinned, or never lent another", pids)
+	}
+	// The timeout holds wherever the statement runs.
+	if _, err := a.Exec(ctx, "SELECT pg_sleep(3)"); sqlState(err) != "57014" {
+		t.Fatalf("pg_sleep(3) under a 1.5s statement_timeout: %v, want 57014", err)
+	}
+	// RESET and SET ... TO DEFAULT are carried too.
+	for _, q := range []string{"RESET search_path", "SET statement_timeout TO DEFAULT"} {
+		if _, err := a.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for range 4 {
+		var path, timeout string
+		if err := a.QueryRow(ctx, "SELECT current_setting('search_path'), current_setting('statement_timeout')", simple).Scan(&path, &timeout); err != nil {
+			t.Fatal(err)
+		}
+		if path != defaultPath || timeout != "0" {
+			t.Fatalf("after RESET: search_path %q, statement_timeout %q", path, timeout)
+		}
+	}
+	resp, err := http.Get("http://" + p.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(body), `pgrouter_pool_pins_total{reason="untracked_set"}`) {
+		t.Fatal("a session was pinned for a SET")
+	}
+}
+
 func TestPoolQueryWaitTimeoutAndCancel(t *testing.T) {
 	c := sharedCluster(t)
 	p := startPooled(t, c, "transaction", "--pool-size", "1", "--query-wait-timeout", "500ms")

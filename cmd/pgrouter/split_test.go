@@ -241,5 +241,55 @@ func testSplitReadYourWrites(t *testing.T, extra []string) *proxyProc {
 		t.Fatal(err)
 	}
 	t.Logf("%d reads after own writes, %d of them on a standby", reads, standbyReads)
+
+	// Causality across sessions: a writer's pgrouter.last_write_lsn, set
+	// as pgrouter.min_lsn in another session, makes that session's reads
+	// see the write. The SET does not pin the reader: its reads still go
+	// to standbys.
+	writer, err := connectDB(t, p.Any, c.AppUser, c.AppPassword, c.AppDB, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(ctx)
+	reader, err := connectDB(t, p.Any, c.AppUser, c.AppPassword, c.AppDB, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close(ctx)
+	onStandby := 0
+	for i := range 30 {
+		var id int64
+		if err := writer.QueryRow(ctx, "INSERT INTO ryw_t (client) VALUES (-1) RETURNING id").Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		lsn := writer.PgConn().ParameterStatus("pgrouter.last_write_lsn")
+		if _, err := reader.Exec(ctx, "SET pgrouter.min_lsn = '"+lsn+"'"); err != nil {
+			t.Fatalf("SET pgrouter.min_lsn: %v", err)
+		}
+		var n int
+		var rec bool
+		if err := reader.QueryRow(ctx, "SELECT count(*), pg_is_in_recovery() FROM ryw_t WHERE id = $1", id).Scan(&n, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Fatalf("iteration %d: another session's write %d at %s not visible (standby=%v)", i, id, lsn, rec)
+		}
+		if rec {
+			onStandby++
+		}
+	}
+	t.Logf("30 reads after another session's write, %d on a standby", onStandby)
+	// Once a standby has replayed the last write, the reader's reads go
+	// there: SET pgrouter.min_lsn did not pin it to a server.
+	eventually(t, 10*time.Second, "a read on a standby after SET pgrouter.min_lsn", func() error {
+		var rec bool
+		if err := reader.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
+			return err
+		}
+		if !rec {
+			return fmt.Errorf("ran on the primary")
+		}
+		return nil
+	})
 	return p
 }
