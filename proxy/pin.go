@@ -204,8 +204,16 @@ func skipBlanks(q string, i int, parens bool) int {
 	return i
 }
 
+// skipQuoted skips the quoted string or identifier that starts at q[i].
+// In an escape string (E'...') a backslash escapes the next character,
+// a quote among them.
 func skipQuoted(q string, i int, quote byte) int {
+	escapes := quote == '\'' && i > 0 && (q[i-1] == 'E' || q[i-1] == 'e') && (i < 2 || !isIdentByte(q[i-2]))
 	for i++; i < len(q); i++ {
+		if escapes && q[i] == '\\' {
+			i++
+			continue
+		}
 		if q[i] == quote {
 			if i+1 < len(q) && q[i+1] == quote {
 				i++

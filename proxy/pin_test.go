@@ -45,6 +45,10 @@ func TestPinReason(t *testing.T) {
 		{"SELECT reset_config_count FROM t", pinNone},
 		{"SELECT 'pg_advisory_lock(1)'", pinNone},
 		{"SELECT $$ ; listen x $$, 'prepare'", pinNone},
+		{"SELECT E'\\''; LISTEN x; --'", pinListen}, // E'\\'' is one quote: LISTEN is a statement
+		{"SELECT e'\\\\'; LISTEN x", pinListen},
+		{"SELECT E'it\\'s; LISTEN x'", pinNone},
+		{"SELECT 'a\\'; LISTEN x", pinListen}, // standard strings: the backslash is a character
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", pinHoldCursor},
 		{"DECLARE c CURSOR FOR SELECT 1", pinNone},
 		{"SELECT \"listen\" FROM t; SELECT $1", pinNone},

@@ -38,8 +38,8 @@ var untrackable = map[string]bool{
 // trackableSet reads q as one SET or RESET of an unreported setting that
 // the proxy can carry: SET [SESSION] name {= | TO} value, SET name TO
 // DEFAULT, RESET name. The name must be a plain identifier (with dots for
-// custom settings); the value plain SQL without comments or dollar
-// quotes, so that it can be written again after other statements.
+// custom settings); the value plain SQL without comments, dollar quotes
+// or backslashes, so that it can be written again after other statements.
 func trackableSet(q string) (settingChange, bool) {
 	w, i := word(q, skipBlanks(q, 0, false))
 	reset := strings.EqualFold(w, "reset")
@@ -67,6 +67,12 @@ func trackableSet(q string) (settingChange, bool) {
 			i = j
 		} else {
 			return settingChange{}, false // FROM CURRENT, or not a SET of a value
+		}
+		if strings.IndexByte(q[i:], '\\') >= 0 {
+			// A backslash may escape a quote (E'...', or any string with
+			// standard_conforming_strings off), which the scan below
+			// would not see: where the statement ends is then unsure.
+			return settingChange{}, false
 		}
 		i = skipBlanks(q, i, false)
 		vstart := i

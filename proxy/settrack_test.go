@@ -18,6 +18,8 @@ func TestTrackableSet(t *testing.T) {
 		"SET search_path = a; SELECT 1":              nil, // a second statement
 		"SET search_path = a -- why":                 nil, // a comment would swallow what follows it
 		"SET search_path = $$a$$":                    nil,
+		"SET x.y = E'\\'' ; DROP TABLE t; --'":       nil, // the server ends the string where this scan would not
+		"SET x.y = 'a\\b'":                           nil,
 		"SET search_path FROM CURRENT":               nil,
 		"SET ROLE admin":                             nil,
 		"SET SESSION AUTHORIZATION bob":              nil,
