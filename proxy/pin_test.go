@@ -1,6 +1,9 @@
 package proxy
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestPinReason(t *testing.T) {
 	tests := []struct{ q, want string }{
@@ -90,7 +93,7 @@ func FuzzPinReason(f *testing.F) {
 		"SELECT 1", "SET search_path = a", "select set_config('a', 'b', false)",
 		"SELECT set_config(", "set_config((((", "SELECT pg_try_advisory_lock(1); LISTEN x",
 		"/* unterminated", "'unterminated", "$tag$ never closed", "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-		"CREATE TEMP TABLE t (a int)", "DISCARD ALL", "SELECT $1, $$x$$",
+		"CREATE TEMP TABLE t (a int)", "DISCARD ALL", "SELECT $1, $$x$$", "SELECT E'\\'' ; LISTEN x", "SELECT E'\\",
 	} {
 		f.Add(s)
 	}
@@ -99,6 +102,15 @@ func FuzzPinReason(f *testing.F) {
 	f.Fuzz(func(t *testing.T, q string) {
 		if r := pinReason(q); !reasons[r] {
 			t.Fatalf("pinReason(%q) = %q", q, r)
+		}
+		// The other scans of a client's text on the relay's thread.
+		if c, ok := trackableSet(q); ok && strings.ContainsAny(c.value, "\\$") {
+			t.Fatalf("trackableSet(%q) carries %q", q, c.value)
+		}
+		for _, f := range sessionReset(q, nil) {
+			if f < 0 || f >= len(resetForms) {
+				t.Fatalf("sessionReset(%q): form %d", q, f)
+			}
 		}
 	})
 }
