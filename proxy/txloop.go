@@ -604,7 +604,13 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 		h.lost(sc, err)
 		return
 	}
-	if len(out) > 0 {
+	// A write's LSN goes to the client before the ReadyForQuery that ends
+	// it: the client may hand it to another session (pgrouter.min_lsn) as
+	// soon as its commit returns.
+	var held []byte
+	if released && !h.a.retry && ps.pendingLSN() != nil {
+		held = append(held, out...)
+	} else if len(out) > 0 {
 		s.WriteClient(out)
 		h.toClient.Add(float64(len(out)))
 		h.a.flushed = true
@@ -628,7 +634,8 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 		h.afterRelease(func() (*pool.ServerConn, []byte, error) {
 			status, err := ps.learnLastWrite(sc, done)
 			ps.release(sc, err == nil)
-			return nil, status, nil
+			h.toClient.Add(float64(len(held)))
+			return nil, append(status, held...), nil
 		})
 		return
 	}

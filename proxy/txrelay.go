@@ -597,6 +597,17 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 			}
 			return err
 		}
+		// A write's LSN goes to the client before the ReadyForQuery that
+		// ends it (see txLoop.FromServer).
+		if released && !a.retry {
+			if done := ps.pendingLSN(); done != nil {
+				status, err := ps.learnLastWrite(sc, done)
+				toClient.Add(float64(len(out)))
+				werr := ps.writeClient(append(status, out...))
+				ps.release(sc, err == nil)
+				return werr
+			}
+		}
 		if len(out) > 0 && !a.retry {
 			if err := ps.writeClient(out); err != nil {
 				return err
@@ -608,12 +619,6 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 			if a.retry {
 				ps.release(sc, true)
 				return errRetryOnPrimary
-			}
-			if done := ps.pendingLSN(); done != nil {
-				status, err := ps.learnLastWrite(sc, done)
-				_ = ps.writeClient(status)
-				ps.release(sc, err == nil)
-				return nil
 			}
 			ps.release(sc, true)
 			return nil

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgrouter/pgrouter/topology"
 )
 
 // ranOn runs a statement through conn that reports where it ran, and
@@ -259,10 +261,18 @@ func testSplitReadYourWrites(t *testing.T, extra []string) *proxyProc {
 	onStandby := 0
 	for i := range 30 {
 		var id int64
-		if err := writer.QueryRow(ctx, "INSERT INTO ryw_t (client) VALUES (-1) RETURNING id").Scan(&id); err != nil {
+		var inTx string // where the WAL was before the commit
+		if err := writer.QueryRow(ctx, "INSERT INTO ryw_t (client) VALUES (-1) RETURNING id, pg_current_wal_insert_lsn()::text").Scan(&id, &inTx); err != nil {
 			t.Fatal(err)
 		}
+		// Reported with the write's own ReadyForQuery, not after it: the
+		// position is past the write's, not an earlier write's.
 		lsn := writer.PgConn().ParameterStatus("pgrouter.last_write_lsn")
+		reported, err := topology.ParseLSN(lsn)
+		before, err2 := topology.ParseLSN(inTx)
+		if err != nil || err2 != nil || reported <= before {
+			t.Fatalf("iteration %d: pgrouter.last_write_lsn %q after the write returned, the write at %s (%v, %v)", i, lsn, inTx, err, err2)
+		}
 		if _, err := reader.Exec(ctx, "SET pgrouter.min_lsn = '"+lsn+"'"); err != nil {
 			t.Fatalf("SET pgrouter.min_lsn: %v", err)
 		}
