@@ -131,8 +131,13 @@ type Server struct {
 	// sessionCount is sessionsOn bound once: a method value made per
 	// routing decision would be a heap allocation per transaction.
 	sessionCount func(member string) int
-	seq          atomic.Uint64
-	nextID       atomic.Uint64
+	// replayed is, per standby, the highest replay LSN a session has
+	// seen there (statement split): fresher than the health checks, and
+	// shared, so that a read after a write asks a standby at most once
+	// for what another read has already learnt.
+	replayed sync.Map // member name -> *atomic.Uint64
+	seq      atomic.Uint64
+	nextID   atomic.Uint64
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}

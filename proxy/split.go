@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -257,10 +258,36 @@ func splitIntent(in sessionIntent, route classify.Route) sessionIntent {
 	return in
 }
 
-// readSees reports whether a standby server has replayed lsn: from the
-// health snapshot when it is fresh enough, else by asking the server.
+// replayedAtLeast reports whether standby m is known to have replayed
+// lsn: by its health check, or by what a session last read there.
+func (s *Server) replayedAtLeast(m topology.MemberState, lsn uint64) bool {
+	if m.Health.WALPosition >= lsn {
+		return true
+	}
+	v, ok := s.replayed.Load(m.Name)
+	return ok && v.(*atomic.Uint64).Load() >= lsn
+}
+
+// noteReplayed records that standby member has replayed lsn.
+func (s *Server) noteReplayed(member string, lsn uint64) {
+	v, ok := s.replayed.Load(member)
+	if !ok {
+		v, _ = s.replayed.LoadOrStore(member, new(atomic.Uint64))
+	}
+	seen := v.(*atomic.Uint64)
+	for {
+		old := seen.Load()
+		if old >= lsn || seen.CompareAndSwap(old, lsn) {
+			return
+		}
+	}
+}
+
+// readSees reports whether a standby server has replayed lsn: from what
+// is known of it (replayedAtLeast), else by asking the server.
 func (ps *pooled) readSees(sc *pool.ServerConn, member topology.MemberState, lsn uint64, maxWait time.Duration) bool {
-	if lsn == 0 || member.Health.WALPosition >= lsn {
+	srv := ps.sess.srv
+	if lsn == 0 || srv.replayedAtLeast(member, lsn) {
 		return true
 	}
 	deadline := time.Now().Add(maxWait)
@@ -269,6 +296,7 @@ func (ps *pooled) readSees(sc *pool.ServerConn, member topology.MemberState, lsn
 		if err != nil {
 			return false
 		}
+		srv.noteReplayed(member.Name, v)
 		if v >= lsn {
 			return true
 		}

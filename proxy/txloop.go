@@ -312,15 +312,15 @@ func (h *txLoop) lend(msgs []byte) bool {
 			need = ps.readNeed()
 		}
 	}
-	if need > 0 {
+	var sc *pool.ServerConn
+	dec, ok := ps.sess.routeNow(h.cfg, in)
+	if need > 0 && !(ok && dec.Role == topology.RoleStandby && ps.sess.srv.replayedAtLeast(dec.Member, need)) {
 		// A read after the session's own write may go only to a standby
 		// that has replayed it, which may take a query to find out: the
 		// slow way.
 		h.lendSlowly(nil, router.Decision{}, msgs)
 		return false
 	}
-	var sc *pool.ServerConn
-	dec, ok := ps.sess.routeNow(h.cfg, in)
 	var p *pool.Pool
 	if ok {
 		if p = h.poolOf(dec.Member.Name); p == nil {
