@@ -91,7 +91,15 @@ func sessionReset(q string, dst []int) []int {
 // returns the form's index (-1 for none) and where the form ends.
 func matchReset(q string, i int) (int, int) {
 	first, _ := resetToken(q, i)
+	switch len(first) { // the first words' lengths: most queries stop here
+	case len("set"), len("reset"), len("select"), len("discard"), len("unlisten"), len("deallocate"):
+	default:
+		return -1, i
+	}
 	for f, form := range resetForms {
+		if len(first) != len(form.tokens[0]) {
+			continue
+		}
 		if !strings.EqualFold(first, form.tokens[0]) {
 			continue
 		}

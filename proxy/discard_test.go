@@ -115,3 +115,16 @@ func TestAnswerReset(t *testing.T) {
 		t.Error("answered a message not read whole")
 	}
 }
+
+// BenchmarkSessionResetMiss: every simple query that starts a transaction
+// is read as a possible reset first; an ordinary one must cost little.
+func BenchmarkSessionResetMiss(b *testing.B) {
+	q := "SELECT abalance FROM pgbench_accounts WHERE aid = 841290;"
+	var buf [maxResetStmts]int
+	b.ReportAllocs()
+	for range b.N {
+		if sessionReset(q, buf[:0]) != nil {
+			b.Fatal("a reset")
+		}
+	}
+}

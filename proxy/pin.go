@@ -97,6 +97,11 @@ func pinReason(q string) string {
 }
 
 func statementPin(q, w1 string, next int) string {
+	switch len(w1) { // the lengths of the words below: most statements stop here
+	case len("set"), len("load"), len("reset"), len("listen"), len("prepare"), len("deallocate"):
+	default:
+		return pinNone
+	}
 	switch {
 	case strings.EqualFold(w1, "prepare"):
 		return pinSQLPrepare
