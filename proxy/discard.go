@@ -91,32 +91,29 @@ func sessionReset(q string, dst []int) []int {
 // returns the form's index (-1 for none) and where the form ends.
 func matchReset(q string, i int) (int, int) {
 	first, _ := resetToken(q, i)
-	switch len(first) { // the first words' lengths: most queries stop here
-	case len("set"), len("reset"), len("select"), len("discard"), len("unlisten"), len("deallocate"):
-	default:
-		return -1, i
-	}
 	for f, form := range resetForms {
-		if len(first) != len(form.tokens[0]) {
+		// The length first: most queries stop there, without comparing text.
+		if len(first) != len(form.tokens[0]) || !strings.EqualFold(first, form.tokens[0]) {
 			continue
 		}
-		if !strings.EqualFold(first, form.tokens[0]) {
-			continue
-		}
-		j, ok := i, true
-		for _, want := range form.tokens {
-			var tok string
-			tok, j = resetToken(q, skipBlanks(q, j, false))
-			if !strings.EqualFold(tok, want) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return f, j
+		if end, ok := matchTokens(q, i, form.tokens); ok {
+			return f, end
 		}
 	}
 	return -1, i
+}
+
+// matchTokens matches q[i:] against tokens, in any case, and returns where
+// the match ends.
+func matchTokens(q string, i int, tokens []string) (int, bool) {
+	for _, want := range tokens {
+		var tok string
+		tok, i = resetToken(q, skipBlanks(q, i, false))
+		if !strings.EqualFold(tok, want) {
+			return i, false
+		}
+	}
+	return i, true
 }
 
 // resetToken is the word or punctuation character at q[i:].
@@ -156,7 +153,7 @@ func (ps *pooled) answerReset(msgs []byte) ([]byte, int) {
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.server != nil || ps.pinned != "" || len(ps.fifo) > 0 || ps.dirty || (ps.txStatus != 'I' && ps.txStatus != 0) {
+	if ps.server != nil || ps.pinned != "" || !ps.quietLocked() {
 		return nil, 0
 	}
 	ps.unnamedOn = nil // a simple query replaces the unnamed statement
@@ -186,7 +183,7 @@ func (ps *pooled) answerReset(msgs []byte) ([]byte, int) {
 				if ps.desired[name] == want {
 					continue
 				}
-				if canon, ok := canonicalNames[name]; ok {
+				if canon, ok := settable[name]; ok {
 					resp = appendParameterStatus(resp, canon, want)
 				}
 			}
@@ -213,15 +210,6 @@ func appendVoidRow(dst []byte, column string) []byte {
 		0, 0) // text format
 	dst = appendMessage(dst, 'T', desc)
 	return appendMessage(dst, 'D', []byte{0, 1, 0, 0, 0, 0})
-}
-
-// canonicalNames are the settings the proxy carries (settable) as the
-// server spells them in ParameterStatus.
-var canonicalNames = map[string]string{
-	"application_name": "application_name", "client_encoding": "client_encoding",
-	"datestyle": "DateStyle", "intervalstyle": "IntervalStyle", "timezone": "TimeZone",
-	"standard_conforming_strings":   "standard_conforming_strings",
-	"default_transaction_read_only": "default_transaction_read_only",
 }
 
 // settingChanging keeps the settings the client started with before the

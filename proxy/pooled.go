@@ -457,7 +457,7 @@ func appendParameterStatus(dst []byte, name, value string) []byte {
 func (ps *pooled) completeDesired(initial map[string]string) {
 	for name, value := range initial {
 		l := lowerName(name)
-		if _, ok := ps.desired[l]; !ok && settable[l] {
+		if _, ok := ps.desired[l]; !ok && settable[l] != "" {
 			ps.desired[l] = value
 			if ps.started != nil {
 				ps.started[l] = value
@@ -699,6 +699,12 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 // queryMessage is a Query message of the proxy's own.
 func queryMessage(q string) []byte {
 	return appendMessage(make([]byte, 0, 6+len(q)), 'Q', append([]byte(q), 0))
+}
+
+// quietLocked reports whether the session is between transactions with
+// nothing it sent awaiting an answer. mu held.
+func (ps *pooled) quietLocked() bool {
+	return len(ps.fifo) == 0 && !ps.dirty && (ps.txStatus == 'I' || ps.txStatus == 0)
 }
 
 // settingsApplied records that settingsQuery's query ran on sc.

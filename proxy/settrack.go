@@ -108,7 +108,7 @@ func trackableSet(q string) (settingChange, bool) {
 // with nothing else in flight: inside a transaction the SET would be
 // undone by a rollback. mu held.
 func (ps *pooled) trackSet(q string) bool {
-	if ps.mode != PoolTransaction || ps.pendingSet != nil || len(ps.fifo) > 0 || ps.dirty || (ps.txStatus != 'I' && ps.txStatus != 0) {
+	if ps.mode != PoolTransaction || ps.pendingSet != nil || !ps.quietLocked() {
 		return false
 	}
 	change, ok := trackableSet(q)

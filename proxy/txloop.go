@@ -607,8 +607,12 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 	// A write's LSN goes to the client before the ReadyForQuery that ends
 	// it: the client may hand it to another session (pgrouter.min_lsn) as
 	// soon as its commit returns.
+	var done chan struct{} // a write ended: its LSN is learnt before the client hears of it
+	if released && !h.a.retry && ps.splitCfg != nil {
+		done = ps.pendingLSN()
+	}
 	var held []byte
-	if released && !h.a.retry && ps.pendingLSN() != nil {
+	if done != nil {
 		held = append(held, out...)
 	} else if len(out) > 0 {
 		s.WriteClient(out)
@@ -626,10 +630,9 @@ func (h *txLoop) FromServer(s *loop.Session, b []byte) {
 		ps.release(sc, s.Detach())
 		h.afterRelease(ps.rerunOnPrimary)
 		return
-	case ps.pendingLSN() != nil:
-		// A write ended: learn its LSN on that server before the client
-		// can send a read that must see it.
-		done := ps.pendingLSN()
+	case done != nil:
+		// Learn the write's LSN on that server before the client can
+		// send a read that must see it.
 		s.Detach()
 		h.afterRelease(func() (*pool.ServerConn, []byte, error) {
 			status, err := ps.learnLastWrite(sc, done)

@@ -442,7 +442,7 @@ func (ps *pooled) deferPrepare(msgs []byte) ([]byte, int) {
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if ps.server != nil || ps.pinned != "" || len(ps.fifo) > 0 || ps.dirty || (ps.txStatus != 'I' && ps.txStatus != 0) {
+	if ps.server != nil || ps.pinned != "" || !ps.quietLocked() {
 		return nil, 0
 	}
 	var resp []byte
@@ -599,7 +599,7 @@ func (ps *pooled) pump(sc *pool.ServerConn, buf, out []byte) error {
 		}
 		// A write's LSN goes to the client before the ReadyForQuery that
 		// ends it (see txLoop.FromServer).
-		if released && !a.retry {
+		if released && !a.retry && ps.splitCfg != nil {
 			if done := ps.pendingLSN(); done != nil {
 				status, err := ps.learnLastWrite(sc, done)
 				toClient.Add(float64(len(out)))
@@ -761,7 +761,7 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
 			lname := lowerName(name)
-			if settable[lname] && ps.desired[lname] != value {
+			if _, carried := settable[lname]; carried && ps.desired[lname] != value {
 				ps.settingChanging()
 				ps.desired[lname] = value
 				ps.desiredFP = settingsFingerprint(ps.desired)
@@ -832,12 +832,14 @@ func (ps *pooled) skipToSync(sc *pool.ServerConn) {
 	}
 }
 
-// settable are the reported settings a client changes with SET; the
-// proxy carries them to the next server.
-var settable = map[string]bool{
-	"application_name": true, "client_encoding": true, "datestyle": true,
-	"intervalstyle": true, "timezone": true, "standard_conforming_strings": true,
-	"default_transaction_read_only": true,
+// settable are the reported settings a client changes with SET, which
+// the proxy carries to the next server: by lower-case name, each with the
+// name as the server spells it in ParameterStatus.
+var settable = map[string]string{
+	"application_name": "application_name", "client_encoding": "client_encoding",
+	"datestyle": "DateStyle", "intervalstyle": "IntervalStyle", "timezone": "TimeZone",
+	"standard_conforming_strings":   "standard_conforming_strings",
+	"default_transaction_read_only": "default_transaction_read_only",
 }
 
 // serverLost handles a lent server failing. A transaction in flight gets
