@@ -35,44 +35,45 @@ var untrackable = map[string]bool{
 	"transaction_isolation": true, "transaction_read_only": true, "transaction_deferrable": true,
 }
 
-// trackableSet reads q as one SET or RESET of an unreported setting that
-// the proxy can carry: SET [SESSION] name {= | TO} value, SET name TO
-// DEFAULT, RESET name. The name must be a plain identifier (with dots for
-// custom settings); the value plain SQL without comments, dollar quotes
-// or backslashes, so that it can be written again after other statements.
-func trackableSet(q string) (settingChange, bool) {
+// setStmt is a SET or RESET of one setting, read in place by parseSet.
+type setStmt struct {
+	name  string // as written
+	value string // the value's SQL text, blanks trimmed; "" for RESET
+	reset bool
+	end   int  // where the statement ends: at its ';', or the end of the text
+	plain bool // the value holds no comment, dollar quote or backslash
+}
+
+// parseSet reads the statement at the start of q as SET [SESSION] name
+// {= | TO} value or RESET name, the name a plain identifier (with dots
+// for custom settings), without copying anything of q.
+func parseSet(q string) (setStmt, bool) {
+	var st setStmt
 	w, i := word(q, skipBlanks(q, 0, false))
-	reset := strings.EqualFold(w, "reset")
-	if !reset && !strings.EqualFold(w, "set") {
-		return settingChange{}, false
+	st.reset = strings.EqualFold(w, "reset")
+	if !st.reset && !strings.EqualFold(w, "set") {
+		return st, false
 	}
 	i = skipBlanks(q, i, false)
-	if w2, j := word(q, i); !reset && strings.EqualFold(w2, "session") {
+	if w2, j := word(q, i); !st.reset && strings.EqualFold(w2, "session") {
 		i = skipBlanks(q, j, false)
 	}
 	start := i
 	for i < len(q) && (q[i] == '.' || isIdentByte(q[i])) {
 		i++
 	}
-	name := strings.ToLower(q[start:i])
-	if name == "" || name == "all" || reportedParams[name] || untrackable[name] {
-		return settingChange{}, false
+	if st.name = q[start:i]; st.name == "" {
+		return st, false
 	}
-	change := settingChange{name: strings.Clone(name)} // q is the client's buffer
 	i = skipBlanks(q, i, false)
-	if !reset {
+	st.plain = true
+	if !st.reset {
 		if i < len(q) && q[i] == '=' {
 			i++
 		} else if w3, j := word(q, i); strings.EqualFold(w3, "to") {
 			i = j
 		} else {
-			return settingChange{}, false // FROM CURRENT, or not a SET of a value
-		}
-		if strings.IndexByte(q[i:], '\\') >= 0 {
-			// A backslash may escape a quote (E'...', or any string with
-			// standard_conforming_strings off), which the scan below
-			// would not see: where the statement ends is then unsure.
-			return settingChange{}, false
+			return st, false // FROM CURRENT, or not a SET of a value
 		}
 		i = skipBlanks(q, i, false)
 		vstart := i
@@ -80,24 +81,44 @@ func trackableSet(q string) (settingChange, bool) {
 			switch c := q[i]; {
 			case c == '\'' || c == '"':
 				i = skipQuoted(q, i, c)
-			case c == '$', c == '-' && i+1 < len(q) && q[i+1] == '-', c == '/' && i+1 < len(q) && q[i+1] == '*':
-				return settingChange{}, false
+			case c == '$', c == '\\', c == '-' && i+1 < len(q) && q[i+1] == '-', c == '/' && i+1 < len(q) && q[i+1] == '*':
+				st.plain = false
+				i++
 			default:
 				i++
 			}
 		}
-		value := strings.TrimRight(q[vstart:i], " \t\r\n\f")
-		if value == "" {
-			return settingChange{}, false
-		}
-		if !strings.EqualFold(value, "default") {
-			change.value = verbatimMark + value
-		}
+		st.value = strings.TrimRight(q[vstart:i], " \t\r\n\f")
+		// A backslash may escape a quote (E'...', or any string with
+		// standard_conforming_strings off) where the scan above would not
+		// see it: where the statement ends is then unsure.
+		st.plain = st.plain && strings.IndexByte(st.value, '\\') < 0
 	}
-	for ; i < len(q); i++ {
+	st.end = i
+	return st, true
+}
+
+// trackableSet reads q as one SET or RESET of an unreported setting that
+// the proxy can carry: SET [SESSION] name {= | TO} value, SET name TO
+// DEFAULT, RESET name. The value must be plain SQL (parseSet), so that it
+// can be written again after other statements, and nothing may follow it.
+func trackableSet(q string) (settingChange, bool) {
+	st, ok := parseSet(q)
+	if !ok || !st.plain || (!st.reset && st.value == "") {
+		return settingChange{}, false
+	}
+	name := strings.ToLower(st.name)
+	if name == "all" || reportedParams[name] || untrackable[name] {
+		return settingChange{}, false
+	}
+	for i := st.end; i < len(q); i++ {
 		if i = skipBlanks(q, i, false); i < len(q) && q[i] != ';' {
 			return settingChange{}, false // a second statement
 		}
+	}
+	change := settingChange{name: strings.Clone(name)} // q is the client's buffer
+	if !st.reset && !strings.EqualFold(st.value, "default") {
+		change.value = verbatimMark + st.value
 	}
 	return change, true
 }

@@ -85,3 +85,21 @@ func TestSettleSet(t *testing.T) {
 		t.Fatal("tracked inside a transaction, where a rollback would undo it")
 	}
 }
+
+// TestSetStatement: the split's reading of its own settings, on parseSet.
+func TestSetStatement(t *testing.T) {
+	for q, want := range map[string][2]string{
+		"SET pgrouter.route = primary":                  {"pgrouter.route", "primary"},
+		"set session pgrouter.route TO 'standby';":      {"pgrouter.route", "standby"},
+		"/* hint */ SET pgrouter.min_lsn = '0/3000060'": {"pgrouter.min_lsn", "0/3000060"},
+		"SET x.y = 'it''s' ; SELECT 1":                  {"x.y", "it's"},
+		"SET x.y = a b":                                 {"x.y", "a"},
+		"RESET pgrouter.route":                          {"", ""},
+		"SELECT 1":                                      {"", ""},
+	} {
+		name, value, ok := setStatement(q)
+		if name != want[0] || value != want[1] || ok != (want[0] != "") {
+			t.Errorf("setStatement(%q) = %q, %q, %v; want %q, %q", q, name, value, ok, want[0], want[1])
+		}
+	}
+}

@@ -196,41 +196,23 @@ func (ps *pooled) noteSessionSettings(q string, r classify.Result) {
 	}
 }
 
-// setStatement lexes "SET [SESSION] name {=|TO} value" (value quoted or a
-// word).
+// setStatement reads "SET [SESSION] name {=|TO} value" (parseSet): the
+// value is the first quoted literal's text, or its first word.
 func setStatement(q string) (name, value string, ok bool) {
-	i := skipSpaceAndComments(q, 0)
-	w, i := word(q, i)
-	if !strings.EqualFold(w, "set") {
+	st, ok := parseSet(q)
+	if !ok || st.reset {
 		return "", "", false
 	}
-	i = skipSpaceAndComments(q, i)
-	if w2, j := word(q, i); strings.EqualFold(w2, "session") {
-		i = skipSpaceAndComments(q, j)
+	v := st.value
+	if strings.HasPrefix(v, "'") {
+		end := skipQuoted(v, 0, '\'')
+		return st.name, strings.ReplaceAll(v[1:max(end-1, 1)], "''", "'"), true
 	}
-	start := i
-	for i < len(q) && (q[i] == '.' || q[i] == '_' || q[i] >= 'a' && q[i] <= 'z' || q[i] >= 'A' && q[i] <= 'Z' || q[i] >= '0' && q[i] <= '9') {
-		i++
-	}
-	name = q[start:i]
-	i = skipSpaceAndComments(q, i)
-	if i < len(q) && q[i] == '=' {
-		i++
-	} else if w3, j := word(q, i); strings.EqualFold(w3, "to") {
-		i = j
-	} else {
-		return "", "", false
-	}
-	i = skipSpaceAndComments(q, i)
-	if i < len(q) && q[i] == '\'' {
-		end := skipQuoted(q, i, '\'')
-		return name, strings.ReplaceAll(q[i+1:max(end-1, i+1)], "''", "'"), true
-	}
-	j := i
-	for j < len(q) && q[j] != ';' && !isSpace(q[j]) {
+	j := 0
+	for j < len(v) && !isSpace(v[j]) {
 		j++
 	}
-	return name, q[i:j], name != ""
+	return st.name, v[:j], true
 }
 
 func cstring(b []byte) string { return string(cbytes(b)) }
