@@ -46,7 +46,10 @@ type pooled struct {
 	creds auth.Credentials
 	pid   uint32 // the process id the client was given (0 until then)
 	// desired are the settings the client wants on every server: its
-	// startup parameters and the reported settings it changed with SET.
+	// startup parameters and the settings it changed with SET. A reported
+	// setting's value is the server's text for it (ParameterStatus); any
+	// other's is the SQL that sets it: a quoted literal for a startup
+	// parameter, the client's own text for a SET it made (settrack.go).
 	desired map[string]string
 	// desiredFP fingerprints desired; see settingsFingerprint.
 	desiredFP uint64
@@ -145,17 +148,24 @@ type fifoEntry struct {
 // that must hold on every server it is lent.
 func settingsFromStartup(params []param) map[string]string {
 	d := make(map[string]string)
+	set := func(name, value string) {
+		name = strings.ToLower(name)
+		if !reportedParams[name] {
+			value = string(appendQuoted(nil, value, '\'')) // see pooled.desired
+		}
+		d[name] = value
+	}
 	for _, kv := range params {
 		switch kv.name {
 		case "user", "database", "replication":
 		case "options":
 			settings, _ := splitOptions(kv.value, nil)
 			for _, s := range settings {
-				d[strings.ToLower(s.name)] = s.value
+				set(s.name, s.value)
 			}
 		default:
 			if !strings.HasPrefix(kv.name, "_pq_.") {
-				d[strings.ToLower(kv.name)] = kv.value
+				set(kv.name, kv.value)
 			}
 		}
 	}
@@ -670,10 +680,10 @@ func (ps *pooled) settingsQuery(sc *pool.ServerConn) (msg []byte, stale []string
 		q = append(q, "SET "...)
 		q = appendQuoted(q, name, '"')
 		q = append(q, " = "...)
-		if strings.HasPrefix(want, verbatimMark) {
-			q = append(q, want[len(verbatimMark):]...) // as the client's SET wrote it
-		} else {
+		if reportedParams[name] {
 			q = appendQuoted(q, want, '\'')
+		} else {
+			q = append(q, want...) // already SQL (see desired)
 		}
 		q = append(q, ';')
 		safe = safe && name == "application_name"

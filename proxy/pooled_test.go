@@ -53,7 +53,7 @@ func TestSettingsQuery(t *testing.T) {
 		{"application name alone", map[string]string{"application_name": "it's"}, map[string]string{"application_name": "b"}, nil,
 			[]string{`SET "application_name" = 'it''s';`}, nil, true},
 		{"reported in mixed case", map[string]string{"timezone": "UTC"}, map[string]string{"TimeZone": "UTC"}, nil, nil, nil, true},
-		{"other settings", map[string]string{"search_path": `a, "b"`, "x.y\"z": "v"}, nil, map[string]string{"search_path": "c"},
+		{"other settings", map[string]string{"search_path": `'a, "b"'`, "x.y\"z": "'v'"}, nil, map[string]string{"search_path": "'c'"},
 			[]string{`SET "search_path" = 'a, "b"';`, `SET "x.y""z" = 'v';`}, nil, false},
 		{"stale", map[string]string{"application_name": "a"}, map[string]string{"application_name": "a"}, map[string]string{"work_mem": "1MB"},
 			[]string{`RESET "work_mem";`}, []string{"work_mem"}, true},

@@ -16,16 +16,11 @@ import (
 // lent, as startup parameters are. Anything else that sets an unreported
 // setting pins the client (pinUntrackedSet).
 
-// verbatimMark starts a desired value that is SQL text from the client's
-// own SET (`a, "B"`, `'5s'`), applied as written, not quoted as a startup
-// parameter's value is. No value from the protocol holds a NUL.
-const verbatimMark = "\x00"
-
 // settingChange is a SET or RESET of an unreported setting waiting for
 // the server's answer.
 type settingChange struct {
 	name  string // lower case
-	value string // verbatimMark and the SQL text; "" for RESET
+	value string // the SQL text, as the client wrote it; "" for RESET
 }
 
 // untrackable are settings whose SET keeps pinning: they change who the
@@ -118,7 +113,7 @@ func trackableSet(q string) (settingChange, bool) {
 	}
 	change := settingChange{name: strings.Clone(name)} // q is the client's buffer
 	if !st.reset && !strings.EqualFold(st.value, "default") {
-		change.value = verbatimMark + st.value
+		change.value = strings.Clone(st.value)
 	}
 	return change, true
 }

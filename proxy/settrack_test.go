@@ -8,11 +8,11 @@ import (
 
 func TestTrackableSet(t *testing.T) {
 	for q, want := range map[string]*settingChange{
-		"SET search_path = app, public":              {"search_path", verbatimMark + "app, public"},
-		"set SESSION Search_Path TO 'a', \"B\" ;":    {"search_path", verbatimMark + `'a', "B"`},
-		"SET statement_timeout = '1500ms'":           {"statement_timeout", verbatimMark + "'1500ms'"},
-		"SET work_mem TO 65536":                      {"work_mem", verbatimMark + "65536"},
-		"SET pgrouter.min_lsn = '0/3000060'":         {"pgrouter.min_lsn", verbatimMark + "'0/3000060'"},
+		"SET search_path = app, public":              {"search_path", "app, public"},
+		"set SESSION Search_Path TO 'a', \"B\" ;":    {"search_path", `'a', "B"`},
+		"SET statement_timeout = '1500ms'":           {"statement_timeout", "'1500ms'"},
+		"SET work_mem TO 65536":                      {"work_mem", "65536"},
+		"SET pgrouter.min_lsn = '0/3000060'":         {"pgrouter.min_lsn", "'0/3000060'"},
 		"SET search_path TO DEFAULT":                 {"search_path", ""},
 		"RESET statement_timeout;":                   {"statement_timeout", ""},
 		"SET search_path = a; SELECT 1":              nil, // a second statement
@@ -49,10 +49,10 @@ func TestTrackableSet(t *testing.T) {
 // server no longer has.
 func TestSettleSet(t *testing.T) {
 	sc := &pool.ServerConn{Applied: map[string]string{}}
-	ps := &pooled{mode: PoolTransaction, txStatus: 'I', desired: map[string]string{"statement_timeout": "5s"}}
+	ps := &pooled{mode: PoolTransaction, txStatus: 'I', desired: map[string]string{"statement_timeout": "'5s'"}}
 	ps.desiredFP = settingsFingerprint(ps.desired)
 	sc.SettingsFP = ps.desiredFP
-	sc.Applied["statement_timeout"] = "5s"
+	sc.Applied["statement_timeout"] = "'5s'"
 
 	if !ps.trackSet("SET search_path = app") {
 		t.Fatal("not tracked")
@@ -63,7 +63,7 @@ func TestSettleSet(t *testing.T) {
 	}
 	ps.trackSet("SET search_path = app")
 	ps.settleSet(sc, true)
-	if ps.desired["search_path"] != verbatimMark+"app" || sc.Applied["search_path"] != verbatimMark+"app" || sc.SettingsFP != ps.desiredFP {
+	if ps.desired["search_path"] != "app" || sc.Applied["search_path"] != "app" || sc.SettingsFP != ps.desiredFP {
 		t.Fatalf("after SET: desired %q, applied %q, server fingerprint matches %v", ps.desired, sc.Applied, sc.SettingsFP == ps.desiredFP)
 	}
 	msg, _, safe := ps.settingsQuery(&pool.ServerConn{Applied: map[string]string{}, Params: map[string]string{}})
@@ -72,7 +72,7 @@ func TestSettleSet(t *testing.T) {
 	}
 	ps.trackSet("RESET statement_timeout")
 	ps.settleSet(sc, true)
-	if ps.desired["statement_timeout"] != "5s" || sc.Applied["statement_timeout"] != "" || sc.SettingsFP == ps.desiredFP {
+	if ps.desired["statement_timeout"] != "'5s'" || sc.Applied["statement_timeout"] != "" || sc.SettingsFP == ps.desiredFP {
 		t.Fatalf("after RESET: desired %q, applied %q; the server must get the startup value again", ps.desired, sc.Applied)
 	}
 	ps.trackSet("SET search_path TO DEFAULT")
