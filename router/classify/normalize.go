@@ -11,12 +11,15 @@ import (
 // ends it there), so no verbatim text can look like one. The class keeps
 // apart constants the grammar tells apart: an integer that fits int32
 // (ICONST), any other number (FCONST), a quoted string, a dollar-quoted
-// string.
+// string. The empty string is a class of its own: pg_query's tree gives
+// COPY ... TO ” the same empty file name as COPY ... TO STDOUT, so its
+// classification differs from that of any other file name.
 const (
-	classInt    = 'i'
-	classFloat  = 'f'
-	classString = 's'
-	classDollar = 'd'
+	classInt         = 'i'
+	classFloat       = 'f'
+	classString      = 's'
+	classEmptyString = 'e'
+	classDollar      = 'd'
 )
 
 // normalizedKey hashes the text as PostgreSQL's lexer would see it with
@@ -79,7 +82,11 @@ func normalizedKey(seed maphash.Seed, q string) (key uint64, ok bool) {
 				return 0, false
 			}
 			h.WriteByte(0)
-			h.WriteByte(classString)
+			if j == i+2 {
+				h.WriteByte(classEmptyString)
+			} else {
+				h.WriteByte(classString)
+			}
 			i = j
 		case c == '"':
 			j := scanQuoted(q, i, '"')
