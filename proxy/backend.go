@@ -105,14 +105,9 @@ func (sess *session) startServer(ctx context.Context, cfg *Config, sc *pool.Serv
 			}
 			sc.PID = getUint32(body)
 			sc.Key = append([]byte(nil), body[4:]...)
-			key, err := sess.srv.cancels.register(cancelTarget{addr: sc.Addr, pid: sc.PID, realKey: sc.Key})
-			if err != nil {
+			if out, err = sess.proxyKeyData(out, sc.Addr, sc.PID, sc.Key); err != nil {
 				return sc, err
 			}
-			sess.clientPK = key
-			k := make([]byte, 4, 4+len(key))
-			putUint32(k, sc.PID)
-			out = appendMessage(out, 'K', append(k, key...))
 		case 'E':
 			// Authentication failed or the server refused the session: the
 			// client sees the server's own error, then the close.
@@ -134,11 +129,31 @@ func (sess *session) startServer(ctx context.Context, cfg *Config, sc *pool.Serv
 	}
 }
 
+// proxyKeyData appends the BackendKeyData the client gets for a server's
+// (pid, key): the real process id, which drivers compare with
+// pg_backend_pid(), and a key of the proxy's, which a CancelRequest must
+// carry to reach the server.
+func (sess *session) proxyKeyData(out []byte, addr string, pid uint32, key []byte) ([]byte, error) {
+	pk, err := sess.srv.cancels.register(cancelTarget{addr: addr, pid: pid, realKey: key})
+	if err != nil {
+		return out, err
+	}
+	sess.clientPK = pk
+	out = append(out, 'K', 0, 0, 0, 0, 0, 0, 0, 0)
+	putUint32(out[len(out)-8:], uint32(4+4+len(pk)))
+	putUint32(out[len(out)-4:], pid)
+	return append(out, pk...), nil
+}
+
 // serverLost turns a failure of the server link during startup into the
 // client's error.
 func serverLost(sc *pool.ServerConn, err error) error {
+	return lostAtStartup(sc.Member, err)
+}
+
+func lostAtStartup(member string, err error) *clientError {
 	return &clientError{Severity: "FATAL", Code: codeConnectionFailure,
-		Message: "pgrouter lost the connection to " + sc.Member + " during startup", Detail: err.Error()}
+		Message: "pgrouter lost the connection to " + member + " during startup", Detail: err.Error()}
 }
 
 // clientAuthMessage reads one client message, an authentication answer,

@@ -16,18 +16,26 @@ import (
 )
 
 // acceptOnLoop has the loop threads accept l's clients when l is a TCP
-// pooled listener without TLS whose rules let some client in by trust:
-// transaction mode, or session mode without the statement split, the
-// cases where a whole session can run on a thread. It reports whether
-// they do; otherwise acceptLoop serves l. Without a trust rule every
-// client would be handed to a goroutine for its password exchange, which
-// costs more than being accepted by one (8 % of the connection rate with
-// SCRAM, measured).
+// listener without TLS where a whole session can run on a thread: a
+// passthrough listener (see passLoop), or a pooled one whose rules let
+// some client in by trust, in transaction mode or in session mode without
+// the statement split. It reports whether they do; otherwise acceptLoop
+// serves l. Without a trust rule every pooled client would be handed to
+// a goroutine for its password exchange, which costs more than being
+// accepted by one (8 % of the connection rate with SCRAM, measured).
 func (s *Server) acceptOnLoop(ctx context.Context, l *listener) bool {
 	cfg := s.cfg.Load()
-	pooled := l.cfg.PoolMode == PoolTransaction || l.cfg.PoolMode == PoolSession && !l.cfg.Split
-	if s.loop == nil || !pooled || cfg.ClientTLS != nil ||
-		cfg.Auth == nil || !cfg.Auth.HBA.Allows(auth.MethodTrust) || l.ln.Addr().Network() != "tcp" {
+	if s.loop == nil || cfg.ClientTLS != nil || l.ln.Addr().Network() != "tcp" {
+		return false
+	}
+	switch mode := l.cfg.PoolMode; {
+	case mode == "" || mode == PoolPassthrough:
+		// Passwords pass through to the server, on the thread too.
+	case mode == PoolTransaction || mode == PoolSession && !l.cfg.Split:
+		if cfg.Auth == nil || !cfg.Auth.HBA.Allows(auth.MethodTrust) {
+			return false
+		}
+	default:
 		return false
 	}
 	ls, err := s.loop.Listen(l.ln, func(ls *loop.Session, remote net.Addr) loop.Handler {
@@ -78,7 +86,11 @@ type loopStartup struct {
 	buf      []byte // read and not consumed
 	borrowed bool   // buf is the thread's read buffer, valid during FromClient only
 	answered int    // encryption requests answered with 'N'
-	over     bool   // handed over: to a txLoop or a goroutine
+	over     bool   // handed over: to another handler or a goroutine
+	pass     *passLoop
+	// staleFires counts expiries that fired before a rearm or a disarm
+	// stopped the timer: their posts come later and are not for now.
+	staleFires int
 }
 
 func (st *loopStartup) FromClient(s *loop.Session, b []byte) {
@@ -133,6 +145,9 @@ func (st *loopStartup) keepPartial() {
 func (st *loopStartup) greet(s *loop.Session, cfg *Config, p *startupPacket, n int) bool {
 	sess := st.sess
 	mode := sess.ln.cfg.PoolMode
+	if mode == "" || mode == PoolPassthrough {
+		return st.startPassthrough(s, cfg, p, n)
+	}
 	in, params, err := prepareStartup(p)
 	if err != nil || p.version != 3<<16 || checkPooledStartup(cfg, mode, params) != nil || st.remote == nil ||
 		cfg.Auth.HBA.Match(in.dbname, in.user, st.remote.IP, false) != auth.MethodTrust {
@@ -278,12 +293,33 @@ func (st *loopStartup) toGoroutine(s *loop.Session) {
 }
 
 // expired returns what ends a startup that took longer than
-// StartupTimeout, as the deadline of a goroutine's startup does.
+// StartupTimeout, as the deadline of a goroutine's startup does, or a
+// passthrough login that took too long.
 func (st *loopStartup) expired(s *loop.Session) func(alive bool) {
 	return func(alive bool) {
-		if alive && !st.over {
+		switch {
+		case !alive:
+		case st.staleFires > 0:
+			st.staleFires--
+		case !st.over:
 			s.End(os.ErrDeadlineExceeded)
+		case st.pass != nil:
+			st.pass.expired(s)
 		}
+	}
+}
+
+// rearm gives the timer a new deadline, on the thread.
+func (st *loopStartup) rearm(d time.Duration) {
+	st.disarm()
+	st.timer.Reset(d)
+}
+
+// disarm stops the timer, on the thread; an expiry already on its way is
+// counted as stale.
+func (st *loopStartup) disarm() {
+	if !st.timer.Stop() {
+		st.staleFires++
 	}
 }
 

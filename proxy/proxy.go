@@ -136,8 +136,13 @@ type Server struct {
 	// shared, so that a read after a write asks a standby at most once
 	// for what another read has already learnt.
 	replayed sync.Map // member name -> *atomic.Uint64
-	seq      atomic.Uint64
-	nextID   atomic.Uint64
+	// tlsOffered holds the addresses of members that answered a loop
+	// thread's SSLRequest with S (sslmode prefer): their passthrough
+	// sessions start on goroutines, which speak TLS, until a goroutine's
+	// link to one of them is plain again.
+	tlsOffered sync.Map // member address -> struct{}
+	seq        atomic.Uint64
+	nextID     atomic.Uint64
 
 	mu        sync.Mutex
 	sessions  map[*session]struct{}

@@ -19,13 +19,15 @@ import (
 	"github.com/pgrouter/pgrouter/topology"
 )
 
-// session is one client connection, from accept to close. The goroutine
-// that runs serve owns client and server. After the startup of a
-// passthrough session without TLS, a loop thread (package loop) owns both
-// sockets; otherwise a second goroutine copies client bytes to the server.
-// A transaction-mode session without TLS is handed to a loop thread
-// whole. Once a loop thread has the session serve returns, and the thread
-// calls finish when it ends: no goroutine waits for an idle client. In
+// session is one client connection, from accept to close. A session
+// without TLS on a TCP listener is served by the loop thread that
+// accepted it, from its startup to its end (passLoop, txLoop, sessLoop),
+// unless it needs what a thread cannot do; then a goroutine runs serve and
+// owns client and server, and hands both sockets to a loop thread once
+// the startup is done if neither has TLS; otherwise a second goroutine
+// copies client bytes to the server. Once a loop thread has the session
+// serve returns, and the thread calls finish when it ends: no goroutine
+// waits for an idle client. In
 // every case one writer at a time writes to the client (serve, or the
 // loop thread), so an ErrorResponse the proxy injects can never
 // interleave with a server message.
@@ -48,9 +50,9 @@ type session struct {
 	// pooled is set for sessions of pooled listeners.
 	pooled *pooled
 
-	mu     sync.Mutex // guards server, pair and killed against kill
+	mu     sync.Mutex // guards server, onLoop and killed against kill
 	server *pool.ServerConn
-	onLoop interface{ Stop() } // the loop.Pair or loop.Session while a loop thread relays the session
+	onLoop interface{ Stop() } // the loop.Session while a loop thread serves the session
 	killed atomic.Pointer[clientError]
 	// standbySeq is the session's turn in the standbys' round-robin,
 	// taken on its first read (0 before).
@@ -212,10 +214,10 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	_ = sess.client.SetDeadline(time.Now().Add(cfg.StartupTimeout))
 	sc, err := pool.Dial(ctx, dec.Member.Name, dec.Member.Addr, cfg.Server)
 	if err != nil {
-		sess.logger().Warn("cannot reach member", zap.String("member", dec.Member.Name), zap.Error(err))
-		return &clientError{Severity: "FATAL", Code: codeConnectionFailure,
-			Message: "pgrouter could not connect to " + dec.Member.Role.String() + " " + dec.Member.Name,
-			Detail:  err.Error()}
+		return sess.unreachable(dec.Member, err)
+	}
+	if !sc.TLS {
+		sess.srv.tlsOffered.Delete(dec.Member.Addr)
 	}
 	_ = sc.SetDeadline(time.Now().Add(cfg.StartupTimeout))
 	sess.mu.Lock()
@@ -227,6 +229,8 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	}
 	serverConns := sess.srv.metrics.serverConns.WithLabelValues(sess.ln.cfg.Name, dec.Member.Name)
 	serverConns.Inc()
+	// end lets go of the server, unless a loop thread took the session
+	// over (passLoop.Ended does the same then).
 	end := func() {
 		sc.Close()
 		serverConns.Dec()
@@ -249,6 +253,26 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	_ = sess.client.SetDeadline(time.Time{})
 	_ = sc.SetDeadline(time.Time{})
 
+	sess.relayStarted(dec, intent)
+	err = sess.relay(serverConns)
+	if err != errDetached {
+		end()
+	}
+	return err
+}
+
+// unreachable is the client's error when the member it was routed to
+// cannot be reached, logged once.
+func (sess *session) unreachable(m topology.MemberState, err error) *clientError {
+	sess.logger().Warn("cannot reach member", zap.String("member", m.Name), zap.Error(err))
+	return &clientError{Severity: "FATAL", Code: codeConnectionFailure,
+		Message: "pgrouter could not connect to " + m.Role.String() + " " + m.Name,
+		Detail:  err.Error()}
+}
+
+// relayStarted records a passthrough session whose server is ready, on a
+// goroutine or a loop thread.
+func (sess *session) relayStarted(dec router.Decision, intent sessionIntent) {
 	sess.srv.mu.Lock()
 	sess.member, sess.role, sess.relaying = dec.Member.Name, dec.Role, true
 	sess.srv.perMember[dec.Member.Name]++
@@ -268,11 +292,6 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 			sess.srv.terminateStale(sess, why)
 		}
 	}
-	err = sess.relay(end)
-	if err != errDetached {
-		end()
-	}
-	return err
 }
 
 // negotiate handles encryption and cancel requests until the client sends
@@ -413,12 +432,12 @@ func routeError(err error) error {
 // relay copies both directions until one side ends or the session is
 // killed. The client-to-server copy runs on its own goroutine; this one
 // copies server to client and is the only writer to the client. When a
-// loop thread takes the pair over, relay returns errDetached and the
-// thread calls end, then finishes the session, when the pair ends.
-func (sess *session) relay(end func()) error {
+// loop thread takes the session over, relay returns errDetached and the
+// thread ends the session (see passLoop).
+func (sess *session) relay(serverConns prometheus.Gauge) error {
 	toServer, toClient := sess.ln.toServer, sess.ln.toClient
 	if sess.srv.loop != nil {
-		if handled, err := sess.relayOnLoop(toServer, toClient, end); handled {
+		if handled, err := sess.relayOnLoop(serverConns); handled {
 			return err
 		}
 	}
@@ -443,32 +462,14 @@ func (sess *session) relay(end func()) error {
 	return err
 }
 
-// relayOnLoop hands the session's two sockets to a loop thread, which
-// calls end and finishes the session when the pair ends. It reports false,
-// having changed nothing, when the sockets cannot leave Go's poller (TLS
-// on either side), and the caller relays them itself.
-func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter, end func()) (handled bool, err error) {
-	scan := &frameScanner{watch: serverWatch}
-	p, err := sess.srv.loop.Attach(sess.client, sess.server.Conn, loop.Hooks{
-		FromServer: scan.feed,
-		Relayed: func(up bool, n int) {
-			if up {
-				toServer.Add(float64(n))
-			} else {
-				toClient.Add(float64(n))
-			}
-		},
-		Farewell: func() []byte {
-			if e := sess.killed.Load(); e != nil && scan.atBoundary() {
-				return appendErrorResponse(nil, e)
-			}
-			return nil
-		},
-		Ended: func(err error) {
-			end()
-			sess.finish(err)
-		},
-	})
+// relayOnLoop hands the session's two sockets to a loop thread, where a
+// passLoop relays them as it does a session that started there. It
+// reports false, having changed nothing, when the sockets cannot leave
+// Go's poller (TLS on either side), and the caller relays them itself.
+func (sess *session) relayOnLoop(serverConns prometheus.Gauge) (handled bool, err error) {
+	sc := sess.server
+	h := &passLoop{sess: sess, phase: passRelaying, pid: sc.PID, serverConns: serverConns, scan: frameScanner{watch: serverWatch}}
+	s, err := sess.srv.loop.ServeWith(sess.client, sc.Conn, h)
 	if errors.Is(err, loop.ErrUnsupported) {
 		return false, nil
 	}
@@ -477,10 +478,10 @@ func (sess *session) relayOnLoop(toServer, toClient prometheus.Counter, end func
 	}
 	sess.ln.relayedOnLoop.Inc()
 	sess.mu.Lock()
-	sess.onLoop = p
+	sess.onLoop = s
 	sess.mu.Unlock()
 	if sess.killed.Load() != nil {
-		p.Stop() // killed while the sockets changed hands
+		s.Stop() // killed while the sockets changed hands
 	}
 	return true, errDetached
 }

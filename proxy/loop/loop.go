@@ -1,6 +1,6 @@
 //go:build linux
 
-// Package loop relays pairs of sockets (a client and its server) on a few
+// Package loop relays client sessions and the servers they hold on a few
 // goroutines, each running one epoll loop, the way HAProxy and PgBouncer
 // do. A goroutine per direction costs a park, a netpoller wake-up and
 // often a hand-off between cores for every message; on a machine whose
@@ -9,9 +9,9 @@
 // peer: in the steady state a message costs one read and one write, and
 // one epoll_wait is shared by every message that became ready meanwhile.
 //
-// A pair is owned by exactly one thread from Attach until it ends; only
-// that thread reads, writes or closes its sockets. Stop is the one call
-// another goroutine may make on a running pair.
+// A session (see Session) is owned by exactly one thread from Serve until
+// it ends; only that thread reads, writes or closes its sockets, and
+// other goroutines reach it through Stop and Post.
 package loop
 
 import (
@@ -30,35 +30,16 @@ import (
 const waitSlice = 100
 
 // readBuf is the size of the one read buffer each thread shares among
-// its pairs: a result set moves in chunks of up to this size.
+// its sessions: a result set moves in chunks of up to this size.
 const readBuf = 64 << 10
 
-// ErrUnsupported is returned by Attach for connections the loop cannot
+// ErrUnsupported is returned by Serve for connections the loop cannot
 // take over (TLS, or anything without a kernel socket under it); the
 // caller relays those itself.
 var ErrUnsupported = errors.New("loop: connection has no plain socket")
 
-// ErrClosed is returned by Attach once Close has been called.
+// ErrClosed is returned by Serve once Close has been called.
 var ErrClosed = errors.New("loop: closed")
-
-// Hooks observe a pair on its loop thread. Each must be quick and must
-// not block: it holds up every pair of that thread. Nil hooks are skipped.
-type Hooks struct {
-	// FromServer sees each chunk read from the server before it is
-	// forwarded; an error ends the pair with that error and the chunk is
-	// not forwarded.
-	FromServer func(b []byte) error
-	// Relayed counts bytes forwarded in each direction.
-	Relayed func(toServer bool, n int)
-	// Farewell is called when a pair that Stop ended is closing; the
-	// bytes it returns are written to the client (best effort, without
-	// blocking) just before the client's socket is closed.
-	Farewell func() []byte
-	// Ended is called once the pair has ended and both sockets are
-	// closed, with what Wait returns: the caller finishes the session
-	// there instead of keeping a goroutine in Wait for its whole life.
-	Ended func(err error)
-}
 
 // Loop is a set of relay threads. The zero value is not usable; call New.
 type Loop struct {
@@ -86,7 +67,7 @@ func New(n int) (*Loop, error) {
 	return l, nil
 }
 
-// Close ends every pair still relayed, stops the threads and waits for
+// Close ends every session still served, stops the threads and waits for
 // them to exit.
 func (l *Loop) Close() {
 	if l.closed.Swap(true) {
@@ -100,132 +81,19 @@ func (l *Loop) Close() {
 	}
 }
 
-// Attach takes over client and server and relays between them until one
-// side closes, an I/O error occurs, a hook fails or Stop is called. On
-// success both conns are closed (the loop works on duplicates of their
-// sockets) and must not be used again; on error they are untouched.
-func (l *Loop) Attach(client, server net.Conn, h Hooks) (*Pair, error) {
-	if l.closed.Load() {
-		return nil, ErrClosed
-	}
-	cfd, err := dupSocket(client)
-	if err != nil {
-		return nil, err
-	}
-	sfd, err := dupSocket(server)
-	if err != nil {
-		unix.Close(cfd)
-		return nil, err
-	}
-	// Closing the originals takes them out of Go's own poller, so only
-	// this loop hears about the sockets from now on.
-	client.Close()
-	server.Close()
-	p := &Pair{hooks: h, done: make(chan struct{})}
-	p.client = side{fd: cfd, pair: p, peer: &p.server}
-	p.server = side{fd: sfd, pair: p, peer: &p.client, isServer: true}
-	t := l.threads[int(l.next.Add(1))%len(l.threads)]
-	if !t.post(task{fn: func(bool) { t.register(p) }, admit: true}) {
-		unix.Close(cfd)
-		unix.Close(sfd)
-		return nil, ErrClosed
-	}
-	return p, nil
-}
-
-// dupSocket returns a duplicate of c's socket descriptor. The duplicate
-// shares the open file, so it is non-blocking like the original.
-func dupSocket(c any) (int, error) {
-	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn, *net.TCPListener:
-	default:
-		return -1, ErrUnsupported
-	}
-	rc, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	fd := -1
-	var derr error
-	if err := rc.Control(func(s uintptr) {
-		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return -1, err
-	}
-	if derr != nil {
-		return -1, fmt.Errorf("dup socket: %w", derr)
-	}
-	return fd, nil
-}
-
-// Pair is a client and its server relayed by a loop thread.
-type Pair struct {
-	hooks  Hooks
-	client side
-	server side
-
-	stopped atomic.Bool
-	// ended is set when the thread closes the sockets. The thread writes
-	// it under mu and reads it freely; Stop reads it under mu, so it
-	// never shuts down a descriptor number that was reused.
-	mu    sync.Mutex
-	ended bool
-
-	done chan struct{}
-	err  error // set before done is closed
-}
-
-// side is one socket of a pair and the bytes waiting to be written to it.
-type side struct {
-	fd       int
-	pair     *Pair
-	peer     *side
-	isServer bool
-	outbox   // bytes read from the peer that this socket did not take yet
-	// gone is set when the socket hung up while its peer still had bytes
-	// from it to take: it is out of the epoll set (a hang-up is reported
-	// whatever the interest set, so it would wake the loop in a spin)
-	// until the peer has taken them, and then read to its end.
-	gone   bool
-	events uint32 // the epoll interest set now registered
-}
-
-// Stop ends the pair from any goroutine: the server link is shut down and
-// the thread closes both sockets, calling Farewell first. It does not
-// wait; use Wait.
-func (p *Pair) Stop() {
-	p.stopped.Store(true)
-	p.mu.Lock()
-	if !p.ended {
-		_ = unix.Shutdown(p.server.fd, unix.SHUT_RDWR)
-	}
-	p.mu.Unlock()
-}
-
-// Wait blocks until the pair has ended and both sockets are closed. It
-// returns nil when a side closed cleanly or Stop ended the pair.
-func (p *Pair) Wait() error {
-	<-p.done
-	return p.err
-}
-
-// Done is closed when the pair has ended.
-func (p *Pair) Done() <-chan struct{} { return p.done }
-
-// thread is one epoll loop and the pairs it owns.
+// thread is one epoll loop and the sessions it owns.
 type thread struct {
 	epfd     int
-	wakefd   int // eventfd: new pairs or stop
+	wakefd   int // eventfd: new sessions, posted work or stop
 	buf      []byte
 	sides    []endpoint // indexed by descriptor number; owned by the loop goroutine
-	pairs    map[*Pair]struct{}
 	sessions map[*Session]struct{}
 	// listeners this thread accepts from (see Listen).
 	listeners []*Listener
 	exited    chan struct{}
 
 	mu       sync.Mutex
-	tasks    []task // handed over by other goroutines: new pairs and sessions, posted work
+	tasks    []task // handed over by other goroutines: new sessions, posted work
 	spare    []task // the other buffer of tasks, swapped at each admit
 	stopping bool
 	// sleeping is set while the thread waits in epoll_wait, woken is set
@@ -236,10 +104,9 @@ type thread struct {
 	dead     bool // epfd is closed
 }
 
-// endpoint is a socket the thread serves: a side of a pair or of a session.
+// endpoint is a socket the thread serves: a side of a session, a parked
+// server or a listener.
 type endpoint interface{ handle(t *thread, ev uint32) }
-
-func (s *side) handle(t *thread, ev uint32) { t.handle(s, ev) }
 
 func newThread() (*thread, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -256,7 +123,7 @@ func newThread() (*thread, error) {
 		unix.Close(wfd)
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	return &thread{epfd: epfd, wakefd: wfd, buf: make([]byte, readBuf), pairs: make(map[*Pair]struct{}), sessions: make(map[*Session]struct{}), exited: make(chan struct{})}, nil
+	return &thread{epfd: epfd, wakefd: wfd, buf: make([]byte, readBuf), sessions: make(map[*Session]struct{}), exited: make(chan struct{})}, nil
 }
 
 var one = [8]byte{1}
@@ -302,7 +169,7 @@ func (t *thread) stop() {
 // pgbench. The wait is bounded so the loop reaches a preemption point at
 // least every waitSlice even if no signal interrupts it; the scheduler's
 // preemption signals and stop-the-world requests end it at once (EINTR).
-// Otherwise, and whenever the loop relays no pair (a process serving only
+// Otherwise, and whenever the loop serves no session (a process serving only
 // pooled listeners keeps all its Ps for their goroutines), the loop waits
 // through the scheduler like any system call.
 func (t *thread) run(rawWait bool) {
@@ -320,7 +187,7 @@ func (t *thread) run(rawWait bool) {
 		}
 		t.sleeping = true
 		t.mu.Unlock()
-		n, errno := epollWait(t.epfd, events, rawWait && len(t.pairs)+len(t.sessions) > 0)
+		n, errno := epollWait(t.epfd, events, rawWait && len(t.sessions) > 0)
 		t.mu.Lock()
 		t.sleeping = false
 		t.mu.Unlock()
@@ -340,15 +207,14 @@ func (t *thread) run(rawWait bool) {
 				continue
 			}
 			if fd >= len(t.sides) || t.sides[fd] == nil {
-				continue // its pair ended earlier in this batch
+				continue // its session ended earlier in this batch
 			}
 			t.sides[fd].handle(t, events[i].Events)
 		}
 	}
 }
 
-// admit runs what was handed over since the last wake-up: new pairs and
-// sessions, and work posted to sessions. It reports whether the thread
+// admit runs what was handed over since the last wake-up: new sessions, and work posted to sessions. It reports whether the thread
 // must stop.
 func (t *thread) admit() bool {
 	t.mu.Lock()
@@ -371,26 +237,10 @@ func (t *thread) admit() bool {
 	return stopping
 }
 
-func (t *thread) register(p *Pair) {
-	t.pairs[p] = struct{}{}
-	for _, s := range [2]*side{&p.client, &p.server} {
-		t.setEndpoint(s.fd, s)
-		s.events = unix.EPOLLIN
-		if err := t.ctl(unix.EPOLL_CTL_ADD, s.fd, s.events); err != nil {
-			t.end(p, fmt.Errorf("epoll_ctl: %w", err))
-			return
-		}
-	}
-}
-
-// shutdown ends every pair the thread still owns, then closes the loop.
+// shutdown ends every session the thread still owns, then closes the loop.
 // admit has run the last tasks handed over: post refuses new ones once
 // stopping is set.
 func (t *thread) shutdown() {
-	for p := range t.pairs {
-		p.stopped.Store(true)
-		t.end(p, nil)
-	}
 	for s := range t.sessions {
 		s.stopped.Store(true)
 		t.endSession(s, nil)
@@ -405,149 +255,27 @@ func (t *thread) shutdown() {
 	unix.Close(t.epfd)
 }
 
-func (t *thread) handle(s *side, ev uint32) {
-	if ev&unix.EPOLLOUT != 0 && len(s.pending) > 0 {
-		if !t.flush(s) {
-			return
-		}
+// dupSocket returns a duplicate of c's socket descriptor. The duplicate
+// shares the open file, so it is non-blocking like the original.
+func dupSocket(c any) (int, error) {
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn, *net.TCPListener:
+	default:
+		return -1, ErrUnsupported
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
-		return
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
 	}
-	if len(s.peer.pending) > 0 {
-		// Not reading from s until its peer drains; only a hang-up or
-		// an error, always reported, gets here. What s sent before it
-		// went still reaches the peer, and what is still queued on s
-		// is read once the peer has drained, as a goroutine relay would
-		// have delivered both before reading the hang-up.
-		if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-			if len(s.pending) > 0 {
-				t.end(s.pair, nil) // s can no longer take what waits for it
-				return
-			}
-			s.gone = true
-			s.events = 0
-			_ = t.ctl(unix.EPOLL_CTL_DEL, s.fd, 0)
-		}
-		return
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
 	}
-	t.forward(s)
-}
-
-// forward reads once from s and writes what it got to s's peer. What the
-// peer does not take at once waits in the peer's pending buffer, and s is
-// not read again until it has gone.
-func (t *thread) forward(s *side) {
-	p := s.pair
-	n, errno := rawRead(s.fd, t.buf)
-	switch {
-	case errno == unix.EAGAIN || errno == unix.EINTR:
-		return
-	case errno != 0:
-		t.end(p, errno)
-		return
-	case n == 0:
-		t.end(p, nil)
-		return
+	if derr != nil {
+		return -1, fmt.Errorf("dup socket: %w", derr)
 	}
-	b := t.buf[:n]
-	if s.isServer && p.hooks.FromServer != nil {
-		if err := p.hooks.FromServer(b); err != nil {
-			t.end(p, err)
-			return
-		}
-	}
-	if p.hooks.Relayed != nil {
-		p.hooks.Relayed(!s.isServer, n)
-	}
-	peer := s.peer
-	if errno := peer.send(peer.fd, b); errno != 0 {
-		t.end(p, errno)
-		return
-	}
-	if len(peer.pending) > 0 {
-		t.update(p)
-	}
-}
-
-// flush writes s's pending bytes. It reports whether they all went, in
-// which case both sides are read again.
-func (t *thread) flush(s *side) bool {
-	if errno := s.drain(s.fd); errno != 0 {
-		t.end(s.pair, errno)
-		return false
-	}
-	if len(s.pending) > 0 {
-		return false
-	}
-	if g := s.peer; g.gone {
-		// The peer hung up; what it sent before is still queued on its
-		// socket. Watch it again: reads drain the queue, then end the pair.
-		g.gone = false
-		g.events = unix.EPOLLIN
-		if err := t.ctl(unix.EPOLL_CTL_ADD, g.fd, g.events); err != nil {
-			t.end(s.pair, nil)
-			return false
-		}
-	}
-	t.update(s.pair)
-	return !s.pair.ended
-}
-
-// update registers what each side of p waits for: to be read unless its
-// peer still has bytes from it to take, and to be written while it has
-// bytes pending. Both directions can be held back at once (a client that
-// sends a long COPY while not reading the notices coming back), so the
-// interest sets are derived from both buffers, never set one at a time.
-func (t *thread) update(p *Pair) {
-	for _, s := range [2]*side{&p.client, &p.server} {
-		var want uint32
-		if len(s.peer.pending) == 0 {
-			want |= unix.EPOLLIN
-		}
-		if len(s.pending) > 0 {
-			want |= unix.EPOLLOUT
-		}
-		t.interest(s, want)
-	}
-}
-
-func (t *thread) interest(s *side, events uint32) {
-	if s.events == events || s.pair.ended || s.gone {
-		return
-	}
-	s.events = events
-	if err := t.ctl(unix.EPOLL_CTL_MOD, s.fd, events); err != nil {
-		t.end(s.pair, fmt.Errorf("epoll_ctl: %w", err))
-	}
-}
-
-// end closes both sockets of p, once, and wakes its Wait.
-func (t *thread) end(p *Pair, err error) {
-	if p.ended {
-		return
-	}
-	delete(t.pairs, p)
-	p.mu.Lock()
-	p.ended = true
-	p.mu.Unlock()
-	if p.stopped.Load() && p.hooks.Farewell != nil {
-		if b := p.hooks.Farewell(); len(b) > 0 {
-			out := append(p.client.pending, b...)
-			_, _ = rawWrite(p.client.fd, out)
-		}
-	}
-	for _, s := range [2]*side{&p.client, &p.server} {
-		t.dropEndpoint(s.fd, s)
-		s.release()
-		unix.Close(s.fd) // also takes it out of the epoll set
-	}
-	if p.stopped.Load() {
-		err = nil
-	}
-	p.err = err
-	close(p.done)
-	if p.hooks.Ended != nil {
-		p.hooks.Ended(err)
-	}
+	return fd, nil
 }

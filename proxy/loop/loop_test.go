@@ -46,16 +46,57 @@ func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 	return a, r.c
 }
 
+// pipe is a handler that relays both ways as bytes come, with a server
+// for life, as a passthrough session is relayed (ServeWith).
+type pipe struct {
+	fromServer func(b []byte) error // may refuse a chunk: the session ends
+	farewell   []byte
+	up, down   int // bytes relayed, read once the session has ended
+	ended      chan error
+}
+
+func (p *pipe) FromClient(s *Session, b []byte) {
+	p.up += len(b)
+	s.WriteServer(b)
+}
+
+func (p *pipe) FromServer(s *Session, b []byte) {
+	if p.fromServer != nil {
+		if err := p.fromServer(b); err != nil {
+			s.End(err)
+			return
+		}
+	}
+	p.down += len(b)
+	s.WriteClient(b)
+}
+
+func (p *pipe) ServerFailed(s *Session, sock *Socket, err error) {
+	sock.Close()
+	s.End(nilIfEOF(err))
+}
+
+func (p *pipe) Farewell(*Session) []byte { return p.farewell }
+
+func (p *pipe) Ended(_ *Session, err error, server *Socket, _ bool) {
+	if server != nil {
+		server.Close()
+	}
+	if p.ended != nil {
+		p.ended <- err
+	}
+}
+
 // relayed sets up app <-> [loop] <-> db and returns the two outer ends.
-func relayed(t testing.TB, l *Loop, h Hooks) (app, db net.Conn, p *Pair) {
+func relayed(t testing.TB, l *Loop, h *pipe) (app, db net.Conn, s *Session) {
 	t.Helper()
 	app, clientSide := tcpPair(t)
 	serverSide, db := tcpPair(t)
-	p, err := l.Attach(clientSide, serverSide, h)
+	s, err := l.ServeWith(clientSide, serverSide, h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return app, db, p
+	return app, db, s
 }
 
 func newLoop(t testing.TB, n int) *Loop {
@@ -68,27 +109,16 @@ func newLoop(t testing.TB, n int) *Loop {
 	return l
 }
 
-func waitPair(t *testing.T, p *Pair) error {
+func waitEnd(t *testing.T, s *Session) error {
 	t.Helper()
-	select {
-	case <-p.Done():
-		return p.Wait()
-	case <-time.After(10 * time.Second):
-		t.Fatal("pair did not end")
-		return nil
-	}
+	err, _, _ := waitSession(t, s)
+	return err
 }
 
 func TestRelaysBothWays(t *testing.T) {
 	l := newLoop(t, 2)
-	var up, down int
-	app, db, p := relayed(t, l, Hooks{Relayed: func(toServer bool, n int) {
-		if toServer {
-			up += n
-		} else {
-			down += n
-		}
-	}})
+	h := &pipe{}
+	app, db, p := relayed(t, l, h)
 	for i := range 50 {
 		msg := bytes.Repeat([]byte{byte(i)}, 1+i*37)
 		if _, err := app.Write(msg); err != nil {
@@ -106,15 +136,15 @@ func TestRelaysBothWays(t *testing.T) {
 		}
 	}
 	app.Close()
-	if err := waitPair(t, p); err != nil {
+	if err := waitEnd(t, p); err != nil {
 		t.Fatalf("clean close ended with %v", err)
 	}
 	if _, err := db.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("server side read %v after the client left, want EOF", err)
 	}
-	// Relayed runs on the loop thread; Wait orders it before this read.
-	if up != down || up == 0 {
-		t.Fatalf("counted %d bytes up and %d down", up, down)
+	// The handler runs on the loop thread; Wait orders it before this read.
+	if h.up != h.down || h.up == 0 {
+		t.Fatalf("counted %d bytes up and %d down", h.up, h.down)
 	}
 }
 
@@ -122,7 +152,7 @@ func TestRelaysBothWays(t *testing.T) {
 // order, while the loop holds back the server instead of buffering it all.
 func TestSlowReaderGetsEverything(t *testing.T) {
 	l := newLoop(t, 1)
-	app, db, p := relayed(t, l, Hooks{})
+	app, db, p := relayed(t, l, &pipe{})
 	const total = 16 << 20
 	want := sha256.New()
 	go func() {
@@ -159,7 +189,7 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 	if n != total || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
 		t.Fatalf("client got %d bytes of %d, or different ones", n, total)
 	}
-	if err := waitPair(t, p); err != nil {
+	if err := waitEnd(t, p); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -167,10 +197,7 @@ func TestSlowReaderGetsEverything(t *testing.T) {
 func TestStopSaysFarewell(t *testing.T) {
 	l := newLoop(t, 1)
 	ended := make(chan error, 2)
-	app, db, p := relayed(t, l, Hooks{
-		Farewell: func() []byte { return []byte("bye") },
-		Ended:    func(err error) { ended <- err },
-	})
+	app, db, p := relayed(t, l, &pipe{farewell: []byte("bye"), ended: ended})
 	if _, err := db.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +206,7 @@ func TestStopSaysFarewell(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Stop()
-	if err := waitPair(t, p); err != nil {
+	if err := waitEnd(t, p); err != nil {
 		t.Fatalf("Stop ended the pair with %v", err)
 	}
 	rest, err := io.ReadAll(app)
@@ -206,10 +233,10 @@ func TestStopSaysFarewell(t *testing.T) {
 	}
 }
 
-func TestHookErrorEndsPair(t *testing.T) {
+func TestHandlerEndsSession(t *testing.T) {
 	l := newLoop(t, 1)
 	bad := errors.New("bad frame")
-	app, db, p := relayed(t, l, Hooks{FromServer: func(b []byte) error {
+	app, db, p := relayed(t, l, &pipe{fromServer: func(b []byte) error {
 		if bytes.Contains(b, []byte("X")) {
 			return bad
 		}
@@ -225,43 +252,51 @@ func TestHookErrorEndsPair(t *testing.T) {
 	if _, err := db.Write([]byte("X")); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitPair(t, p); !errors.Is(err, bad) {
-		t.Fatalf("pair ended with %v, want the hook's error", err)
+	if err := waitEnd(t, p); !errors.Is(err, bad) {
+		t.Fatalf("session ended with %v, want the handler's error", err)
 	}
 	if rest, _ := io.ReadAll(app); len(rest) != 0 {
 		t.Fatalf("the refused chunk reached the client: %q", rest)
 	}
 }
 
-func TestCloseEndsPairs(t *testing.T) {
+func TestCloseEndsSessions(t *testing.T) {
 	l, err := New(2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pairs []*Pair
+	var sessions []*Session
 	for range 10 {
-		_, _, p := relayed(t, l, Hooks{})
-		pairs = append(pairs, p)
+		_, _, s := relayed(t, l, &pipe{})
+		sessions = append(sessions, s)
 	}
 	l.Close()
-	for _, p := range pairs {
-		if err := waitPair(t, p); err != nil {
+	for _, s := range sessions {
+		if err := waitEnd(t, s); err != nil {
 			t.Fatal(err)
 		}
 	}
 	a, b := tcpPair(t)
-	if _, err := l.Attach(a, b, Hooks{}); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Attach after Close: %v, want ErrClosed", err)
+	if _, err := l.ServeWith(a, b, &pipe{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("ServeWith after Close: %v, want ErrClosed", err)
 	}
 }
 
-func TestAttachRefusesWhatItCannotRelay(t *testing.T) {
+func TestServeWithRefusesWhatItCannotRelay(t *testing.T) {
 	l := newLoop(t, 1)
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if _, err := l.Attach(a, b, Hooks{}); !errors.Is(err, ErrUnsupported) {
-		t.Fatalf("Attach(net.Pipe): %v, want ErrUnsupported", err)
+	if _, err := l.ServeWith(a, b, &pipe{}); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("ServeWith(net.Pipe): %v, want ErrUnsupported", err)
+	}
+	// A plain client with a server it cannot take: both untouched.
+	c, _ := tcpPair(t)
+	if _, err := l.ServeWith(c, b, &pipe{}); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("ServeWith(tcp, net.Pipe): %v, want ErrUnsupported", err)
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatalf("client after a refused ServeWith: %v", err)
 	}
 	// The conns are untouched and still usable.
 	go func() { _, _ = a.Write([]byte("x")) }()
@@ -270,11 +305,12 @@ func TestAttachRefusesWhatItCannotRelay(t *testing.T) {
 	}
 }
 
-// BenchmarkRoundTrip is one small message each way through a pair, as a
-// simple-protocol query and its answer: allocations must stay at 0.
+// BenchmarkRoundTrip is one small message each way through a session
+// relayed as a passthrough one, as a simple-protocol query and its
+// answer: allocations must stay at 0.
 func BenchmarkRoundTrip(b *testing.B) {
 	l := newLoop(b, 1)
-	app, db, _ := relayed(b, l, Hooks{FromServer: func([]byte) error { return nil }, Relayed: func(bool, int) {}})
+	app, db, _ := relayed(b, l, &pipe{fromServer: func([]byte) error { return nil }})
 	q := make([]byte, 60)
 	r := make([]byte, 120)
 	b.ReportAllocs()
@@ -306,7 +342,7 @@ func TestBothDirectionsHeldBack(t *testing.T) {
 		_ = tc.SetReadBuffer(64 << 10) // fixed buffers: no autotuning soaks up the test
 		_ = tc.SetWriteBuffer(64 << 10)
 	}
-	p, err := l.Attach(clientSide, serverSide, Hooks{})
+	p, err := l.ServeWith(clientSide, serverSide, &pipe{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +409,7 @@ func TestBothDirectionsHeldBack(t *testing.T) {
 		}
 	}
 	app.Close()
-	if err := waitPair(t, p); err != nil {
+	if err := waitEnd(t, p); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -392,7 +428,7 @@ func TestResetAfterDataDeliversTheData(t *testing.T) {
 	_ = app.(*net.TCPConn).SetReadBuffer(16 << 10)
 	_ = clientSide.(*net.TCPConn).SetWriteBuffer(16 << 10)
 	_ = serverSide.(*net.TCPConn).SetReadBuffer(200 << 10)
-	p, err := l.Attach(clientSide, serverSide, Hooks{})
+	p, err := l.ServeWith(clientSide, serverSide, &pipe{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,7 +463,7 @@ func TestResetAfterDataDeliversTheData(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("client read %d of %d bytes (equal: %v), then %v", len(got), total, bytes.Equal(got, data), err)
 	}
-	if err := waitPair(t, p); err != nil {
-		t.Logf("pair ended with %v", err) // a reset may surface as the pair's error
+	if err := waitEnd(t, p); err != nil {
+		t.Logf("session ended with %v", err) // a reset may surface as the session's error
 	}
 }

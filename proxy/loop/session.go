@@ -42,9 +42,9 @@ type Ender interface {
 }
 
 // Session is a client served by a loop thread, with the server it holds
-// at the moment, if any. Unlike a Pair, whose two sockets stay together
-// for life, a session's server comes and goes: the handler attaches one
-// for a transaction and detaches it at the end.
+// at the moment, if any. A server may be the session's for life (a
+// passthrough session, see ServeWith) or come and go: a pooled handler
+// attaches one for a transaction and detaches it at the end.
 //
 // Methods other than Stop, Post, Wait and Done may be called only on the
 // session's loop thread: from the handler's methods or a posted function.
@@ -99,6 +99,40 @@ func (l *Loop) Serve(client net.Conn, h Handler) (*Session, error) {
 	s := newSession(t, h, cfd)
 	if !t.post(task{sess: s, fn: func(bool) { t.registerSession(s) }, admit: true}) {
 		unix.Close(cfd)
+		return nil, ErrClosed
+	}
+	return s, nil
+}
+
+// ServeWith is Serve for a client whose server is chosen and ready: the
+// session starts out holding server (see Attach), and the loop relays
+// both sockets from then on. On error both conns are untouched.
+func (l *Loop) ServeWith(client, server net.Conn, h Handler) (*Session, error) {
+	if l.closed.Load() {
+		return nil, ErrClosed
+	}
+	cfd, err := dupSocket(client)
+	if err != nil {
+		return nil, err
+	}
+	sock, err := Detach(server)
+	if err != nil {
+		unix.Close(cfd)
+		return nil, err
+	}
+	client.Close()
+	t := l.threads[int(l.next.Add(1))%len(l.threads)]
+	s := newSession(t, h, cfd)
+	start := func(bool) {
+		t.registerSession(s)
+		if s.ended || !s.Attach(sock) {
+			sock.Close()
+			t.endSession(s, net.ErrClosed)
+		}
+	}
+	if !t.post(task{sess: s, fn: start, admit: true}) {
+		unix.Close(cfd)
+		sock.Close()
 		return nil, ErrClosed
 	}
 	return s, nil

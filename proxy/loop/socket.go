@@ -5,6 +5,7 @@ package loop
 import (
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -257,3 +258,62 @@ func (s *Socket) SetWriteDeadline(t time.Time) error {
 	s.mu.Unlock()
 	return nil
 }
+
+// Connect starts a connection to address, an IP and port ("tcp") or a
+// Unix socket path ("unix"), without waiting for it: a loop session
+// attaches the Socket at once and writes to it, and the kernel holds the
+// first write back (EAGAIN) until the handshake is done, or fails it with
+// the reason the connection failed. A host name is ErrUnsupported: its
+// lookup would block the thread.
+func Connect(network, address string) (*Socket, error) {
+	var sa unix.Sockaddr
+	var remote net.Addr
+	family := unix.AF_UNIX
+	switch network {
+	case "tcp":
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return nil, ErrUnsupported
+		}
+		remote = net.TCPAddrFromAddrPort(ap)
+		if ip := ap.Addr(); ip.Is4() || ip.Is4In6() {
+			family = unix.AF_INET
+			sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.Unmap().As4()}
+		} else {
+			family = unix.AF_INET6
+			sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ip.As16()}
+		}
+	case "unix":
+		sa = &unix.SockaddrUnix{Name: address}
+		remote = &net.UnixAddr{Name: address, Net: "unix"}
+	default:
+		return nil, ErrUnsupported
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socket", err)
+	}
+	if family != unix.AF_UNIX {
+		// As Go's dialer: no Nagle delay, keepalive to notice a server
+		// that vanished.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveSeconds)
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveSeconds)
+	}
+	switch err := unix.Connect(fd, sa); err {
+	case nil, unix.EINPROGRESS, unix.EINTR:
+	default:
+		// A Unix socket whose backlog is full says EAGAIN: refused like
+		// any other failure, for the caller to try the slow way.
+		unix.Close(fd)
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: remote, Err: os.NewSyscallError("connect", err)}
+	}
+	s := &Socket{fd: fd, remote: remote}
+	s.idle.s = s
+	return s, nil
+}
+
+// keepAliveSeconds is the idle time before the first probe and between
+// probes, as the proxy's Go dialer sets them.
+const keepAliveSeconds = 30

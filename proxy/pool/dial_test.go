@@ -14,8 +14,8 @@ func TestDialTarget(t *testing.T) {
 		{"db.example:5432", "tcp", "db.example:5432"},
 		{"relative/dir:5432", "tcp", "relative/dir:5432"},
 	} {
-		if network, target := dialTarget(c.addr); network != c.network || target != c.target {
-			t.Errorf("dialTarget(%q) = %s %q, want %s %q", c.addr, network, target, c.network, c.target)
+		if network, target := DialTarget(c.addr); network != c.network || target != c.target {
+			t.Errorf("DialTarget(%q) = %s %q, want %s %q", c.addr, network, target, c.network, c.target)
 		}
 	}
 }

@@ -93,12 +93,20 @@ type DialConfig struct {
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// dialTarget is where a member's address is dialed. As in libpq, a host
+// ConnectTimeout is Timeout, or its default.
+func (c DialConfig) ConnectTimeout() time.Duration {
+	if c.Timeout <= 0 {
+		return 5 * time.Second
+	}
+	return c.Timeout
+}
+
+// DialTarget is where a member's address is dialed. As in libpq, a host
 // that is an absolute path names the directory of the server's Unix
 // socket, .s.PGSQL.<port>: "/var/run/postgresql:5432". A proxy beside
 // its server (a sidecar) saves the TCP stack's work on every message
 // both ways.
-func dialTarget(addr string) (network, target string) {
+func DialTarget(addr string) (network, target string) {
 	if host, port, err := net.SplitHostPort(addr); err == nil && strings.HasPrefix(host, "/") {
 		return "unix", host + "/.s.PGSQL." + port
 	}
@@ -112,18 +120,14 @@ var ErrServerRefusedTLS = errors.New("server does not support SSL, but SSL was r
 // Dial connects to a server and negotiates TLS as cfg says. The returned
 // connection is ready for a StartupMessage.
 func Dial(ctx context.Context, member, addr string, cfg DialConfig) (*ServerConn, error) {
-	timeout := cfg.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout())
 	defer cancel()
 	dial := cfg.Dialer
 	if dial == nil {
 		d := &net.Dialer{KeepAlive: 30 * time.Second}
 		dial = d.DialContext
 	}
-	network, target := dialTarget(addr)
+	network, target := DialTarget(addr)
 	nc, err := dial(ctx, network, target)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
