@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgrouter/pgrouter/proxy/pool"
 	"github.com/pgrouter/pgrouter/router"
@@ -146,7 +147,7 @@ func selfSigned(t *testing.T) tls.Certificate {
 
 // passthroughProxy starts a proxy with one passthrough read-write
 // listener on a loop thread, in front of the member at addr.
-func passthroughProxy(t *testing.T, addr string, mode pool.SSLMode) (*Server, *Metrics) {
+func passthroughProxy(t testing.TB, addr string, mode pool.SSLMode) (*Server, *Metrics) {
 	feed := &topology.Feed{}
 	feed.Publish(&topology.Snapshot{Version: 1, Members: []topology.MemberState{{
 		Member: topology.Member{Name: "m1", Addr: addr},
@@ -307,4 +308,30 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// BenchmarkPassthroughConnect measures what pgbench -C costs the proxy
+// on a passthrough listener: one client connection (startup, one Query,
+// Terminate), accepted, connected to the member and relayed on a loop
+// thread. The client uses raw system calls, so allocs/op is the proxy's
+// (and the fake server's goroutine, a few).
+func BenchmarkPassthroughConnect(b *testing.B) {
+	s, _ := passthroughProxy(b, fakeServer(b), pool.SSLDisable)
+	addr := s.Addr("rw").(*net.TCPAddr)
+	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
+	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
+	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
+	terminate := appendMessage(nil, 'X', nil)
+	buf := make([]byte, 64<<10)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		fd := rawDial(b, sa)
+		rawSend(b, fd, startup)
+		rawUntilZ(b, fd, buf)
+		rawSend(b, fd, query)
+		rawUntilZ(b, fd, buf)
+		rawSend(b, fd, terminate)
+		unix.Close(fd)
+	}
 }

@@ -267,7 +267,6 @@ func (s *Socket) SetWriteDeadline(t time.Time) error {
 // lookup would block the thread.
 func Connect(network, address string) (*Socket, error) {
 	var sa unix.Sockaddr
-	var remote net.Addr
 	family := unix.AF_UNIX
 	switch network {
 	case "tcp":
@@ -275,7 +274,6 @@ func Connect(network, address string) (*Socket, error) {
 		if err != nil {
 			return nil, ErrUnsupported
 		}
-		remote = net.TCPAddrFromAddrPort(ap)
 		if ip := ap.Addr(); ip.Is4() || ip.Is4In6() {
 			family = unix.AF_INET
 			sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.Unmap().As4()}
@@ -285,7 +283,6 @@ func Connect(network, address string) (*Socket, error) {
 		}
 	case "unix":
 		sa = &unix.SockaddrUnix{Name: address}
-		remote = &net.UnixAddr{Name: address, Net: "unix"}
 	default:
 		return nil, ErrUnsupported
 	}
@@ -307,9 +304,11 @@ func Connect(network, address string) (*Socket, error) {
 		// A Unix socket whose backlog is full says EAGAIN: refused like
 		// any other failure, for the caller to try the slow way.
 		unix.Close(fd)
-		return nil, &net.OpError{Op: "dial", Net: network, Addr: remote, Err: os.NewSyscallError("connect", err)}
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect "+address, err)}
 	}
-	s := &Socket{fd: fd, remote: remote}
+	// No addresses: a loop session, its only user, never asks, and
+	// making them cost two allocations per connection.
+	s := &Socket{fd: fd}
 	s.idle.s = s
 	return s, nil
 }
