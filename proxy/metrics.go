@@ -41,7 +41,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgrouter_relayed_sessions_total", Help: "Passthrough sessions relayed after startup, by listener and relay (loop: an epoll loop thread; goroutines: TLS on a side, or --relay-threads 0).",
 		}, []string{"listener", "relay"}),
 		loopStartups: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pgrouter_loop_startups_total", Help: "Pooled clients accepted, greeted and relayed by a loop thread, without a goroutine, by listener (trust clients whose pool had a server to lend).",
+			Name: "pgrouter_loop_startups_total", Help: "Clients accepted, started and relayed by a loop thread, without a goroutine, by listener (passthrough clients without TLS to either side; pooled trust clients whose pool had a server to lend).",
 		}, []string{"listener"}),
 		routes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pgrouter_routing_decisions_total", Help: "Sessions routed, by listener, member and the role routed to.",

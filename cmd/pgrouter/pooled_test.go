@@ -922,6 +922,11 @@ func TestClientsHoldNoGoroutine(t *testing.T) {
 			if got := metricValue(t, p.Admin, `pgrouter_relayed_sessions_total{listener="rw",relay="loop"}`); got < float64(n+2) {
 				t.Fatalf("%v sessions relayed on the loop, want all %d", got, n+2)
 			}
+			// A passthrough session starts on the thread that accepted it,
+			// its SCRAM exchange passed through there too.
+			if got := metricValue(t, p.Admin, `pgrouter_loop_startups_total{listener="rw"}`); tc.mode == "passthrough" && got < float64(n+2) {
+				t.Fatalf("%v passthrough sessions started on a loop thread, want all %d", got, n+2)
+			}
 		})
 	}
 }
