@@ -185,12 +185,6 @@ func pooledRoundTrip(tb testing.TB, o roundTripOptions) (func(), *net.TCPAddr) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	feed := &topology.Feed{}
-	feed.Publish(&topology.Snapshot{Version: 1, Members: []topology.MemberState{{
-		Member: topology.Member{Name: srvAddr, Addr: srvAddr},
-		Health: topology.Health{Up: true, AcceptsConnections: true, Role: topology.RolePrimary},
-		Role:   topology.RolePrimary,
-	}}})
 	var split *SplitConfig
 	if o.split {
 		// Reads with no standby go to the primary; read-your-writes
@@ -201,27 +195,14 @@ func pooledRoundTrip(tb testing.TB, o roundTripOptions) (func(), *net.TCPAddr) {
 	if o.session {
 		mode = PoolSession
 	}
-	s, err := New(Config{
+	s := runProxy(tb, Config{
 		Listeners:    []ListenerConfig{{Name: "rw", Addr: "127.0.0.1:0", Kind: router.ListenerReadWrite, PoolMode: mode, Split: o.split}},
 		Server:       pool.DialConfig{SSLMode: pool.SSLDisable},
 		Pool:         pool.Config{Size: 4},
 		Auth:         &AuthConfig{HBA: hba},
 		RelayThreads: o.threads,
 		Split:        split,
-	}, feed, zap.NewNop(), NewMetrics(prometheus.NewRegistry()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := s.Listen(); err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		<-served
-	})
+	}, srvAddr, NewMetrics(prometheus.NewRegistry()))
 
 	c, err := net.Dial("tcp", s.Addr("rw").String())
 	if err != nil {
@@ -255,6 +236,32 @@ func pooledRoundTrip(tb testing.TB, o roundTripOptions) (func(), *net.TCPAddr) {
 		roundTrip()
 	}
 	return roundTrip, s.Addr("rw").(*net.TCPAddr)
+}
+
+// runProxy serves cfg in front of one primary at addr, named after it,
+// until the test ends.
+func runProxy(tb testing.TB, cfg Config, addr string, m *Metrics) *Server {
+	feed := &topology.Feed{}
+	feed.Publish(&topology.Snapshot{Version: 1, Members: []topology.MemberState{{
+		Member: topology.Member{Name: addr, Addr: addr},
+		Health: topology.Health{Up: true, AcceptsConnections: true, Role: topology.RolePrimary},
+		Role:   topology.RolePrimary,
+	}}})
+	s, err := New(cfg, feed, zap.NewNop(), m)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		<-served
+	})
+	return s
 }
 
 // readUntilZ reads messages until a ReadyForQuery.
@@ -303,6 +310,12 @@ func BenchmarkPooledConnect(b *testing.B) {
 
 func benchmarkPooledConnect(b *testing.B, session bool) {
 	_, addr := pooledRoundTrip(b, roundTripOptions{threads: 1, session: session}) // starts the proxy and warms the pool
+	benchmarkConnect(b, addr)
+}
+
+// benchmarkConnect runs b.N connections to the proxy at addr as pgbench
+// -C makes them: startup, one Query, Terminate.
+func benchmarkConnect(b *testing.B, addr *net.TCPAddr) {
 	sa := &unix.SockaddrInet4{Port: addr.Port, Addr: [4]byte(addr.IP.To4())}
 	startup := encodeStartup(3<<16, []param{{"user", "bench"}, {"database", "bench"}, {"application_name", "pgbench"}})
 	query := appendMessage(nil, 'Q', []byte("SELECT 1\x00"))
