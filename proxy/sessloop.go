@@ -425,10 +425,22 @@ func (ps *pooled) relaySession(cfg *Config) error {
 		}
 	}()
 	serr := copyToClient(sess.client, sc, st.follow, toClient)
+	// A timeout is the client goroutine's deadline, set just before it
+	// says why it stopped: wait for that. Taking it for the server's
+	// failure closed a server the client had left idle.
+	var ne net.Error
+	stopped := errors.As(serr, &ne) && ne.Timeout()
 	var cerr error
-	select {
-	case cerr = <-clientLeft:
-	default:
+	if stopped {
+		cerr = <-clientLeft
+	} else {
+		select {
+		case cerr = <-clientLeft:
+		default:
+			cerr = errServerFirst
+		}
+	}
+	if cerr == errServerFirst {
 		// The server went first (or failed): the session depended on it.
 		if e := sess.killed.Load(); e != nil && st.down.atBoundary() {
 			_ = sess.client.SetWriteDeadline(time.Now().Add(time.Second))
@@ -446,12 +458,14 @@ func (ps *pooled) relaySession(cfg *Config) error {
 		cerr = nil
 	}
 	ps.takeServer()
-	var ne net.Error
-	stopped := errors.As(serr, &ne) && ne.Timeout() // by the deadline, not a failure
 	_ = sc.SetReadDeadline(time.Time{})
 	ps.release(sc, stopped && cerr == nil && st.idle() && sess.killed.Load() == nil && ps.reset(sc, cfg))
 	return cerr
 }
+
+// errServerFirst marks, in relaySession, a server that stopped before
+// the client did.
+var errServerFirst = errors.New("the server went first")
 
 // ownQuery follows a server's answer to a query of the proxy's own sent on
 // a loop thread: ParameterStatus messages update what is known of the
