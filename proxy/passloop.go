@@ -276,6 +276,10 @@ func (h *passLoop) end(s *loop.Session, err error) {
 func (h *passLoop) expired(s *loop.Session) {
 	switch h.phase {
 	case passProbing, passConnecting:
+		if h.probed { // connected: the server is silent
+			h.fail(s, lostAtStartup(h.dec.Member.Name, os.ErrDeadlineExceeded))
+			return
+		}
 		h.fail(s, h.sess.unreachable(h.dec.Member, os.ErrDeadlineExceeded))
 	case passLogin:
 		s.End(os.ErrDeadlineExceeded)

@@ -28,6 +28,7 @@ type loginScript struct {
 	tls      bool // answer an SSLRequest with S and speak TLS, else N
 	trickle  bool // send the login one byte per write
 	hangUp   bool // close after the startup without a word
+	silent   bool // say nothing after the startup, until the proxy leaves
 	conns    atomic.Int32
 	tlsConns atomic.Int32
 	startups chan []byte // each startup packet received
@@ -92,6 +93,10 @@ func (sc *loginScript) serve(c net.Conn, cert tls.Certificate) {
 	}
 	sc.startups <- p
 	if sc.hangUp {
+		return
+	}
+	if sc.silent {
+		_, _ = io.Copy(io.Discard, c)
 		return
 	}
 	login := appendMessage(nil, 'R', []byte{0, 0, 0, 0})
@@ -250,8 +255,8 @@ func TestPassthroughOnLoopToTLSServer(t *testing.T) {
 }
 
 // TestPassthroughOnLoopServerFailures: a member that refuses the
-// connection, and one that hangs up during the login, are the client's
-// FATAL 08006, saying which.
+// connection, one that hangs up during the login and one that says
+// nothing are the client's FATAL 08006, saying which.
 func TestPassthroughOnLoopServerFailures(t *testing.T) {
 	t.Run("refused", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -266,6 +271,13 @@ func TestPassthroughOnLoopServerFailures(t *testing.T) {
 	})
 	t.Run("hang-up", func(t *testing.T) {
 		s, _ := passthroughProxy(t, scriptedServer(t, &loginScript{hangUp: true}), pool.SSLPrefer)
+		_, got := passthroughLogin(t, s)
+		wantError(t, got, "during startup")
+	})
+	// A server that takes the startup and says nothing: the dial
+	// timeout (2 s here) ends the wait.
+	t.Run("silent", func(t *testing.T) {
+		s, _ := passthroughProxy(t, scriptedServer(t, &loginScript{silent: true}), pool.SSLPrefer)
 		_, got := passthroughLogin(t, s)
 		wantError(t, got, "during startup")
 	})
