@@ -157,7 +157,6 @@ func (h *passLoop) answered(s *loop.Session, b []byte) {
 	}
 	h.closeServer(s)
 	h.st.buf, h.st.borrowed = h.replay, false
-	h.st.pass = nil
 	h.st.toGoroutine(s)
 }
 
@@ -322,11 +321,6 @@ func (h *passLoop) Ended(_ *loop.Session, err error, server *loop.Socket, _ bool
 	if server != nil {
 		server.Close()
 	}
-	if h.serverConns != nil {
-		h.serverConns.Dec()
-	}
-	if h.sess.clientPK != nil {
-		h.sess.srv.cancels.remove(h.pid, h.sess.clientPK)
-	}
+	h.sess.serverGone(h.serverConns, h.pid)
 	h.sess.finish(err)
 }

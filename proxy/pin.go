@@ -97,7 +97,9 @@ func pinReason(q string) string {
 }
 
 func statementPin(q, w1 string, next int) string {
-	switch len(w1) { // the lengths of the words below: most statements stop here
+	// The lengths of the words below (create and listen, prepare, discard
+	// and declare share theirs): most statements stop here.
+	switch len(w1) {
 	case len("set"), len("load"), len("reset"), len("listen"), len("prepare"), len("deallocate"):
 	default:
 		return pinNone
@@ -139,12 +141,11 @@ func statementPin(q, w1 string, next int) string {
 		case strings.EqualFold(w2, "local"), strings.EqualFold(w2, "transaction"):
 			return pinNone // ends with the transaction
 		case strings.EqualFold(w2, "session"):
-			w3, n3 := word(q, skipSpaceAndComments(q, n2))
+			w3, _ := word(q, skipSpaceAndComments(q, n2))
 			if strings.EqualFold(w3, "characteristics") {
 				return pinUntrackedSet
 			}
 			w2 = w3
-			_ = n3
 		}
 		if !reportedParams[strings.ToLower(w2)] {
 			return pinUntrackedSet

@@ -233,10 +233,7 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 	// over (passLoop.Ended does the same then).
 	end := func() {
 		sc.Close()
-		serverConns.Dec()
-		if sess.clientPK != nil {
-			sess.srv.cancels.remove(sc.PID, sess.clientPK)
-		}
+		sess.serverGone(serverConns, sc.PID)
 	}
 	started, err := sess.startServer(ctx, cfg, sc, p.version, params)
 	if started != sc {
@@ -259,6 +256,17 @@ func (sess *session) runPassthrough(ctx context.Context, cfg *Config, p *startup
 		end()
 	}
 	return err
+}
+
+// serverGone forgets a passthrough session's closed server: its count in
+// serverConns (nil: not counted) and the cancel key handed out for pid.
+func (sess *session) serverGone(serverConns prometheus.Gauge, pid uint32) {
+	if serverConns != nil {
+		serverConns.Dec()
+	}
+	if sess.clientPK != nil {
+		sess.srv.cancels.remove(pid, sess.clientPK)
+	}
 }
 
 // unreachable is the client's error when the member it was routed to

@@ -761,7 +761,7 @@ func (ps *pooled) onServerMessage(sc *pool.ServerConn, typ byte, body []byte, la
 		if name, value, ok := parseParameterStatus(body); ok {
 			sc.Params[name] = value
 			lname := lowerName(name)
-			if _, carried := settable[lname]; carried && ps.desired[lname] != value {
+			if settable[lname] != "" && ps.desired[lname] != value {
 				ps.settingChanging()
 				ps.desired[lname] = value
 				ps.desiredFP = settingsFingerprint(ps.desired)

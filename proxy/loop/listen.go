@@ -134,11 +134,7 @@ func (t *thread) accept(ls *Listener) {
 			}
 			return
 		}
-		// As Go's listener does for its connections: no Nagle delay
-		// under a request-response protocol, keepalive to notice clients
-		// that vanished.
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		tuneTCP(fd)
 		s := newSession(t, nil, fd)
 		t.registerSession(s)
 		if s.ended {

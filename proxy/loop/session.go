@@ -87,26 +87,13 @@ func (s *sessSide) handle(t *thread, ev uint32) { t.handleSession(s, ev) }
 // client leaves, End or Stop. On success client is closed (the loop works
 // on a duplicate of its socket); on error it is untouched.
 func (l *Loop) Serve(client net.Conn, h Handler) (*Session, error) {
-	if l.closed.Load() {
-		return nil, ErrClosed
-	}
-	cfd, err := dupSocket(client)
-	if err != nil {
-		return nil, err
-	}
-	client.Close()
-	t := l.threads[int(l.next.Add(1))%len(l.threads)]
-	s := newSession(t, h, cfd)
-	if !t.post(task{sess: s, fn: func(bool) { t.registerSession(s) }, admit: true}) {
-		unix.Close(cfd)
-		return nil, ErrClosed
-	}
-	return s, nil
+	return l.ServeWith(client, nil, h)
 }
 
 // ServeWith is Serve for a client whose server is chosen and ready: the
 // session starts out holding server (see Attach), and the loop relays
-// both sockets from then on. On error both conns are untouched.
+// both sockets from then on. A nil server is Serve. On error both conns
+// are untouched.
 func (l *Loop) ServeWith(client, server net.Conn, h Handler) (*Session, error) {
 	if l.closed.Load() {
 		return nil, ErrClosed
@@ -115,24 +102,28 @@ func (l *Loop) ServeWith(client, server net.Conn, h Handler) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	sock, err := Detach(server)
-	if err != nil {
-		unix.Close(cfd)
-		return nil, err
+	var sock *Socket
+	if server != nil {
+		if sock, err = Detach(server); err != nil {
+			unix.Close(cfd)
+			return nil, err
+		}
 	}
 	client.Close()
 	t := l.threads[int(l.next.Add(1))%len(l.threads)]
 	s := newSession(t, h, cfd)
 	start := func(bool) {
 		t.registerSession(s)
-		if s.ended || !s.Attach(sock) {
+		if sock != nil && (s.ended || !s.Attach(sock)) {
 			sock.Close()
 			t.endSession(s, net.ErrClosed)
 		}
 	}
 	if !t.post(task{sess: s, fn: start, admit: true}) {
 		unix.Close(cfd)
-		sock.Close()
+		if sock != nil {
+			sock.Close()
+		}
 		return nil, ErrClosed
 	}
 	return s, nil

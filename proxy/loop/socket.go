@@ -291,10 +291,7 @@ func Connect(network, address string) (*Socket, error) {
 		return nil, os.NewSyscallError("socket", err)
 	}
 	if family != unix.AF_UNIX {
-		// As Go's dialer: no Nagle delay, keepalive to notice a server
-		// that vanished.
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+		tuneTCP(fd)
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveSeconds)
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveSeconds)
 	}
@@ -311,6 +308,14 @@ func Connect(network, address string) (*Socket, error) {
 	s := &Socket{fd: fd}
 	s.idle.s = s
 	return s, nil
+}
+
+// tuneTCP sets what Go's net package sets on its TCP connections: no
+// Nagle delay under a request-response protocol, keepalive to notice a
+// peer that vanished.
+func tuneTCP(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
 }
 
 // keepAliveSeconds is the idle time before the first probe and between

@@ -12,8 +12,8 @@ import (
 // apart constants the grammar tells apart: an integer that fits int32
 // (ICONST), any other number (FCONST), a quoted string, a dollar-quoted
 // string. The empty string is a class of its own: pg_query's tree gives
-// COPY ... TO ” the same empty file name as COPY ... TO STDOUT, so its
-// classification differs from that of any other file name.
+// COPY to an empty file name the same empty name as COPY ... TO STDOUT,
+// so its classification differs from that of any other file name.
 const (
 	classInt         = 'i'
 	classFloat       = 'f'
